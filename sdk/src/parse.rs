@@ -1,0 +1,185 @@
+//! Parsing helpers that scheduler plugins share.
+
+/// Finds the job id in a submit command's output, whatever the scheduler:
+///
+/// | output | id |
+/// |---|---|
+/// | `Submitted batch job 42` | `42` |
+/// | `42;cluster` (Slurm `--parsable` with a cluster) | `42` |
+/// | `Job <42> is submitted to queue <normal>.` (LSF) | `42` |
+/// | `42.pbs01` (PBS, Torque) | `42.pbs01` |
+/// | `Your job 42 ("name") has been submitted` (Grid Engine) | `42` |
+/// | `1 job(s) submitted to cluster 42.` (HTCondor) | `42` |
+/// | blank lines, then `Moab.42` or `42` (Moab) | `Moab.42` / `42` |
+///
+/// Noise lines (warnings, banners) before the id are skipped: the last line
+/// that has an id wins.
+pub fn job_id(output: &str) -> Option<String> {
+    output.lines().rev().find_map(job_id_in_line)
+}
+
+fn job_id_in_line(line: &str) -> Option<String> {
+    let line = line.trim();
+    if line.is_empty() {
+        return None;
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // HTCondor: "N job(s) submitted to cluster M."
+    if let Some(pos) = words.iter().position(|w| *w == "cluster") {
+        if line.contains("submitted to cluster") {
+            return words
+                .get(pos + 1)
+                .map(|w| w.trim_end_matches('.'))
+                .filter(|w| is_numeric(w))
+                .map(str::to_string);
+        }
+    }
+    // LSF: "Job <N> is submitted to ..."
+    if let Some(rest) = line.strip_prefix("Job <") {
+        return rest
+            .split('>')
+            .next()
+            .filter(|w| is_numeric(w))
+            .map(str::to_string);
+    }
+    // Grid Engine: "Your job N ("name") has been submitted"
+    // Grid Engine array: "Your job-array N.1-3:1 ("name") has been submitted"
+    if line.starts_with("Your job") && line.contains("has been submitted") {
+        return words
+            .get(2)
+            .map(|w| w.split('.').next().unwrap_or(w))
+            .filter(|w| is_numeric(w))
+            .map(str::to_string);
+    }
+    // Slurm: "Submitted batch job N" (possibly "... on cluster C")
+    if let Some(rest) = line.strip_prefix("Submitted batch job ") {
+        return rest
+            .split_whitespace()
+            .next()
+            .filter(|w| is_numeric(w))
+            .map(str::to_string);
+    }
+    // A bare id: "N", "N;cluster", "N.server", "Moab.N"
+    if words.len() == 1 {
+        let w = words[0].split(';').next().unwrap_or("");
+        let plausible = !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-[]".contains(&b))
+            && w.bytes().any(|b| b.is_ascii_digit())
+            && (w.as_bytes()[0].is_ascii_digit() || w.contains('.'));
+        if plausible {
+            return Some(w.to_string());
+        }
+    }
+    None
+}
+
+fn is_numeric(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The first host of a scheduler's execution-host field:
+///
+/// | field | host |
+/// |---|---|
+/// | `node01.cluster.example.org` | `node01.cluster.example.org` |
+/// | `node[01-02,05]` (Slurm node list) | `node01` |
+/// | `node[7]` | `node7` |
+/// | `node01/0*2+node02/0*2` (PBS `exec_host`) | `node01` |
+/// | `2*node01:3*node02` or `2*node01 node02` (LSF) | `node01` |
+/// | `slot1@node01.example.org` (HTCondor) | `node01.example.org` |
+/// | `all.q@node01` (Grid Engine queue instance) | `node01` |
+///
+/// Returns `None` for empty fields and placeholders (`n/a`, `(null)`, `-`).
+pub fn first_host(field: &str) -> Option<String> {
+    let field = field.trim();
+    if field.is_empty() || matches!(field, "n/a" | "N/A" | "(null)" | "-" | "None" | "--") {
+        return None;
+    }
+    // Take the first element of a list: '+' (PBS), ':' or ' ' (LSF), ',' (Slurm
+    // outside brackets).
+    let mut first = String::new();
+    let mut depth = 0;
+    for c in field.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            '+' | ':' | ' ' | ',' if depth == 0 => break,
+            _ => {}
+        }
+        first.push(c);
+    }
+    let mut host = first.as_str();
+    // LSF "N*host"
+    if let Some((n, h)) = host.split_once('*') {
+        if is_numeric(n) {
+            host = h;
+        }
+    }
+    // PBS "host/slot" or "host/0*2"
+    if let Some((h, _)) = host.split_once('/') {
+        host = h;
+    }
+    // HTCondor "slot1@host", Grid Engine "queue@host"
+    if let Some((_, h)) = host.rsplit_once('@') {
+        host = h;
+    }
+    // Slurm "prefix[01-02,05]suffix"
+    if let Some(open) = host.find('[') {
+        let close = host[open..].find(']')? + open;
+        let inner = &host[open + 1..close];
+        let first_range = inner.split(',').next()?;
+        let first_num = first_range.split('-').next()?;
+        let expanded = format!("{}{}{}", &host[..open], first_num, &host[close + 1..]);
+        return (!expanded.is_empty()).then_some(expanded);
+    }
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_from_every_scheduler() {
+        assert_eq!(job_id("Submitted batch job 42\n").as_deref(), Some("42"));
+        assert_eq!(job_id("42;cluster2\n").as_deref(), Some("42"));
+        assert_eq!(
+            job_id("sbatch: warning: something\n\nSubmitted batch job 7 on cluster c2\n").as_deref(),
+            Some("7")
+        );
+        assert_eq!(
+            job_id("Job <123> is submitted to queue <normal>.\n").as_deref(),
+            Some("123")
+        );
+        assert_eq!(job_id("9876.pbs-server\n").as_deref(), Some("9876.pbs-server"));
+        assert_eq!(
+            job_id("Your job 55 (\"jupyter\") has been submitted\n").as_deref(),
+            Some("55")
+        );
+        assert_eq!(
+            job_id("Submitting job(s).\n1 job(s) submitted to cluster 301.\n").as_deref(),
+            Some("301")
+        );
+        assert_eq!(job_id("\n\nMoab.17\n\n").as_deref(), Some("Moab.17"));
+        assert_eq!(job_id("error: no partition\n"), None);
+        assert_eq!(job_id(""), None);
+    }
+
+    #[test]
+    fn first_host_of_every_format() {
+        assert_eq!(first_host("node01.example.org").as_deref(), Some("node01.example.org"));
+        assert_eq!(first_host("node[01-02,05]").as_deref(), Some("node01"));
+        assert_eq!(first_host("gpu[7]").as_deref(), Some("gpu7"));
+        assert_eq!(first_host("a[3-4],b1").as_deref(), Some("a3"));
+        assert_eq!(first_host("node01/0*2+node02/0*2").as_deref(), Some("node01"));
+        assert_eq!(first_host("node01/3").as_deref(), Some("node01"));
+        assert_eq!(first_host("2*node01:3*node02").as_deref(), Some("node01"));
+        assert_eq!(first_host("4*hostA hostB").as_deref(), Some("hostA"));
+        assert_eq!(first_host("slot1@node9.example.org").as_deref(), Some("node9.example.org"));
+        assert_eq!(first_host("all.q@vm").as_deref(), Some("vm"));
+        assert_eq!(first_host("n/a"), None);
+        assert_eq!(first_host("  "), None);
+        assert_eq!(first_host("(null)"), None);
+    }
+}

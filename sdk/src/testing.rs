@@ -1,0 +1,242 @@
+//! A native test harness: run a plugin's logic under `cargo test` with
+//! scripted capabilities.
+//!
+//! ```
+//! use wasmspawner_sdk::testing::FakeHost;
+//! use wasmspawner_sdk::{Command, Host};
+//!
+//! let host = FakeHost::new();
+//! host.on("squeue", &["-h", "**"]).stdout("42 RUNNING node01\n");
+//! let out = host.run(&Command::new("squeue").args(["-h", "-j", "42"])).unwrap();
+//! assert_eq!(out.stdout_str(), "42 RUNNING node01\n");
+//! assert_eq!(host.calls()[0].argv(), vec!["squeue", "-h", "-j", "42"]);
+//! ```
+//!
+//! Patterns are the host's grant patterns (`*` one argument, `**` the rest,
+//! `a*b` a glob); the first matching rule answers. A call no rule matches
+//! answers [`RunError::Denied`], as the real host does for an ungranted call.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use crate::{
+    Command, Host, Launch, Level, Output, PluginError, ProcessState, RunError, Signal, User,
+};
+
+/// One call the plugin made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedCall {
+    /// `None` for a local program, `Some(host)` over SSH.
+    pub ssh_host: Option<String>,
+    pub command: Command,
+}
+
+impl RecordedCall {
+    pub fn argv(&self) -> Vec<String> {
+        std::iter::once(self.command.program.clone())
+            .chain(self.command.args.iter().cloned())
+            .collect()
+    }
+    pub fn stdin_str(&self) -> String {
+        String::from_utf8_lossy(&self.command.stdin).into_owned()
+    }
+}
+
+struct Rule {
+    program: String,
+    args: Vec<String>,
+    answer: Result<Output, RunError>,
+}
+
+/// Scripted capabilities. See the module docs.
+#[derive(Default)]
+pub struct FakeHost {
+    rules: RefCell<Vec<Rule>>,
+    calls: RefCell<Vec<RecordedCall>>,
+    processes: RefCell<BTreeMap<String, (Launch, ProcessState)>>,
+    signals: RefCell<Vec<(String, Signal)>>,
+    logs: RefCell<Vec<(Level, String)>>,
+}
+
+/// Sets the answer of the rule just added by [`FakeHost::on`].
+pub struct Answer<'a> {
+    host: &'a FakeHost,
+    index: usize,
+}
+
+impl Answer<'_> {
+    fn set(&self, answer: Result<Output, RunError>) {
+        self.host.rules.borrow_mut()[self.index].answer = answer;
+    }
+    /// Exit 0 with this stdout.
+    pub fn stdout(self, stdout: &str) -> Self {
+        self.set(Ok(output(0, stdout, "")));
+        self
+    }
+    /// This exit code, stdout and stderr.
+    pub fn exits(self, code: i32, stdout: &str, stderr: &str) -> Self {
+        self.set(Ok(output(code, stdout, stderr)));
+        self
+    }
+    /// A capability error instead of an output.
+    pub fn fails(self, error: RunError) -> Self {
+        self.set(Err(error));
+        self
+    }
+}
+
+/// An [`Output`] with these fields.
+pub fn output(code: i32, stdout: &str, stderr: &str) -> Output {
+    Output {
+        exit_code: code,
+        stdout: stdout.as_bytes().to_vec(),
+        stderr: stderr.as_bytes().to_vec(),
+        truncated: false,
+    }
+}
+
+impl FakeHost {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a rule: calls of `program` whose arguments match `args` answer
+    /// with what the returned [`Answer`] sets (exit 0 and empty output until then).
+    pub fn on(&self, program: &str, args: &[&str]) -> Answer<'_> {
+        let mut rules = self.rules.borrow_mut();
+        rules.push(Rule {
+            program: program.to_string(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            answer: Ok(output(0, "", "")),
+        });
+        Answer {
+            host: self,
+            index: rules.len() - 1,
+        }
+    }
+
+    /// Every program call so far, local and SSH, in order.
+    pub fn calls(&self) -> Vec<RecordedCall> {
+        self.calls.borrow().clone()
+    }
+
+    /// Sets what `detached_status` reports for a handle.
+    pub fn set_process_state(&self, handle: &str, state: ProcessState) {
+        if let Some(p) = self.processes.borrow_mut().get_mut(handle) {
+            p.1 = state;
+        }
+    }
+
+    /// The launches so far, by handle.
+    pub fn launches(&self) -> Vec<(String, Launch)> {
+        self.processes
+            .borrow()
+            .iter()
+            .map(|(h, (l, _))| (h.clone(), l.clone()))
+            .collect()
+    }
+
+    pub fn signals(&self) -> Vec<(String, Signal)> {
+        self.signals.borrow().clone()
+    }
+
+    pub fn logs(&self) -> Vec<(Level, String)> {
+        self.logs.borrow().clone()
+    }
+
+    fn answer(&self, ssh_host: Option<&str>, cmd: &Command) -> Result<Output, RunError> {
+        self.calls.borrow_mut().push(RecordedCall {
+            ssh_host: ssh_host.map(str::to_string),
+            command: cmd.clone(),
+        });
+        let rules = self.rules.borrow();
+        rules
+            .iter()
+            .find(|r| r.program == cmd.program && wasmspawner_argpattern::matches(&r.args, &cmd.args))
+            .map(|r| r.answer.clone())
+            .unwrap_or_else(|| {
+                Err(RunError::Denied(format!(
+                    "FakeHost has no rule for `{}`",
+                    cmd.display()
+                )))
+            })
+    }
+}
+
+impl Host for FakeHost {
+    fn run(&self, cmd: &Command) -> Result<Output, RunError> {
+        self.answer(None, cmd)
+    }
+    fn ssh(&self, host: &str, cmd: &Command) -> Result<Output, RunError> {
+        self.answer(Some(host), cmd)
+    }
+    fn start_detached(&self, launch: &Launch) -> Result<String, RunError> {
+        let mut procs = self.processes.borrow_mut();
+        let handle = format!("fake-{}", procs.len() + 1);
+        procs.insert(handle.clone(), (launch.clone(), ProcessState::Running));
+        Ok(handle)
+    }
+    fn detached_status(&self, handles: &[String]) -> Vec<ProcessState> {
+        let procs = self.processes.borrow();
+        handles
+            .iter()
+            .map(|h| match procs.get(h) {
+                Some((_, s)) => s.clone(),
+                None => ProcessState::Unknown(format!("no process {h}")),
+            })
+            .collect()
+    }
+    fn signal_detached(&self, handle: &str, signal: Signal) -> Result<(), RunError> {
+        if !self.processes.borrow().contains_key(handle) {
+            return Err(RunError::Denied(format!("no process {handle}")));
+        }
+        self.signals.borrow_mut().push((handle.to_string(), signal));
+        Ok(())
+    }
+    fn log(&self, level: Level, message: &str) {
+        self.logs.borrow_mut().push((level, message.to_string()));
+    }
+}
+
+/// A user for tests.
+pub fn user(name: &str) -> User {
+    User {
+        name: name.to_string(),
+        groups: Vec::new(),
+        admin: false,
+    }
+}
+
+/// A [`crate::JobSpec`] for tests, with the usual single-user command.
+pub fn job_spec(user_name: &str, options: Vec<crate::FieldValue>) -> crate::JobSpec {
+    crate::JobSpec {
+        spawn_id: "spawn-test".into(),
+        user: user(user_name),
+        options,
+        cmd: vec!["jupyterhub-singleuser".into()],
+        env_names: vec!["JUPYTERHUB_API_TOKEN".into()],
+        callback_url: "http://127.0.0.1:8765/v1/spawns/spawn-test/ready".into(),
+        home: Some(format!("/home/{user_name}")),
+    }
+}
+
+/// Unwraps a plugin result, panicking with the error's message.
+pub fn ok<T>(r: Result<T, PluginError>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("plugin error: {}", crate::host::error_message(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmatched_call_is_denied_and_recorded() {
+        let host = FakeHost::new();
+        let err = host.run(&Command::new("rm").arg("-rf")).unwrap_err();
+        assert!(matches!(err, RunError::Denied(_)));
+        assert_eq!(host.calls().len(), 1);
+    }
+}
