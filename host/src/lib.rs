@@ -1,0 +1,11 @@
+//! The Wasmspawner host: runs JupyterHub single-user servers as batch jobs
+//! through WebAssembly scheduler plugins. See ARCHITECTURE.md for the map.
+
+pub mod capability;
+pub mod cli;
+pub mod config;
+pub mod form;
+pub mod http;
+pub mod model;
+pub mod registry;
+pub mod runtime;

@@ -10,6 +10,9 @@
 //! workdir = "home"                  # "home" (the user's home) or an absolute path
 //! extra_args = []                   # appended to the server command
 //! ```
+//!
+//! The chosen interface reaches the server as `JUPYTERHUB_DEFAULT_URL`, so
+//! grant that variable: `[instances.local.grants] env = ["JUPYTERHUB_DEFAULT_URL"]`.
 
 use serde::Deserialize;
 use wasmspawner_sdk::options::field_error;
@@ -123,12 +126,16 @@ impl Plugin for Local {
             .split_first()
             .ok_or_else(|| PluginError::Other("the server command is empty".into()))?;
         let mut args = args.to_vec();
-        if let Some((_, _, url)) = INTERFACES
+        // jupyterhub-singleuser opens JUPYTERHUB_DEFAULT_URL.
+        let env = INTERFACES
             .iter()
             .find(|(id, _, _)| Some(*id) == options.text("interface"))
-        {
-            args.push(format!("--ServerApp.default_url={url}"));
-        }
+            .map(|(_, _, url)| EnvVar {
+                name: "JUPYTERHUB_DEFAULT_URL".into(),
+                value: url.to_string(),
+            })
+            .into_iter()
+            .collect();
         if options.boolean("debug") == Some(true) {
             args.push("--debug".into());
         }
@@ -140,7 +147,7 @@ impl Plugin for Local {
         let handle = host.start_detached(&Launch {
             program: program.clone(),
             args,
-            env: vec![],
+            env,
             spawn_env: true,
             workdir,
         })?;
@@ -236,7 +243,9 @@ mod tests {
         assert_eq!(launches[0].0, sub.job_id);
         let l = &launches[0].1;
         assert_eq!(l.program, "jupyterhub-singleuser");
-        assert_eq!(l.args, vec!["--ServerApp.default_url=/lab", "--debug"]);
+        assert_eq!(l.args, vec!["--debug"]);
+        assert_eq!(l.env[0].name, "JUPYTERHUB_DEFAULT_URL");
+        assert_eq!(l.env[0].value, "/lab");
         assert!(l.spawn_env);
         assert_eq!(l.workdir.as_deref(), Some("/home/alice"));
     }

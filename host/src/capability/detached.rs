@@ -1,0 +1,270 @@
+//! `detached.*`: long-running local processes (the `local` plugin's servers).
+//!
+//! A process starts in its own session, with the gate's environment and its
+//! output in a log file the host chooses (`<state>/logs/<instance>/`). The
+//! plugin gets an opaque handle `PID.START.MAC`: START is the process's start
+//! time in clock ticks since boot (from `/proc`), so a reused PID is never
+//! mistaken for the server, and MAC is an HMAC over instance, PID and START
+//! with a key kept in the state directory, so a plugin can only query or
+//! signal processes this host started for that same instance — also after a
+//! host restart.
+
+use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::gate::{Denial, Kind, ProgramRequest};
+use super::CallState;
+use crate::runtime::bindings::detached::{self as wit, Launch, ProcessState, Signal};
+use crate::runtime::bindings::process::RunError;
+
+/// Processes started by this host, and the key their handles are signed with.
+pub struct DetachedRegistry {
+    key: [u8; 32],
+    log_dir: PathBuf,
+    /// Exit codes of children this host reaped, by PID and start time.
+    exited: Mutex<HashMap<(u32, u64), Option<i32>>>,
+}
+
+/// A verified handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Handle {
+    pid: u32,
+    start: u64,
+}
+
+impl DetachedRegistry {
+    /// Loads (or creates, 0600) the handle key in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Arc<DetachedRegistry>> {
+        let key_path = state_dir.join("detached.key");
+        let key = match std::fs::read(&key_path) {
+            Ok(k) if k.len() == 32 => k,
+            Ok(_) => anyhow::bail!(
+                "{} is not a 32-byte key; delete it to have a new one made (handles of running local servers are then lost)",
+                key_path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let k: [u8; 32] = rand::random();
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&key_path)
+                    .with_context(|| format!("cannot create {}", key_path.display()))?;
+                std::io::Write::write_all(&mut f, &k)?;
+                k.to_vec()
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", key_path.display())),
+        };
+        Ok(Arc::new(DetachedRegistry {
+            key: key.try_into().expect("32 bytes"),
+            log_dir: state_dir.join("logs"),
+            exited: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn mac(&self, instance: &str, h: Handle) -> String {
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        m.update(format!("{instance}\0{}\0{}", h.pid, h.start).as_bytes());
+        hex::encode(&m.finalize().into_bytes()[..16])
+    }
+
+    fn encode(&self, instance: &str, h: Handle) -> String {
+        format!("{}.{}.{}", h.pid, h.start, self.mac(instance, h))
+    }
+
+    fn decode(&self, instance: &str, handle: &str) -> Option<Handle> {
+        let mut parts = handle.split('.');
+        let pid = parts.next()?.parse().ok()?;
+        let start = parts.next()?.parse().ok()?;
+        let mac = parts.next()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        let h = Handle { pid, start };
+        // Constant-time comparison of the MAC.
+        let want = self.mac(instance, h);
+        let same = want.len() == mac.len()
+            && want.bytes().zip(mac.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        same.then_some(h)
+    }
+
+    /// Starts the permitted process; returns its handle.
+    async fn start(
+        self: &Arc<Self>,
+        instance: &str,
+        spawn_id: Option<&str>,
+        argv: &[String],
+        env: &[(String, String)],
+        workdir: &Path,
+    ) -> Result<String, String> {
+        let dir = self.log_dir.join(instance);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let name = spawn_id.unwrap_or("process");
+        let log_path = dir.join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&log_path)
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(workdir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        // SAFETY: setsid is async-signal-safe; it makes the child the leader
+        // of a new session and process group, detached from the host's.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
+        let pid = child.id().ok_or("the process exited at once")?;
+        let start = proc_start_time(pid).ok_or("the process exited at once")?;
+        let h = Handle { pid, start };
+        // Reap it when it ends and remember its exit code.
+        let me = self.clone();
+        tokio::spawn(async move {
+            let code = child.wait().await.ok().map(super::process::exit_code);
+            me.exited.lock().unwrap().insert((h.pid, h.start), code);
+        });
+        Ok(self.encode(instance, h))
+    }
+
+    fn state(&self, instance: &str, handle: &str) -> ProcessState {
+        let Some(h) = self.decode(instance, handle) else {
+            return ProcessState::Unknown(format!(
+                "{handle:?} is not a process handle this host issued to instance `{instance}`"
+            ));
+        };
+        if let Some(code) = self.exited.lock().unwrap().get(&(h.pid, h.start)) {
+            return ProcessState::Exited(*code);
+        }
+        match proc_start_time(h.pid) {
+            Some(s) if s == h.start && !is_zombie(h.pid) => ProcessState::Running,
+            _ => ProcessState::Exited(None),
+        }
+    }
+
+    fn signal(&self, instance: &str, handle: &str, sig: Signal) -> Result<(), String> {
+        let h = self.decode(instance, handle).ok_or_else(|| {
+            format!("{handle:?} is not a process handle this host issued to instance `{instance}`")
+        })?;
+        if !matches!(self.state(instance, handle), ProcessState::Running) {
+            return Ok(()); // already gone: nothing to signal
+        }
+        let signo = match sig {
+            Signal::Interrupt => libc::SIGINT,
+            Signal::Terminate => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        };
+        // SAFETY: plain syscall to the process group the child leads.
+        let rc = unsafe { libc::kill(-(h.pid as i32), signo) };
+        if rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            Ok(())
+        } else {
+            Err(format!("kill: {}", std::io::Error::last_os_error()))
+        }
+    }
+}
+
+/// Field 22 of /proc/PID/stat: start time in clock ticks after boot.
+fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and ')': skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+        .unwrap_or(false)
+}
+
+impl wit::Host for CallState {
+    async fn start(&mut self, req: Launch) -> Result<String, RunError> {
+        let env: Vec<(String, String)> = req.env.into_iter().map(|e| (e.name, e.value)).collect();
+        let permit = self
+            .gate
+            .authorize(
+                &self.call,
+                &ProgramRequest {
+                    kind: Kind::Detached,
+                    program: &req.program,
+                    args: &req.args,
+                    env: &env,
+                    spawn_env: req.spawn_env,
+                    timeout_ms: 0,
+                },
+            )
+            .map_err(|d| match d {
+                Denial::Denied(m) => RunError::Denied(m),
+                Denial::NotFound(m) => RunError::NotFound(m),
+            })?;
+        let workdir = match req.workdir.as_deref() {
+            Some(w) if w.starts_with('/') && Path::new(w).is_dir() => PathBuf::from(w),
+            Some(w) => {
+                let m = format!("working directory {w:?} is not an existing absolute directory");
+                permit.finish(None, Some(m.clone()));
+                return Err(RunError::Failed(m));
+            }
+            None => PathBuf::from("/"),
+        };
+        let started = self
+            .detached
+            .start(
+                self.gate.instance(),
+                self.call.spawn_id.as_deref(),
+                &permit.argv,
+                &permit.env,
+                &workdir,
+            )
+            .await;
+        match started {
+            Ok(handle) => {
+                permit.finish(None, None);
+                Ok(handle)
+            }
+            Err(m) => {
+                permit.finish(None, Some(m.clone()));
+                Err(RunError::Failed(m))
+            }
+        }
+    }
+
+    async fn status(&mut self, handles: Vec<String>) -> Vec<ProcessState> {
+        if let Err(m) = self.gate.check_detached_declared() {
+            return handles.iter().map(|_| ProcessState::Unknown(m.clone())).collect();
+        }
+        let instance = self.gate.instance();
+        handles.iter().map(|h| self.detached.state(instance, h)).collect()
+    }
+
+    async fn send_signal(&mut self, handle: String, sig: Signal) -> Result<(), RunError> {
+        let outcome = self
+            .gate
+            .check_detached_declared()
+            .and_then(|()| self.detached.signal(self.gate.instance(), &handle, sig));
+        self.gate.audit_signal(&self.call, &handle, outcome.clone());
+        outcome.map_err(RunError::Denied)
+    }
+}

@@ -1,0 +1,467 @@
+//! The one gate every capability call passes through.
+//!
+//! A call is allowed only when it is inside what the plugin *declared* (in
+//! its component's `describe`) **and** what the operator *granted* (in the
+//! instance's config). The gate resolves the program to an absolute path,
+//! builds the child's environment from scratch, applies the operator's run-as
+//! prefix, caps the timeout and output, and writes an audit record for every
+//! decision. Capability modules never run anything the gate did not permit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::audit::{AuditLog, AuditRecord};
+use super::env::{child_env, EnvRequest};
+use crate::config::{EnvGrant, InstanceConfig, Limits, ProgramGrant};
+use crate::model::{DeclaredCapabilities, ProgramUse};
+
+/// Which capability a program call is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Run,
+    Detached,
+    Ssh,
+}
+
+impl Kind {
+    pub fn audit_name(self) -> &'static str {
+        match self {
+            Kind::Run => "process.run",
+            Kind::Detached => "detached.start",
+            Kind::Ssh => "ssh.run",
+        }
+    }
+    fn grant_key(self) -> &'static str {
+        match self {
+            Kind::Run => "grants.programs",
+            Kind::Detached => "grants.detached",
+            Kind::Ssh => "grants.ssh",
+        }
+    }
+    fn declared(self, d: &DeclaredCapabilities) -> &[ProgramUse] {
+        match self {
+            Kind::Run => &d.programs,
+            Kind::Detached => &d.detached,
+            Kind::Ssh => &d.ssh,
+        }
+    }
+}
+
+/// Who a plugin call is made for; set by the host, never by the plugin.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    pub spawn_id: Option<String>,
+    /// The hub user, for calls about one user's job (submit, cancel). The
+    /// operator's run-as prefix applies only then.
+    pub user: Option<String>,
+    /// The spawn's environment (hub token, callback token, …), injected only
+    /// into commands declared and granted with `spawn_env`.
+    pub spawn_env: Arc<Vec<(String, String)>>,
+}
+
+/// A program call as the plugin asked for it.
+#[derive(Debug, Clone)]
+pub struct ProgramRequest<'a> {
+    pub kind: Kind,
+    pub program: &'a str,
+    pub args: &'a [String],
+    pub env: &'a [(String, String)],
+    pub spawn_env: bool,
+    pub timeout_ms: u32,
+}
+
+/// Why the gate said no.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    Denied(String),
+    NotFound(String),
+}
+
+/// A grant with its program resolved at load time.
+#[derive(Debug, Clone)]
+pub struct ResolvedGrant {
+    pub grant: ProgramGrant,
+    /// The absolute path, or why it could not be found.
+    pub path: Result<PathBuf, String>,
+}
+
+/// The gate of one loaded plugin version in one instance.
+pub struct Gate {
+    instance: String,
+    config_file: String,
+    digest: String,
+    plugin: String,
+    declared: DeclaredCapabilities,
+    programs: Vec<ResolvedGrant>,
+    detached: Vec<ResolvedGrant>,
+    env: Vec<EnvGrant>,
+    run_as: Vec<String>,
+    limits: Limits,
+    audit: Arc<AuditLog>,
+}
+
+/// Permission to run one program, as the gate shaped it. Finish it with the
+/// outcome; dropping it unfinished records the call as abandoned.
+pub struct Permit {
+    /// What is executed: `argv[0]` is an absolute path.
+    pub argv: Vec<String>,
+    /// The child's whole environment.
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub output_cap: usize,
+    record: Option<AuditRecord>,
+    started: Instant,
+    audit: Arc<AuditLog>,
+}
+
+impl Permit {
+    /// Records how the call ended.
+    pub fn finish(mut self, exit_code: Option<i32>, failure: Option<String>) {
+        if let Some(mut r) = self.record.take() {
+            r.exit_code = exit_code;
+            r.reason = failure;
+            r.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+            self.audit.write(r);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.record.take() {
+            r.reason = Some("abandoned: the plugin call ended before the program".into());
+            r.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+            self.audit.write(r);
+        }
+    }
+}
+
+impl Gate {
+    pub fn new(
+        inst: &InstanceConfig,
+        config_file: &Path,
+        digest: &str,
+        plugin: &str,
+        declared: DeclaredCapabilities,
+        audit: Arc<AuditLog>,
+    ) -> Gate {
+        let resolve = |g: &ProgramGrant| ResolvedGrant {
+            grant: g.clone(),
+            path: resolve_program(&g.program, &inst.search_path),
+        };
+        Gate {
+            instance: inst.name.clone(),
+            config_file: config_file.display().to_string(),
+            digest: digest.to_string(),
+            plugin: plugin.to_string(),
+            declared,
+            programs: inst.grants.programs.iter().map(resolve).collect(),
+            detached: inst.grants.detached.iter().map(resolve).collect(),
+            env: inst.grants.env.clone(),
+            run_as: inst.run_as.clone(),
+            limits: inst.limits.clone(),
+            audit,
+        }
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn declared(&self) -> &DeclaredCapabilities {
+        &self.declared
+    }
+
+    /// The resolved grants of a kind (for `check` and `audit`).
+    pub fn grants(&self, kind: Kind) -> &[ResolvedGrant] {
+        match kind {
+            Kind::Run => &self.programs,
+            Kind::Detached => &self.detached,
+            Kind::Ssh => &[],
+        }
+    }
+
+    fn record(&self, call: &CallContext, capability: &'static str, program: &str) -> AuditRecord {
+        AuditRecord {
+            instance: self.instance.clone(),
+            digest: self.digest.clone(),
+            spawn_id: call.spawn_id.clone(),
+            user: call.user.clone(),
+            capability,
+            program: program.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn deny(&self, mut record: AuditRecord, argv: &[String], call: &CallContext, d: Denial) -> Denial {
+        record.decision = "deny";
+        record.argv = redact(argv, &call.spawn_env);
+        record.reason = Some(match &d {
+            Denial::Denied(m) | Denial::NotFound(m) => m.clone(),
+        });
+        self.audit.write(record);
+        d
+    }
+
+    /// Checks a program call and shapes it into a [`Permit`].
+    pub fn authorize(&self, call: &CallContext, req: &ProgramRequest<'_>) -> Result<Permit, Denial> {
+        let record = self.record(call, req.kind.audit_name(), req.program);
+        let asked: Vec<String> = std::iter::once(req.program.to_string())
+            .chain(req.args.iter().cloned())
+            .collect();
+        match self.decide(call, req) {
+            Ok((argv, env, timeout)) => {
+                let mut record = record;
+                record.decision = "allow";
+                record.argv = redact(&argv, &call.spawn_env);
+                record.env = env.iter().map(|(k, _)| k.clone()).collect();
+                Ok(Permit {
+                    argv,
+                    env,
+                    timeout,
+                    output_cap: self.limits.output_bytes,
+                    record: Some(record),
+                    started: Instant::now(),
+                    audit: self.audit.clone(),
+                })
+            }
+            Err(d) => Err(self.deny(record, &asked, call, d)),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn decide(
+        &self,
+        call: &CallContext,
+        req: &ProgramRequest<'_>,
+    ) -> Result<(Vec<String>, Vec<(String, String)>, Duration), Denial> {
+        let denied = |m: String| Err(Denial::Denied(m));
+        if req.program.is_empty() || req.program.contains('\0') {
+            return denied("the program name is empty or has a NUL byte".into());
+        }
+        if req.program.contains('/') && !req.program.starts_with('/') {
+            return denied(format!(
+                "program {:?}: give a bare name or an absolute path",
+                req.program
+            ));
+        }
+        if let Some((i, _)) = req.args.iter().enumerate().find(|(_, a)| a.contains('\0')) {
+            return denied(format!("argument {} has a NUL byte", i + 1));
+        }
+        // Secrets travel in the environment only, never in argv.
+        for (name, value) in call.spawn_env.iter() {
+            if value.len() >= 8 && req.args.iter().any(|a| a.contains(value.as_str())) {
+                return denied(format!(
+                    "an argument contains the value of the spawn variable {name}; secrets may only travel in the environment"
+                ));
+            }
+        }
+
+        let declared = req.kind.declared(&self.declared);
+        let fits = |u: &ProgramUse| {
+            (u.program == "*" || u.program == req.program)
+                && wasmspawner_argpattern::matches(&u.args, req.args)
+                && (u.spawn_env || !req.spawn_env)
+        };
+        if !declared.iter().any(fits) {
+            let names: Vec<&str> = declared.iter().map(|u| u.program.as_str()).collect();
+            return denied(format!(
+                "`{}` is outside what plugin {} declared for {} (declared: {}); the plugin must declare it in describe()",
+                display_argv(req.program, req.args),
+                self.plugin,
+                req.kind.audit_name(),
+                if names.is_empty() { "nothing".into() } else { names.join(", ") }
+            ));
+        }
+
+        let grants = self.grants(req.kind);
+        let same_program: Vec<&ResolvedGrant> =
+            grants.iter().filter(|g| g.grant.program == req.program).collect();
+        if same_program.is_empty() {
+            return denied(format!(
+                "program `{}` is not granted to instance `{}`; an operator may add it under [[instances.{}.{}]] in {}",
+                req.program,
+                self.instance,
+                self.instance,
+                req.kind.grant_key(),
+                self.config_file
+            ));
+        }
+        let Some(grant) = same_program
+            .iter()
+            .find(|g| wasmspawner_argpattern::matches(&g.grant.args, req.args))
+        else {
+            return denied(format!(
+                "`{}` does not match the granted argument patterns of `{}` ({}) in [instances.{}] of {}",
+                display_argv(req.program, req.args),
+                req.program,
+                same_program
+                    .iter()
+                    .map(|g| format!("[{}]", g.grant.args.join(" ")))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                self.instance,
+                self.config_file
+            ));
+        };
+        if req.spawn_env && !grant.grant.spawn_env {
+            return denied(format!(
+                "`{}` may not receive the spawn's environment: its grant in [instances.{}] has no spawn_env = true",
+                req.program, self.instance
+            ));
+        }
+        let path = match &grant.path {
+            Ok(p) => p.clone(),
+            Err(why) => return Err(Denial::NotFound(why.clone())),
+        };
+
+        let env = child_env(&EnvRequest {
+            grants: &self.env,
+            requested: req.env,
+            spawn_env: if req.spawn_env { Some(&call.spawn_env) } else { None },
+            instance: &self.instance,
+        })
+        .map_err(Denial::Denied)?;
+
+        let mut argv = Vec::with_capacity(self.run_as.len() + 1 + req.args.len());
+        if let (false, Some(user)) = (self.run_as.is_empty(), call.user.as_deref()) {
+            argv.extend(self.run_as.iter().map(|a| a.replace("{user}", user)));
+        }
+        argv.push(path.display().to_string());
+        argv.extend(req.args.iter().cloned());
+
+        let max = self.limits.call_timeout;
+        let timeout = match req.timeout_ms {
+            0 => self.limits.command_timeout,
+            ms => Duration::from_millis(ms as u64),
+        }
+        .min(max);
+        Ok((argv, env, timeout))
+    }
+
+    /// Records a signal sent to a detached process (the handle was checked
+    /// by the detached registry).
+    pub fn audit_signal(&self, call: &CallContext, handle: &str, outcome: Result<(), String>) {
+        let mut r = self.record(call, "detached.signal", handle);
+        match outcome {
+            Ok(()) => r.decision = "allow",
+            Err(e) => {
+                r.decision = "deny";
+                r.reason = Some(e);
+            }
+        }
+        self.audit.write(r);
+    }
+
+    /// Records a refused SSH call.
+    pub fn audit_denied_ssh(&self, call: &CallContext, host: &str, program: &str, args: &[String], why: &str) {
+        let mut r = self.record(call, Kind::Ssh.audit_name(), program);
+        r.decision = "deny";
+        r.argv = redact(
+            &std::iter::once(format!("{host}:{program}")).chain(args.iter().cloned()).collect::<Vec<_>>(),
+            &call.spawn_env,
+        );
+        r.reason = Some(why.to_string());
+        self.audit.write(r);
+    }
+
+    /// Detached-process queries need a detached declaration.
+    pub fn check_detached_declared(&self) -> Result<(), String> {
+        if self.declared.detached.is_empty() {
+            Err(format!(
+                "plugin {} did not declare detached processes",
+                self.plugin
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Logging: capped and stripped of control characters.
+    pub fn log_message(&self, message: &str) -> String {
+        const MAX: usize = 4096;
+        let mut m: String = message
+            .chars()
+            .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+            .take(MAX)
+            .collect();
+        if message.chars().count() > MAX {
+            m.push('…');
+        }
+        m
+    }
+}
+
+/// Finds a program: an absolute path as is (must exist), a bare name in the
+/// search path.
+pub fn resolve_program(program: &str, search_path: &[PathBuf]) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.starts_with('/') {
+        let p = PathBuf::from(program);
+        return if is_exec(&p) {
+            Ok(p)
+        } else {
+            Err(format!("{program} does not exist or is not executable"))
+        };
+    }
+    search_path
+        .iter()
+        .map(|d| d.join(program))
+        .find(|p| is_exec(p))
+        .ok_or_else(|| {
+            format!(
+                "`{program}` is not in the instance's search_path ({})",
+                search_path
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
+            )
+        })
+}
+
+fn display_argv(program: &str, args: &[String]) -> String {
+    let mut s = program.to_string();
+    for a in args {
+        s.push(' ');
+        if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            s.push_str(&format!("{a:?}"));
+        } else {
+            s.push_str(a);
+        }
+    }
+    if s.len() > 300 {
+        let mut cut = 300;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// Replaces spawn secrets in argv with `<redacted:NAME>`.
+fn redact(argv: &[String], spawn_env: &[(String, String)]) -> Vec<String> {
+    argv.iter()
+        .map(|a| {
+            let mut a = a.clone();
+            for (name, value) in spawn_env {
+                if value.len() >= 8 && a.contains(value.as_str()) {
+                    a = a.replace(value.as_str(), &format!("<redacted:{name}>"));
+                }
+            }
+            a
+        })
+        .collect()
+}

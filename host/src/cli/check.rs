@@ -1,0 +1,141 @@
+//! `wasmspawner check`: load every plugin instance and compare what each
+//! declares with what the operator granted.
+//!
+//! Problems (exit 1): a component that does not load, a site config the
+//! plugin rejects, a declared capability with no grant ("missing"), a granted
+//! program that cannot be found. Warnings: a grant the plugin never declared
+//! ("unused": harmless, since only the intersection is effective).
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::capability::gate::Kind;
+use crate::config::Config;
+use crate::model::{ProgramUse, User};
+use crate::runtime::plugin::PluginInstance;
+use crate::runtime::Runtime;
+
+#[derive(Serialize, Default)]
+pub struct InstanceReport {
+    pub instance: String,
+    pub plugin: String,
+    pub digest: Option<String>,
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub api_version: Option<String>,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub async fn run(config_path: &Path, json: bool) -> Result<i32> {
+    let config = Config::load(config_path)?;
+    let runtime = Runtime::new(&config.state_dir)?;
+    let mut reports = Vec::new();
+    for ic in config.instances.values() {
+        reports.push(check_instance(&runtime, &config, ic).await);
+    }
+    let failed = reports.iter().any(|r| !r.problems.is_empty());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            println!(
+                "{} {}  ({} {}, {})",
+                if r.problems.is_empty() { "ok  " } else { "FAIL" },
+                r.instance,
+                r.name.as_deref().unwrap_or("?"),
+                r.version.as_deref().unwrap_or("?"),
+                r.plugin
+            );
+            for p in &r.problems {
+                println!("     problem: {p}");
+            }
+            for w in &r.warnings {
+                println!("     warning: {w}");
+            }
+        }
+        if reports.is_empty() {
+            println!("{}: no [instances.*] defined", config.path.display());
+        }
+    }
+    Ok(if failed || reports.is_empty() { 1 } else { 0 })
+}
+
+async fn check_instance(
+    runtime: &std::sync::Arc<Runtime>,
+    config: &Config,
+    ic: &crate::config::InstanceConfig,
+) -> InstanceReport {
+    let mut r = InstanceReport {
+        instance: ic.name.clone(),
+        plugin: ic.plugin.display().to_string(),
+        ..Default::default()
+    };
+    let inst = match PluginInstance::load(runtime.clone(), &config.path, ic.clone()).await {
+        Ok(i) => i,
+        Err(e) => {
+            r.problems.push(format!("{e:#}"));
+            return r;
+        }
+    };
+    let loaded = inst.current();
+    let d = &loaded.descriptor;
+    r.digest = Some(loaded.digest.clone());
+    r.name = Some(d.name.clone());
+    r.version = Some(d.version.clone());
+    r.api_version = Some(d.api_version.clone());
+    let section = format!("[instances.{}]", ic.name);
+
+    for (kind, label, key) in [
+        (Kind::Run, "program", "grants.programs"),
+        (Kind::Detached, "detached process", "grants.detached"),
+    ] {
+        let declared: &[ProgramUse] = match kind {
+            Kind::Run => &d.capabilities.programs,
+            _ => &d.capabilities.detached,
+        };
+        let grants = loaded.gate.grants(kind);
+        for u in declared {
+            let covered = grants.iter().any(|g| u.program == "*" || g.grant.program == u.program);
+            if !covered {
+                r.problems.push(format!(
+                    "missing: the plugin declares {label} `{}` [{}] but {section} has no {key} entry for it",
+                    u.program,
+                    u.args.join(" ")
+                ));
+            }
+        }
+        for g in grants {
+            let used = declared.iter().any(|u| u.program == "*" || u.program == g.grant.program);
+            if !used {
+                r.warnings.push(format!(
+                    "unused: {section} {key} grants `{}` but the plugin never declares it",
+                    g.grant.program
+                ));
+            }
+            if let Err(why) = &g.path {
+                r.problems.push(format!("{section} {key} `{}`: {why}", g.grant.program));
+            }
+            if g.grant.spawn_env && !declared.iter().any(|u| u.spawn_env && (u.program == "*" || u.program == g.grant.program)) {
+                r.warnings.push(format!(
+                    "unused: {section} {key} `{}` grants spawn_env, which the plugin never asks for",
+                    g.grant.program
+                ));
+            }
+        }
+    }
+    if !d.capabilities.ssh.is_empty() {
+        r.problems.push(format!(
+            "missing: the plugin declares SSH use ({}) but this host version has no SSH grants",
+            d.capabilities.ssh.iter().map(|u| u.program.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    // The plugin checks its site config when asked for a form.
+    let probe = User { name: "check".into(), groups: vec![], admin: false };
+    if let Err(e) = inst.form(&probe).await {
+        r.problems.push(format!("{section} config: {e}"));
+    }
+    r
+}

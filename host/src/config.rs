@@ -1,0 +1,410 @@
+//! The host's TOML config file: where state lives, how the HTTP API listens,
+//! and each plugin instance with its site config, grants and limits.
+//!
+//! Every error names the file, the key and what is expected.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// The whole config, resolved: paths absolute, patterns checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    pub state_dir: PathBuf,
+    pub http: HttpConfig,
+    pub instances: BTreeMap<String, InstanceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: String,
+    /// File holding the API bearer token (the hub's secret).
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the token, when no file is set.
+    pub token_env: String,
+    /// The URL jobs use to reach the host (for the port callback).
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InstanceConfig {
+    pub name: String,
+    /// The component file (`.wasm`).
+    pub plugin: PathBuf,
+    /// When set, a component with another sha256 is refused.
+    pub sha256: Option<String>,
+    /// Where bare program names are looked up, in order.
+    pub search_path: Vec<PathBuf>,
+    /// The plugin's site config, handed to it as JSON.
+    pub config: serde_json::Value,
+    pub grants: Grants,
+    pub limits: Limits,
+    /// argv prefix for commands run on behalf of a user (submit and cancel),
+    /// `{user}` replaced by the validated user name, e.g.
+    /// `["/usr/sbin/runuser", "-u", "{user}", "--"]`.
+    pub run_as: Vec<String>,
+}
+
+/// What the operator allows an instance to do.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    pub programs: Vec<ProgramGrant>,
+    pub detached: Vec<ProgramGrant>,
+    pub env: Vec<EnvGrant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramGrant {
+    /// A bare name resolved through `search_path`, or an absolute path.
+    pub program: String,
+    /// Argument patterns (`*`, `**`, globs, literals).
+    #[serde(default = "any_args")]
+    pub args: Vec<String>,
+    /// The command may receive the spawn's environment (the hub's token).
+    #[serde(default)]
+    pub spawn_env: bool,
+}
+
+fn any_args() -> Vec<String> {
+    vec!["**".into()]
+}
+
+/// One environment variable a child may receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvGrant {
+    /// `NAME`: passed through from the host's environment when set there;
+    /// a plugin may also set it.
+    Pass(String),
+    /// `NAME=VALUE`: always set to this value; a plugin may not change it.
+    Fixed(String, String),
+}
+
+impl EnvGrant {
+    pub fn name(&self) -> &str {
+        match self {
+            EnvGrant::Pass(n) | EnvGrant::Fixed(n, _) => n,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Linear memory of one plugin call.
+    pub memory_bytes: usize,
+    /// Wall-clock deadline of one plugin call.
+    pub call_timeout: Duration,
+    /// Default timeout of one program a plugin runs.
+    pub command_timeout: Duration,
+    /// Cap on each of stdout and stderr of one program.
+    pub output_bytes: usize,
+    /// Plugin calls of this instance in flight at once.
+    pub concurrent_calls: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            call_timeout: Duration::from_secs(60),
+            command_timeout: Duration::from_secs(30),
+            output_bytes: 1 << 20,
+            concurrent_calls: 16,
+        }
+    }
+}
+
+// ----- the file as written -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    instances: BTreeMap<String, RawInstance>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+    public_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstance {
+    plugin: PathBuf,
+    sha256: Option<String>,
+    search_path: Option<Vec<PathBuf>>,
+    #[serde(default)]
+    config: toml::Table,
+    #[serde(default)]
+    grants: RawGrants,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    run_as: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    #[serde(default)]
+    programs: Vec<ProgramGrant>,
+    #[serde(default)]
+    detached: Vec<ProgramGrant>,
+    #[serde(default)]
+    env: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory_mib: Option<u64>,
+    call_timeout_secs: Option<f64>,
+    command_timeout_secs: Option<f64>,
+    output_bytes: Option<usize>,
+    concurrent_calls: Option<usize>,
+}
+
+pub const DEFAULT_SEARCH_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses config text as if read from `path` (relative paths in it are
+    /// relative to the file's directory).
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let file = path.display().to_string();
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{file}: {}", e.to_string().trim()))?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = std::path::absolute(&base).unwrap_or(base);
+        let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+
+        let state_dir = abs(&raw
+            .state_dir
+            .ok_or_else(|| anyhow::anyhow!("{file}: `state_dir` is missing; set it to a directory the host may write, e.g. state_dir = \"/var/lib/wasmspawner\""))?);
+
+        let http = HttpConfig {
+            listen: raw.http.listen.unwrap_or_else(|| "127.0.0.1:8765".into()),
+            token_file: raw.http.token_file.as_deref().map(abs),
+            token_env: raw.http.token_env.unwrap_or_else(|| "WASMSPAWNER_TOKEN".into()),
+            public_url: raw.http.public_url,
+        };
+
+        let mut instances = BTreeMap::new();
+        for (name, ri) in raw.instances {
+            let key = format!("instances.{name}");
+            check_name(&name).map_err(|m| anyhow::anyhow!("{file}: [{key}]: {m}"))?;
+            let inst = resolve_instance(&name, ri, &abs)
+                .map_err(|e| anyhow::anyhow!("{file}: [{key}] {e}"))?;
+            instances.insert(name, inst);
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            state_dir,
+            http,
+            instances,
+        })
+    }
+
+    pub fn instance(&self, name: &str) -> Result<&InstanceConfig> {
+        self.instances.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.instances.keys().map(String::as_str).collect();
+            anyhow::anyhow!(
+                "{}: no plugin instance `{name}`; the file defines: {}",
+                self.path.display(),
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )
+        })
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "instance name `{name}` must be 1-64 characters of a-z, 0-9, - and _, starting with a letter"
+        ))
+    }
+}
+
+fn resolve_instance(
+    name: &str,
+    ri: RawInstance,
+    abs: &dyn Fn(&Path) -> PathBuf,
+) -> Result<InstanceConfig> {
+    if let Some(pin) = &ri.sha256 {
+        if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("sha256: expected 64 hex digits (the output of `sha256sum` on the .wasm), got {pin:?}");
+        }
+    }
+    let search_path: Vec<PathBuf> = match ri.search_path {
+        Some(p) => p,
+        None => DEFAULT_SEARCH_PATH.iter().map(PathBuf::from).collect(),
+    };
+    if let Some(rel) = search_path.iter().find(|p| !p.is_absolute()) {
+        bail!("search_path: {} is not absolute; list absolute directories like \"/opt/slurm/bin\"", rel.display());
+    }
+    for (kind, list) in [("programs", &ri.grants.programs), ("detached", &ri.grants.detached)] {
+        for (i, g) in list.iter().enumerate() {
+            let at = format!("grants.{kind}[{i}]");
+            check_program_name(&g.program).map_err(|m| anyhow::anyhow!("{at}.program: {m}"))?;
+            wasmspawner_argpattern::validate(&g.args)
+                .map_err(|e| anyhow::anyhow!("{at}.args: {e}"))?;
+        }
+    }
+    let mut env = Vec::new();
+    for (i, e) in ri.grants.env.iter().enumerate() {
+        let g = match e.split_once('=') {
+            Some((n, v)) => EnvGrant::Fixed(n.to_string(), v.to_string()),
+            None => EnvGrant::Pass(e.clone()),
+        };
+        if !valid_env_name(g.name()) {
+            bail!("grants.env[{i}]: {e:?} is not NAME or NAME=VALUE with NAME of A-Z, a-z, 0-9 and _");
+        }
+        env.push(g);
+    }
+    for (i, a) in ri.run_as.iter().enumerate() {
+        if i == 0 && !a.starts_with('/') {
+            bail!("run_as[0]: {a:?} must be an absolute path (e.g. \"/usr/sbin/runuser\")");
+        }
+    }
+    if !ri.run_as.is_empty() && !ri.run_as.iter().any(|a| a.contains("{user}")) {
+        bail!("run_as: no element contains {{user}}; e.g. [\"/usr/sbin/runuser\", \"-u\", \"{{user}}\", \"--\"]");
+    }
+    let d = Limits::default();
+    let secs = |v: Option<f64>, key: &str, default: Duration| -> Result<Duration> {
+        match v {
+            None => Ok(default),
+            Some(s) if s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+            Some(s) => bail!("limits.{key}: {s} is out of range; give seconds between 0 and 86400"),
+        }
+    };
+    let limits = Limits {
+        memory_bytes: match ri.limits.memory_mib {
+            None => d.memory_bytes,
+            Some(m) if (1..=4096).contains(&m) => (m as usize) << 20,
+            Some(m) => bail!("limits.memory_mib: {m} is out of range; give 1 to 4096"),
+        },
+        call_timeout: secs(ri.limits.call_timeout_secs, "call_timeout_secs", d.call_timeout)?,
+        command_timeout: secs(ri.limits.command_timeout_secs, "command_timeout_secs", d.command_timeout)?,
+        output_bytes: ri.limits.output_bytes.unwrap_or(d.output_bytes).max(1024),
+        concurrent_calls: match ri.limits.concurrent_calls {
+            None => d.concurrent_calls,
+            Some(n) if (1..=1024).contains(&n) => n,
+            Some(n) => bail!("limits.concurrent_calls: {n} is out of range; give 1 to 1024"),
+        },
+    };
+    let config = serde_json::to_value(&ri.config).context("config: cannot be expressed as JSON")?;
+    Ok(InstanceConfig {
+        name: name.to_string(),
+        plugin: abs(&ri.plugin),
+        sha256: ri.sha256.map(|s| s.to_ascii_lowercase()),
+        search_path,
+        config,
+        grants: Grants {
+            programs: ri.grants.programs,
+            detached: ri.grants.detached,
+            env,
+        },
+        limits,
+        run_as: ri.run_as,
+    })
+}
+
+fn check_program_name(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("is empty".into());
+    }
+    if p.contains('*') {
+        return Err(format!("{p:?}: a grant names one program; patterns are for arguments"));
+    }
+    if p.contains('/') && !p.starts_with('/') {
+        return Err(format!("{p:?}: give a bare name (looked up in search_path) or an absolute path"));
+    }
+    Ok(())
+}
+
+pub fn valid_env_name(n: &str) -> bool {
+    !n.is_empty()
+        && !n.as_bytes()[0].is_ascii_digit()
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(Path::new("/etc/wasmspawner/host.toml"), text)
+    }
+
+    #[test]
+    fn minimal_instance_gets_defaults_and_absolute_paths() {
+        let c = parse("state_dir = \"state\"\n[instances.local]\nplugin = \"plugins/local.wasm\"\n").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/etc/wasmspawner/state"));
+        let i = c.instance("local").unwrap();
+        assert_eq!(i.plugin, PathBuf::from("/etc/wasmspawner/plugins/local.wasm"));
+        assert_eq!(i.search_path[0], PathBuf::from("/usr/local/bin"));
+        assert_eq!(i.limits.memory_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\nplugins = 1\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/wasmspawner/host.toml:"), "{e}");
+        assert!(e.contains("plugins"), "{e}");
+
+        let e = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[[instances.a.grants.programs]]\nprogram = \"sbatch\"\nargs = [\"**\", \"x\"]\n").unwrap_err().to_string();
+        assert!(e.contains("[instances.a] grants.programs[0].args"), "{e}");
+
+        let e = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.limits]\nmemory_mib = 0\n").unwrap_err().to_string();
+        assert!(e.contains("limits.memory_mib"), "{e}");
+
+        let e = parse("[instances.a]\nplugin = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("state_dir"), "{e}");
+
+        let e = parse("state_dir = \"s\"\n[instances.Bad]\nplugin = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("instance name"), "{e}");
+
+        let e = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\nrun_as = [\"runuser\", \"-u\", \"{user}\"]\n").unwrap_err().to_string();
+        assert!(e.contains("run_as[0]"), "{e}");
+    }
+
+    #[test]
+    fn env_grants_pass_and_fixed() {
+        let c = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.grants]\nenv = [\"PATH\", \"SLURM_CONF=/etc/slurm.conf\"]\n").unwrap();
+        let g = &c.instance("a").unwrap().grants.env;
+        assert_eq!(g[0], EnvGrant::Pass("PATH".into()));
+        assert_eq!(g[1], EnvGrant::Fixed("SLURM_CONF".into(), "/etc/slurm.conf".into()));
+        assert!(parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.grants]\nenv = [\"BAD-NAME\"]\n").is_err());
+    }
+}

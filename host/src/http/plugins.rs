@@ -1,0 +1,76 @@
+//! `GET /v1/plugins` and `GET /v1/plugins/{instance}/form`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::model::{FormSchema, User};
+use crate::runtime::plugin::HealthReport;
+
+#[derive(Serialize)]
+pub struct PluginInfo {
+    pub instance: String,
+    pub name: String,
+    pub version: String,
+    pub api_version: String,
+    pub description: String,
+    pub digest: String,
+    pub path: String,
+    pub loaded_at: String,
+    pub health: HealthReport,
+}
+
+pub async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<PluginInfo>> {
+    Json(
+        state
+            .registry
+            .instances()
+            .map(|i| {
+                let l = i.current();
+                PluginInfo {
+                    instance: i.name().to_string(),
+                    name: l.descriptor.name.clone(),
+                    version: l.descriptor.version.clone(),
+                    api_version: l.descriptor.api_version.clone(),
+                    description: l.descriptor.description.clone(),
+                    digest: l.digest.clone(),
+                    path: l.path.display().to_string(),
+                    loaded_at: l.loaded_at.to_rfc3339(),
+                    health: i.health(),
+                }
+            })
+            .collect(),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct FormQuery {
+    pub user: String,
+    /// Comma-separated.
+    #[serde(default)]
+    pub groups: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+pub async fn form(
+    State(state): State<Arc<AppState>>,
+    Path(instance): Path<String>,
+    Query(q): Query<FormQuery>,
+) -> Result<Json<FormSchema>, ApiError> {
+    let inst = state
+        .registry
+        .get(&instance)
+        .ok_or_else(|| ApiError::not_found(format!("no plugin instance {instance:?}")))?;
+    let user = User {
+        name: q.user,
+        groups: q.groups.split(',').filter(|g| !g.is_empty()).map(str::to_string).collect(),
+        admin: q.admin,
+    };
+    user.check().map_err(ApiError::bad_request)?;
+    Ok(Json(inst.form(&user).await?))
+}
