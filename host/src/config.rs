@@ -191,15 +191,21 @@ impl Config {
     /// relative to the file's directory).
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
         let file = path.display().to_string();
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| anyhow::anyhow!("{file}: {}", e.to_string().trim()))?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{file}: {}", e.to_string().trim()))?;
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         let base = std::path::absolute(&base).unwrap_or(base);
-        let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
 
         let state_dir = abs(&raw
             .state_dir
@@ -208,7 +214,10 @@ impl Config {
         let http = HttpConfig {
             listen: raw.http.listen.unwrap_or_else(|| "127.0.0.1:8765".into()),
             token_file: raw.http.token_file.as_deref().map(abs),
-            token_env: raw.http.token_env.unwrap_or_else(|| "WASMSPAWNER_TOKEN".into()),
+            token_env: raw
+                .http
+                .token_env
+                .unwrap_or_else(|| "WASMSPAWNER_TOKEN".into()),
             public_url: raw.http.public_url,
         };
 
@@ -234,7 +243,11 @@ impl Config {
             anyhow::anyhow!(
                 "{}: no plugin instance `{name}`; the file defines: {}",
                 self.path.display(),
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             )
         })
     }
@@ -271,9 +284,15 @@ fn resolve_instance(
         None => DEFAULT_SEARCH_PATH.iter().map(PathBuf::from).collect(),
     };
     if let Some(rel) = search_path.iter().find(|p| !p.is_absolute()) {
-        bail!("search_path: {} is not absolute; list absolute directories like \"/opt/slurm/bin\"", rel.display());
+        bail!(
+            "search_path: {} is not absolute; list absolute directories like \"/opt/slurm/bin\"",
+            rel.display()
+        );
     }
-    for (kind, list) in [("programs", &ri.grants.programs), ("detached", &ri.grants.detached)] {
+    for (kind, list) in [
+        ("programs", &ri.grants.programs),
+        ("detached", &ri.grants.detached),
+    ] {
         for (i, g) in list.iter().enumerate() {
             let at = format!("grants.{kind}[{i}]");
             check_program_name(&g.program).map_err(|m| anyhow::anyhow!("{at}.program: {m}"))?;
@@ -288,7 +307,9 @@ fn resolve_instance(
             None => EnvGrant::Pass(e.clone()),
         };
         if !valid_env_name(g.name()) {
-            bail!("grants.env[{i}]: {e:?} is not NAME or NAME=VALUE with NAME of A-Z, a-z, 0-9 and _");
+            bail!(
+                "grants.env[{i}]: {e:?} is not NAME or NAME=VALUE with NAME of A-Z, a-z, 0-9 and _"
+            );
         }
         env.push(g);
     }
@@ -314,8 +335,16 @@ fn resolve_instance(
             Some(m) if (1..=4096).contains(&m) => (m as usize) << 20,
             Some(m) => bail!("limits.memory_mib: {m} is out of range; give 1 to 4096"),
         },
-        call_timeout: secs(ri.limits.call_timeout_secs, "call_timeout_secs", d.call_timeout)?,
-        command_timeout: secs(ri.limits.command_timeout_secs, "command_timeout_secs", d.command_timeout)?,
+        call_timeout: secs(
+            ri.limits.call_timeout_secs,
+            "call_timeout_secs",
+            d.call_timeout,
+        )?,
+        command_timeout: secs(
+            ri.limits.command_timeout_secs,
+            "command_timeout_secs",
+            d.command_timeout,
+        )?,
         output_bytes: ri.limits.output_bytes.unwrap_or(d.output_bytes).max(1024),
         concurrent_calls: match ri.limits.concurrent_calls {
             None => d.concurrent_calls,
@@ -345,10 +374,14 @@ fn check_program_name(p: &str) -> Result<(), String> {
         return Err("is empty".into());
     }
     if p.contains('*') {
-        return Err(format!("{p:?}: a grant names one program; patterns are for arguments"));
+        return Err(format!(
+            "{p:?}: a grant names one program; patterns are for arguments"
+        ));
     }
     if p.contains('/') && !p.starts_with('/') {
-        return Err(format!("{p:?}: give a bare name (looked up in search_path) or an absolute path"));
+        return Err(format!(
+            "{p:?}: give a bare name (looked up in search_path) or an absolute path"
+        ));
     }
     Ok(())
 }
@@ -369,17 +402,24 @@ mod tests {
 
     #[test]
     fn minimal_instance_gets_defaults_and_absolute_paths() {
-        let c = parse("state_dir = \"state\"\n[instances.local]\nplugin = \"plugins/local.wasm\"\n").unwrap();
+        let c =
+            parse("state_dir = \"state\"\n[instances.local]\nplugin = \"plugins/local.wasm\"\n")
+                .unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/etc/wasmspawner/state"));
         let i = c.instance("local").unwrap();
-        assert_eq!(i.plugin, PathBuf::from("/etc/wasmspawner/plugins/local.wasm"));
+        assert_eq!(
+            i.plugin,
+            PathBuf::from("/etc/wasmspawner/plugins/local.wasm")
+        );
         assert_eq!(i.search_path[0], PathBuf::from("/usr/local/bin"));
         assert_eq!(i.limits.memory_bytes, 64 << 20);
     }
 
     #[test]
     fn errors_name_file_and_key() {
-        let e = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\nplugins = 1\n").unwrap_err().to_string();
+        let e = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\nplugins = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("/etc/wasmspawner/host.toml:"), "{e}");
         assert!(e.contains("plugins"), "{e}");
 
@@ -389,10 +429,14 @@ mod tests {
         let e = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.limits]\nmemory_mib = 0\n").unwrap_err().to_string();
         assert!(e.contains("limits.memory_mib"), "{e}");
 
-        let e = parse("[instances.a]\nplugin = \"x\"\n").unwrap_err().to_string();
+        let e = parse("[instances.a]\nplugin = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("state_dir"), "{e}");
 
-        let e = parse("state_dir = \"s\"\n[instances.Bad]\nplugin = \"x\"\n").unwrap_err().to_string();
+        let e = parse("state_dir = \"s\"\n[instances.Bad]\nplugin = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("instance name"), "{e}");
 
         let e = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\nrun_as = [\"runuser\", \"-u\", \"{user}\"]\n").unwrap_err().to_string();
@@ -404,7 +448,10 @@ mod tests {
         let c = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.grants]\nenv = [\"PATH\", \"SLURM_CONF=/etc/slurm.conf\"]\n").unwrap();
         let g = &c.instance("a").unwrap().grants.env;
         assert_eq!(g[0], EnvGrant::Pass("PATH".into()));
-        assert_eq!(g[1], EnvGrant::Fixed("SLURM_CONF".into(), "/etc/slurm.conf".into()));
+        assert_eq!(
+            g[1],
+            EnvGrant::Fixed("SLURM_CONF".into(), "/etc/slurm.conf".into())
+        );
         assert!(parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.grants]\nenv = [\"BAD-NAME\"]\n").is_err());
     }
 }

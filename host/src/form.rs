@@ -25,14 +25,25 @@ pub fn check(schema: &FormSchema, raw: &RawOptions) -> Result<Options, Vec<Field
         })
     };
     if raw.len() > MAX_FIELDS {
-        err(&mut errors, "", format!("too many fields ({}); at most {MAX_FIELDS}", raw.len()));
+        err(
+            &mut errors,
+            "",
+            format!("too many fields ({}); at most {MAX_FIELDS}", raw.len()),
+        );
         return Err(errors);
     }
     for key in raw.keys() {
         let known = schema.fields.iter().any(|f| &f.id == key)
             || (key == PROFILE_FIELD && !schema.profiles.is_empty());
         if !known {
-            err(&mut errors, key, format!("unknown option {key:?}; this form has: {}", field_list(schema)));
+            err(
+                &mut errors,
+                key,
+                format!(
+                    "unknown option {key:?}; this form has: {}",
+                    field_list(schema)
+                ),
+            );
         }
     }
 
@@ -50,7 +61,11 @@ pub fn check(schema: &FormSchema, raw: &RawOptions) -> Result<Options, Vec<Field
                 Some(p) => Some(p),
                 None => {
                     let ids: Vec<&str> = schema.profiles.iter().map(|p| p.id.as_str()).collect();
-                    err(&mut errors, PROFILE_FIELD, format!("unknown profile {id:?}; choose one of {}", ids.join(", ")));
+                    err(
+                        &mut errors,
+                        PROFILE_FIELD,
+                        format!("unknown profile {id:?}; choose one of {}", ids.join(", ")),
+                    );
                     None
                 }
             },
@@ -79,7 +94,11 @@ pub fn check(schema: &FormSchema, raw: &RawOptions) -> Result<Options, Vec<Field
                 if matches!(field.kind, FieldKind::Boolean) {
                     out.insert(field.id.clone(), Value::Boolean(false));
                 } else if field.required {
-                    err(&mut errors, &field.id, format!("{} is required", field.label));
+                    err(
+                        &mut errors,
+                        &field.id,
+                        format!("{} is required", field.label),
+                    );
                 }
                 continue;
             }
@@ -133,9 +152,15 @@ fn single<'a>(raw: &'a RawOptions, id: &str) -> Result<Option<&'a str>, String> 
 fn parse(field: &Field, text: &str) -> Result<Value, String> {
     let label = &field.label;
     match &field.kind {
-        FieldKind::Text { max_length, pattern, .. } => {
+        FieldKind::Text {
+            max_length,
+            pattern,
+            ..
+        } => {
             if text.chars().any(char::is_control) {
-                return Err(format!("{label} may not contain control characters (newlines, tabs, NUL)"));
+                return Err(format!(
+                    "{label} may not contain control characters (newlines, tabs, NUL)"
+                ));
             }
             if let Some(max) = max_length {
                 if text.chars().count() > *max as usize {
@@ -148,12 +173,19 @@ fn parse(field: &Field, text: &str) -> Result<Value, String> {
                     .build()
                     .map_err(|e| format!("the plugin's pattern for {label} is invalid: {e}"))?;
                 if !re.is_match(text) {
-                    return Err(format!("{label} {text:?} does not have the expected form ({p})"));
+                    return Err(format!(
+                        "{label} {text:?} does not have the expected form ({p})"
+                    ));
                 }
             }
             Ok(Value::Text(text.to_string()))
         }
-        FieldKind::Integer { min, max, step, unit } => {
+        FieldKind::Integer {
+            min,
+            max,
+            step,
+            unit,
+        } => {
             let v: i64 = text
                 .parse()
                 .map_err(|_| format!("{label} must be a whole number, got {text:?}"))?;
@@ -171,12 +203,19 @@ fn parse(field: &Field, text: &str) -> Result<Value, String> {
             if let Some(s) = step.filter(|s| *s > 0) {
                 let base = min.unwrap_or(0);
                 if (v - base).rem_euclid(s) != 0 {
-                    return Err(format!("{label} must be {base} plus a multiple of {s}, got {v}"));
+                    return Err(format!(
+                        "{label} must be {base} plus a multiple of {s}, got {v}"
+                    ));
                 }
             }
             Ok(Value::Integer(v))
         }
-        FieldKind::Number { min, max, step, unit } => {
+        FieldKind::Number {
+            min,
+            max,
+            step,
+            unit,
+        } => {
             let v: f64 = text
                 .parse()
                 .ok()
@@ -229,16 +268,23 @@ fn check_bound(field: &Field, b: &Bound, v: &Value) -> Result<(), String> {
     };
     if let Some(n) = n {
         if let Some(min) = b.min.filter(|m| n < *m) {
-            return Err(format!("{label} must be at least {min} in this profile, got {n}"));
+            return Err(format!(
+                "{label} must be at least {min} in this profile, got {n}"
+            ));
         }
         if let Some(max) = b.max.filter(|m| n > *m) {
-            return Err(format!("{label} must be at most {max} in this profile, got {n}"));
+            return Err(format!(
+                "{label} must be at most {max} in this profile, got {n}"
+            ));
         }
     }
     if !b.choices.is_empty() {
         let s = v.to_string();
         if !b.choices.contains(&s) {
-            return Err(format!("{label} {s:?} is not allowed in this profile; choose one of {}", b.choices.join(", ")));
+            return Err(format!(
+                "{label} {s:?} is not allowed in this profile; choose one of {}",
+                b.choices.join(", ")
+            ));
         }
     }
     Ok(())
@@ -260,8 +306,14 @@ mod tests {
                     required: true,
                     kind: FieldKind::Choice {
                         choices: vec![
-                            Choice { value: "cpu".into(), label: "CPU".into() },
-                            Choice { value: "gpu".into(), label: "GPU".into() },
+                            Choice {
+                                value: "cpu".into(),
+                                label: "CPU".into(),
+                            },
+                            Choice {
+                                value: "gpu".into(),
+                                label: "GPU".into(),
+                            },
                         ],
                     },
                 },
@@ -271,7 +323,12 @@ mod tests {
                     help: String::new(),
                     default: Some("1".into()),
                     required: true,
-                    kind: FieldKind::Integer { min: Some(1), max: Some(32), step: None, unit: None },
+                    kind: FieldKind::Integer {
+                        min: Some(1),
+                        max: Some(32),
+                        step: None,
+                        unit: None,
+                    },
                 },
                 Field {
                     id: "account".into(),
@@ -279,7 +336,11 @@ mod tests {
                     help: String::new(),
                     default: None,
                     required: false,
-                    kind: FieldKind::Text { max_length: Some(32), pattern: Some("[a-z][a-z0-9_]*".into()), placeholder: None },
+                    kind: FieldKind::Text {
+                        max_length: Some(32),
+                        pattern: Some("[a-z][a-z0-9_]*".into()),
+                        placeholder: None,
+                    },
                 },
                 Field {
                     id: "x11".into(),
@@ -315,7 +376,12 @@ mod tests {
     fn hostile_values_are_refused_with_the_field_named() {
         let e = check(
             &schema(),
-            &raw(&[("cores", "4; rm -rf /"), ("partition", "$(id)"), ("account", "a\nb"), ("evil", "1")]),
+            &raw(&[
+                ("cores", "4; rm -rf /"),
+                ("partition", "$(id)"),
+                ("account", "a\nb"),
+                ("evil", "1"),
+            ]),
         )
         .unwrap_err();
         let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
@@ -340,15 +406,35 @@ mod tests {
         let mut fixed = Options::new();
         fixed.insert("partition".into(), Value::Text("gpu".into()));
         s.profiles = vec![
-            Profile { id: "small".into(), label: "Small".into(), description: String::new(), fixed: Options::new(),
-                bounds: vec![Bound { field: "cores".into(), min: None, max: Some(4.0), choices: vec![] }] },
-            Profile { id: "gpu".into(), label: "GPU".into(), description: String::new(), fixed, bounds: vec![] },
+            Profile {
+                id: "small".into(),
+                label: "Small".into(),
+                description: String::new(),
+                fixed: Options::new(),
+                bounds: vec![Bound {
+                    field: "cores".into(),
+                    min: None,
+                    max: Some(4.0),
+                    choices: vec![],
+                }],
+            },
+            Profile {
+                id: "gpu".into(),
+                label: "GPU".into(),
+                description: String::new(),
+                fixed,
+                bounds: vec![],
+            },
         ];
         // Default profile is the first: its bound applies.
         let e = check(&s, &raw(&[("cores", "8")])).unwrap_err();
         assert!(e[0].message.contains("in this profile"));
         // The gpu profile fixes the partition whatever was sent.
-        let o = check(&s, &raw(&[("profile", "gpu"), ("partition", "cpu"), ("cores", "8")])).unwrap();
+        let o = check(
+            &s,
+            &raw(&[("profile", "gpu"), ("partition", "cpu"), ("cores", "8")]),
+        )
+        .unwrap();
         assert_eq!(o["partition"], Value::Text("gpu".into()));
         assert_eq!(o["profile"], Value::Text("gpu".into()));
         let e = check(&s, &raw(&[("profile", "huge")])).unwrap_err();

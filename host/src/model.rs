@@ -20,8 +20,14 @@ impl User {
     /// element (`runuser -u NAME`) or in a batch script.
     pub fn check(&self) -> Result<(), String> {
         check_user_name(&self.name)?;
-        if let Some(g) = self.groups.iter().find(|g| g.len() > 256 || g.chars().any(char::is_control)) {
-            return Err(format!("group {g:?} is longer than 256 bytes or has control characters"));
+        if let Some(g) = self
+            .groups
+            .iter()
+            .find(|g| g.len() > 256 || g.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "group {g:?} is longer than 256 bytes or has control characters"
+            ));
         }
         Ok(())
     }
@@ -33,7 +39,8 @@ pub fn check_user_name(name: &str) -> Result<(), String> {
     let ok = !b.is_empty()
         && b.len() <= 64
         && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(c));
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(c));
     if ok {
         Ok(())
     } else {

@@ -62,10 +62,10 @@ pub mod prelude {
     pub use crate::host::Host;
     pub use crate::options::Options;
     pub use crate::{
-        Command, Descriptor, DoneInfo, EnvVar, Field, FieldError, FieldKind, FieldValue, FormSchema,
-        Job, JobSpec, JobState, Launch, Level, Output, PendingInfo, Plugin, PluginError,
-        ProcessState, ProgramUse, RunError, RunningInfo, Signal, Submitted, User, Value,
-        API_VERSION,
+        Command, Descriptor, DoneInfo, EnvVar, Field, FieldError, FieldKind, FieldValue,
+        FormSchema, Job, JobSpec, JobState, Launch, Level, Output, PendingInfo, Plugin,
+        PluginError, ProcessState, ProgramUse, RunError, RunningInfo, Signal, Submitted, User,
+        Value, API_VERSION,
     };
 }
 
@@ -88,11 +88,16 @@ pub trait Plugin: Sized {
     fn new(config: Self::Config) -> Result<Self, PluginError>;
 
     /// The options form for `user`.
-    fn form(&self, user: &User) -> Result<FormSchema, PluginError>;
+    fn form(&self, host: &dyn Host, user: &User) -> Result<FormSchema, PluginError>;
 
     /// Site rules on top of the host's checks (types, ranges, choices and
     /// lengths are already checked against [`Plugin::form`]'s schema).
-    fn validate(&self, _user: &User, options: Options) -> Result<Options, Vec<FieldError>> {
+    fn validate(
+        &self,
+        _host: &dyn Host,
+        _user: &User,
+        options: Options,
+    ) -> Result<Options, Vec<FieldError>> {
         Ok(options)
     }
 
@@ -110,7 +115,11 @@ pub trait Plugin: Sized {
 
 /// Parses the site config a host passes (a JSON object) into `P`.
 pub fn load<P: Plugin>(config: &str) -> Result<P, PluginError> {
-    let config = if config.trim().is_empty() { "{}" } else { config };
+    let config = if config.trim().is_empty() {
+        "{}"
+    } else {
+        config
+    };
     let parsed: P::Config = serde_json::from_str(config)
         .map_err(|e| PluginError::Config(format!("in the instance's [config] table: {e}")))?;
     P::new(parsed)
@@ -122,7 +131,7 @@ pub mod __export {
     use super::*;
 
     pub fn form<P: Plugin>(config: String, user: User) -> Result<FormSchema, PluginError> {
-        load::<P>(&config)?.form(&user)
+        load::<P>(&config)?.form(&WasmHost, &user)
     }
 
     pub fn validate<P: Plugin>(
@@ -137,7 +146,7 @@ pub mod __export {
             }]
         })?;
         plugin
-            .validate(&user, Options::from(options))
+            .validate(&WasmHost, &user, Options::from(options))
             .map(Options::into_inner)
     }
 
@@ -157,7 +166,9 @@ pub mod __export {
             }
             Err(e) => {
                 let msg = crate::host::error_message(&e);
-                jobs.iter().map(|_| JobState::Unknown(msg.clone())).collect()
+                jobs.iter()
+                    .map(|_| JobState::Unknown(msg.clone()))
+                    .collect()
             }
         }
     }

@@ -145,14 +145,18 @@ mod tests {
         assert_eq!(job_id("Submitted batch job 42\n").as_deref(), Some("42"));
         assert_eq!(job_id("42;cluster2\n").as_deref(), Some("42"));
         assert_eq!(
-            job_id("sbatch: warning: something\n\nSubmitted batch job 7 on cluster c2\n").as_deref(),
+            job_id("sbatch: warning: something\n\nSubmitted batch job 7 on cluster c2\n")
+                .as_deref(),
             Some("7")
         );
         assert_eq!(
             job_id("Job <123> is submitted to queue <normal>.\n").as_deref(),
             Some("123")
         );
-        assert_eq!(job_id("9876.pbs-server\n").as_deref(), Some("9876.pbs-server"));
+        assert_eq!(
+            job_id("9876.pbs-server\n").as_deref(),
+            Some("9876.pbs-server")
+        );
         assert_eq!(
             job_id("Your job 55 (\"jupyter\") has been submitted\n").as_deref(),
             Some("55")
@@ -168,15 +172,24 @@ mod tests {
 
     #[test]
     fn first_host_of_every_format() {
-        assert_eq!(first_host("node01.example.org").as_deref(), Some("node01.example.org"));
+        assert_eq!(
+            first_host("node01.example.org").as_deref(),
+            Some("node01.example.org")
+        );
         assert_eq!(first_host("node[01-02,05]").as_deref(), Some("node01"));
         assert_eq!(first_host("gpu[7]").as_deref(), Some("gpu7"));
         assert_eq!(first_host("a[3-4],b1").as_deref(), Some("a3"));
-        assert_eq!(first_host("node01/0*2+node02/0*2").as_deref(), Some("node01"));
+        assert_eq!(
+            first_host("node01/0*2+node02/0*2").as_deref(),
+            Some("node01")
+        );
         assert_eq!(first_host("node01/3").as_deref(), Some("node01"));
         assert_eq!(first_host("2*node01:3*node02").as_deref(), Some("node01"));
         assert_eq!(first_host("4*hostA hostB").as_deref(), Some("hostA"));
-        assert_eq!(first_host("slot1@node9.example.org").as_deref(), Some("node9.example.org"));
+        assert_eq!(
+            first_host("slot1@node9.example.org").as_deref(),
+            Some("node9.example.org")
+        );
         assert_eq!(first_host("all.q@vm").as_deref(), Some("vm"));
         assert_eq!(first_host("n/a"), None);
         assert_eq!(first_host("  "), None);

@@ -152,7 +152,9 @@ impl FakeHost {
         let rules = self.rules.borrow();
         rules
             .iter()
-            .find(|r| r.program == cmd.program && wasmspawner_argpattern::matches(&r.args, &cmd.args))
+            .find(|r| {
+                r.program == cmd.program && wasmspawner_argpattern::matches(&r.args, &cmd.args)
+            })
             .map(|r| r.answer.clone())
             .unwrap_or_else(|| {
                 Err(RunError::Denied(format!(

@@ -1,1 +1,202 @@
-fn main() {}
+//! Project tasks: `cargo xtask <build|demo|test|plugins>`.
+//!
+//! - `build`: the plugins (wasm32-wasip2, copied to `target/plugins/NAME.wasm`)
+//!   and the host binary.
+//! - `demo`: build, then run a host with the `local` plugin
+//!   (`examples/local.toml`) in the foreground.
+//! - `test`: build the plugins, then run every test of the workspace.
+//! - `plugins`: build the plugins only.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("build") => build_plugins().and_then(|_| build_host(true)),
+        Some("plugins") => build_plugins().map(|_| ()),
+        Some("demo") => demo(),
+        Some("test") => test(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <build|plugins|demo|test [cargo test args]>\n\
+                 \n  build    build the plugins (wasm32-wasip2) and the host\
+                 \n  plugins  build the plugins only, into target/plugins/\
+                 \n  demo     build, then run a host with the local plugin (examples/local.toml)\
+                 \n  test     build the plugins, then run all tests"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(mut c: Command) -> Result<()> {
+    let shown = format!("{c:?}");
+    let status = c.status().with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Installs the wasm target with rustup when it is missing.
+fn ensure_wasm_target() -> Result<()> {
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()?;
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(WASM_TARGET)
+        .exists()
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the {WASM_TARGET} target with rustup");
+    let mut c = Command::new("rustup");
+    c.args(["target", "add", WASM_TARGET]);
+    run(c).context("the wasm target is needed to build plugins; install it with `rustup target add wasm32-wasip2`")
+}
+
+/// Plugin crates: `plugins/*` and `tests/plugins/*`, as (package, short name).
+fn plugin_crates() -> Result<Vec<(String, String)>> {
+    let mut found = Vec::new();
+    for dir in ["plugins", "tests/plugins"] {
+        let Ok(entries) = std::fs::read_dir(root().join(dir)) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let manifest = e.path().join("Cargo.toml");
+            let Ok(text) = std::fs::read_to_string(&manifest) else {
+                continue;
+            };
+            let name = text
+                .lines()
+                .find_map(|l| {
+                    l.trim()
+                        .strip_prefix("name = \"")
+                        .and_then(|r| r.strip_suffix('"'))
+                })
+                .with_context(|| format!("no package name in {}", manifest.display()))?
+                .to_string();
+            let short = e.file_name().to_string_lossy().into_owned();
+            found.push((name, short));
+        }
+    }
+    Ok(found)
+}
+
+/// Builds every plugin and copies it to `target/plugins/<short>.wasm`.
+fn build_plugins() -> Result<PathBuf> {
+    ensure_wasm_target()?;
+    let crates = plugin_crates()?;
+    let mut c = cargo();
+    c.args(["build", "--target", WASM_TARGET, "--profile", "plugin"]);
+    for (pkg, _) in &crates {
+        c.args(["-p", pkg]);
+    }
+    run(c)?;
+    let out_dir = target_dir().join("plugins");
+    std::fs::create_dir_all(&out_dir)?;
+    for (pkg, short) in &crates {
+        let built = target_dir()
+            .join(WASM_TARGET)
+            .join("plugin")
+            .join(format!("{}.wasm", pkg.replace('-', "_")));
+        let dest = out_dir.join(format!("{short}.wasm"));
+        // Copy through a temporary name and rename, so a running host's
+        // watcher never sees half a file.
+        let tmp = out_dir.join(format!(".{short}.wasm.tmp"));
+        std::fs::copy(&built, &tmp).with_context(|| format!("copy {}", built.display()))?;
+        std::fs::rename(&tmp, &dest)?;
+        let size = std::fs::metadata(&dest)?.len();
+        eprintln!("xtask: {} ({} KiB)", dest.display(), size / 1024);
+    }
+    Ok(out_dir)
+}
+
+fn build_host(release: bool) -> Result<()> {
+    let mut c = cargo();
+    c.args(["build", "-p", "wasmspawner"]);
+    if release {
+        c.arg("--release");
+    }
+    run(c)
+}
+
+fn demo() -> Result<()> {
+    build_plugins()?;
+    build_host(true)?;
+    let demo = target_dir().join("demo");
+    std::fs::create_dir_all(&demo)?;
+    let token = demo.join("token");
+    if !token.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut buf = [0u8; 32];
+        use std::io::Read;
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+        let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token)?;
+        std::io::Write::write_all(&mut f, hex.as_bytes())?;
+    }
+    let bin = target_dir().join("release/wasmspawner");
+    let config = root().join("examples/local.toml");
+    eprintln!(
+        "\nxtask: starting the host with the local plugin. In another terminal, try:\n\
+         \n  {bin} plugin form -c {config} -p local --user $USER\
+         \n  {bin} plugin submit -c {config} -p local --user $USER -o interface=lab -- python3 -m http.server 18888 --bind 127.0.0.1\
+         \n  {bin} plugin status -c {config} -p local <JOB_ID>\
+         \n  {bin} plugin cancel -c {config} -p local --user $USER <JOB_ID>\
+         \n  curl -H \"Authorization: Bearer $(cat {token})\" http://127.0.0.1:8765/v1/plugins\
+         \n\nCtrl-C stops the host.\n",
+        bin = bin.display(),
+        config = config.display(),
+        token = token.display()
+    );
+    let mut c = Command::new(&bin);
+    c.args(["serve", "--config"]).arg(&config);
+    run(c)
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    build_plugins()?;
+    let mut c = cargo();
+    c.args(["test", "--workspace"]).args(extra);
+    run(c)
+}

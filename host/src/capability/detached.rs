@@ -91,7 +91,11 @@ impl DetachedRegistry {
         // Constant-time comparison of the MAC.
         let want = self.mac(instance, h);
         let same = want.len() == mac.len()
-            && want.bytes().zip(mac.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            && want
+                .bytes()
+                .zip(mac.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
         same.then_some(h)
     }
 
@@ -105,7 +109,8 @@ impl DetachedRegistry {
         workdir: &Path,
     ) -> Result<String, String> {
         let dir = self.log_dir.join(instance);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let name = spawn_id.unwrap_or("process");
         let log_path = dir.join(format!("{name}.log"));
         let log = std::fs::OpenOptions::new()
@@ -161,6 +166,23 @@ impl DetachedRegistry {
             Some(s) if s == h.start && !is_zombie(h.pid) => ProcessState::Running,
             _ => ProcessState::Exited(None),
         }
+    }
+
+    /// Like [`Self::state`], but a child of ours that has just ended (a
+    /// zombie not yet reaped) gets a moment for its exit code to be recorded.
+    async fn settled_state(&self, instance: &str, handle: &str) -> ProcessState {
+        for _ in 0..10 {
+            let s = self.state(instance, handle);
+            let just_ended = matches!(s, ProcessState::Exited(None))
+                && self
+                    .decode(instance, handle)
+                    .is_some_and(|h| is_zombie(h.pid) && proc_start_time(h.pid) == Some(h.start));
+            if !just_ended {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.state(instance, handle)
     }
 
     fn signal(&self, instance: &str, handle: &str, sig: Signal) -> Result<(), String> {
@@ -253,10 +275,17 @@ impl wit::Host for CallState {
 
     async fn status(&mut self, handles: Vec<String>) -> Vec<ProcessState> {
         if let Err(m) = self.gate.check_detached_declared() {
-            return handles.iter().map(|_| ProcessState::Unknown(m.clone())).collect();
+            return handles
+                .iter()
+                .map(|_| ProcessState::Unknown(m.clone()))
+                .collect();
         }
         let instance = self.gate.instance();
-        handles.iter().map(|h| self.detached.state(instance, h)).collect()
+        let mut states = Vec::with_capacity(handles.len());
+        for h in &handles {
+            states.push(self.detached.settled_state(instance, h).await);
+        }
+        states
     }
 
     async fn send_signal(&mut self, handle: String, sig: Signal) -> Result<(), RunError> {

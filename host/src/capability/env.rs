@@ -37,7 +37,9 @@ pub fn child_env(req: &EnvRequest<'_>) -> Result<Vec<(String, String)>, String> 
     }
     for (k, v) in req.requested {
         if !valid_env_name(k) || v.contains('\0') {
-            return Err(format!("environment variable {k:?} has an invalid name or a NUL byte"));
+            return Err(format!(
+                "environment variable {k:?} has an invalid name or a NUL byte"
+            ));
         }
         match req.grants.iter().find(|g| g.name() == k) {
             Some(EnvGrant::Pass(_)) => set(&mut env, k, v),

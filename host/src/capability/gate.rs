@@ -198,7 +198,13 @@ impl Gate {
         }
     }
 
-    fn deny(&self, mut record: AuditRecord, argv: &[String], call: &CallContext, d: Denial) -> Denial {
+    fn deny(
+        &self,
+        mut record: AuditRecord,
+        argv: &[String],
+        call: &CallContext,
+        d: Denial,
+    ) -> Denial {
         record.decision = "deny";
         record.argv = redact(argv, &call.spawn_env);
         record.reason = Some(match &d {
@@ -209,7 +215,11 @@ impl Gate {
     }
 
     /// Checks a program call and shapes it into a [`Permit`].
-    pub fn authorize(&self, call: &CallContext, req: &ProgramRequest<'_>) -> Result<Permit, Denial> {
+    pub fn authorize(
+        &self,
+        call: &CallContext,
+        req: &ProgramRequest<'_>,
+    ) -> Result<Permit, Denial> {
         let record = self.record(call, req.kind.audit_name(), req.program);
         let asked: Vec<String> = std::iter::once(req.program.to_string())
             .chain(req.args.iter().cloned())
@@ -280,8 +290,10 @@ impl Gate {
         }
 
         let grants = self.grants(req.kind);
-        let same_program: Vec<&ResolvedGrant> =
-            grants.iter().filter(|g| g.grant.program == req.program).collect();
+        let same_program: Vec<&ResolvedGrant> = grants
+            .iter()
+            .filter(|g| g.grant.program == req.program)
+            .collect();
         if same_program.is_empty() {
             return denied(format!(
                 "program `{}` is not granted to instance `{}`; an operator may add it under [[instances.{}.{}]] in {}",
@@ -323,7 +335,11 @@ impl Gate {
         let env = child_env(&EnvRequest {
             grants: &self.env,
             requested: req.env,
-            spawn_env: if req.spawn_env { Some(&call.spawn_env) } else { None },
+            spawn_env: if req.spawn_env {
+                Some(&call.spawn_env)
+            } else {
+                None
+            },
             instance: &self.instance,
         })
         .map_err(Denial::Denied)?;
@@ -359,11 +375,20 @@ impl Gate {
     }
 
     /// Records a refused SSH call.
-    pub fn audit_denied_ssh(&self, call: &CallContext, host: &str, program: &str, args: &[String], why: &str) {
+    pub fn audit_denied_ssh(
+        &self,
+        call: &CallContext,
+        host: &str,
+        program: &str,
+        args: &[String],
+        why: &str,
+    ) {
         let mut r = self.record(call, Kind::Ssh.audit_name(), program);
         r.decision = "deny";
         r.argv = redact(
-            &std::iter::once(format!("{host}:{program}")).chain(args.iter().cloned()).collect::<Vec<_>>(),
+            &std::iter::once(format!("{host}:{program}"))
+                .chain(args.iter().cloned())
+                .collect::<Vec<_>>(),
             &call.spawn_env,
         );
         r.reason = Some(why.to_string());

@@ -36,7 +36,11 @@ pub async fn execute(permit: &Permit, stdin: Vec<u8>) -> Result<Finished, ExecEr
         .env_clear()
         .envs(permit.env.iter().map(|(k, v)| (k, v)))
         .current_dir("/")
-        .stdin(if stdin.is_empty() { Stdio::null() } else { Stdio::piped() })
+        .stdin(if stdin.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -58,7 +62,9 @@ pub async fn execute(permit: &Permit, stdin: Vec<u8>) -> Result<Finished, ExecEr
     let err = tokio::spawn(read_capped(child.stderr.take().expect("piped"), cap));
 
     let status = match tokio::time::timeout(permit.timeout, child.wait()).await {
-        Ok(s) => s.map_err(|e| ExecError::Failed(format!("waiting for {}: {e}", permit.argv[0])))?,
+        Ok(s) => {
+            s.map_err(|e| ExecError::Failed(format!("waiting for {}: {e}", permit.argv[0])))?
+        }
         Err(_) => {
             kill_group(pid);
             let _ = child.kill().await;
@@ -167,7 +173,11 @@ pub async fn run_checked(
             })
         }
         Err(ExecError::TimedOut(d)) => {
-            let msg = format!("`{}` ran longer than {:.1} s and was killed", cmd.program, d.as_secs_f64());
+            let msg = format!(
+                "`{}` ran longer than {:.1} s and was killed",
+                cmd.program,
+                d.as_secs_f64()
+            );
             permit.finish(None, Some(msg.clone()));
             Err(RunError::TimedOut(msg))
         }

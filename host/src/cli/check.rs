@@ -43,7 +43,11 @@ pub async fn run(config_path: &Path, json: bool) -> Result<i32> {
         for r in &reports {
             println!(
                 "{} {}  ({} {}, {})",
-                if r.problems.is_empty() { "ok  " } else { "FAIL" },
+                if r.problems.is_empty() {
+                    "ok  "
+                } else {
+                    "FAIL"
+                },
                 r.instance,
                 r.name.as_deref().unwrap_or("?"),
                 r.version.as_deref().unwrap_or("?"),
@@ -98,7 +102,9 @@ async fn check_instance(
         };
         let grants = loaded.gate.grants(kind);
         for u in declared {
-            let covered = grants.iter().any(|g| u.program == "*" || g.grant.program == u.program);
+            let covered = grants
+                .iter()
+                .any(|g| u.program == "*" || g.grant.program == u.program);
             if !covered {
                 r.problems.push(format!(
                     "missing: the plugin declares {label} `{}` [{}] but {section} has no {key} entry for it",
@@ -108,7 +114,9 @@ async fn check_instance(
             }
         }
         for g in grants {
-            let used = declared.iter().any(|u| u.program == "*" || u.program == g.grant.program);
+            let used = declared
+                .iter()
+                .any(|u| u.program == "*" || u.program == g.grant.program);
             if !used {
                 r.warnings.push(format!(
                     "unused: {section} {key} grants `{}` but the plugin never declares it",
@@ -116,9 +124,14 @@ async fn check_instance(
                 ));
             }
             if let Err(why) = &g.path {
-                r.problems.push(format!("{section} {key} `{}`: {why}", g.grant.program));
+                r.problems
+                    .push(format!("{section} {key} `{}`: {why}", g.grant.program));
             }
-            if g.grant.spawn_env && !declared.iter().any(|u| u.spawn_env && (u.program == "*" || u.program == g.grant.program)) {
+            if g.grant.spawn_env
+                && !declared
+                    .iter()
+                    .any(|u| u.spawn_env && (u.program == "*" || u.program == g.grant.program))
+            {
                 r.warnings.push(format!(
                     "unused: {section} {key} `{}` grants spawn_env, which the plugin never asks for",
                     g.grant.program
@@ -129,11 +142,20 @@ async fn check_instance(
     if !d.capabilities.ssh.is_empty() {
         r.problems.push(format!(
             "missing: the plugin declares SSH use ({}) but this host version has no SSH grants",
-            d.capabilities.ssh.iter().map(|u| u.program.as_str()).collect::<Vec<_>>().join(", ")
+            d.capabilities
+                .ssh
+                .iter()
+                .map(|u| u.program.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     // The plugin checks its site config when asked for a form.
-    let probe = User { name: "check".into(), groups: vec![], admin: false };
+    let probe = User {
+        name: "check".into(),
+        groups: vec![],
+        admin: false,
+    };
     if let Err(e) = inst.form(&probe).await {
         r.problems.push(format!("{section} config: {e}"));
     }

@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "wasmspawner", version, about = "Runs JupyterHub single-user servers as batch jobs through WebAssembly plugins.")]
+#[command(
+    name = "wasmspawner",
+    version,
+    about = "Runs JupyterHub single-user servers as batch jobs through WebAssembly plugins."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -62,7 +62,11 @@ pub async fn run(cmd: PluginCommand) -> Result<i32> {
             let inst = open(&target).await?;
             print(&inst.form(&user(&u)?).await?)?;
         }
-        PluginCommand::Validate { target, user: u, options } => {
+        PluginCommand::Validate {
+            target,
+            user: u,
+            options,
+        } => {
             let inst = open(&target).await?;
             match inst.validate(&user(&u)?, &raw_options(&options)?).await {
                 Ok(o) => print(&o)?,
@@ -73,7 +77,15 @@ pub async fn run(cmd: PluginCommand) -> Result<i32> {
                 Err(ValidateError::Call(e)) => return Err(e.into()),
             }
         }
-        PluginCommand::Submit { target, user: u, options, spawn_id, callback_url, env, cmd } => {
+        PluginCommand::Submit {
+            target,
+            user: u,
+            options,
+            spawn_id,
+            callback_url,
+            env,
+            cmd,
+        } => {
             let inst = open(&target).await?;
             let user = user(&u)?;
             let options = match inst.validate(&user, &raw_options(&options)?).await {
@@ -107,7 +119,12 @@ pub async fn run(cmd: PluginCommand) -> Result<i32> {
             };
             print(&inst.submit(ctx, &job).await?)?;
         }
-        PluginCommand::Status { target, user, job_states, job_ids } => {
+        PluginCommand::Status {
+            target,
+            user,
+            job_states,
+            job_ids,
+        } => {
             crate::model::check_user_name(&user).map_err(anyhow::Error::msg)?;
             let inst = open(&target).await?;
             let mut states = std::collections::HashMap::new();
@@ -137,11 +154,24 @@ pub async fn run(cmd: PluginCommand) -> Result<i32> {
                 .collect();
             print(&out)?;
         }
-        PluginCommand::Cancel { target, user, job_state, job_id } => {
+        PluginCommand::Cancel {
+            target,
+            user,
+            job_state,
+            job_id,
+        } => {
             crate::model::check_user_name(&user).map_err(anyhow::Error::msg)?;
             let inst = open(&target).await?;
-            let job = Job { job_id: job_id.clone(), user: user.clone(), state: job_state };
-            let ctx = CallContext { spawn_id: None, user: Some(user), spawn_env: Default::default() };
+            let job = Job {
+                job_id: job_id.clone(),
+                user: user.clone(),
+                state: job_state,
+            };
+            let ctx = CallContext {
+                spawn_id: None,
+                user: Some(user),
+                spawn_env: Default::default(),
+            };
             inst.cancel(ctx, &job).await?;
             print(&serde_json::json!({ "job_id": job_id, "cancelled": true }))?;
         }
@@ -159,6 +189,10 @@ pub fn home_of(user: &str) -> Option<String> {
         if pw.is_null() || (*pw).pw_dir.is_null() {
             return None;
         }
-        Some(std::ffi::CStr::from_ptr((*pw).pw_dir).to_string_lossy().into_owned())
+        Some(
+            std::ffi::CStr::from_ptr((*pw).pw_dir)
+                .to_string_lossy()
+                .into_owned(),
+        )
     }
 }

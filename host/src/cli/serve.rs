@@ -21,7 +21,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
         tracing::info!(
             instance = i.name(),
             "loaded plugin {} {} (sha256 {}) from {}",
-            l.descriptor.name, l.descriptor.version, l.digest, l.path.display()
+            l.descriptor.name,
+            l.descriptor.version,
+            l.digest,
+            l.path.display()
         );
     }
     let _watch = registry.watch()?;

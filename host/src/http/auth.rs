@@ -29,8 +29,13 @@ impl Token {
     pub fn load(http: &HttpConfig, config_file: &Path) -> Result<Token> {
         let value = if let Some(path) = &http.token_file {
             use std::os::unix::fs::PermissionsExt;
-            let meta = std::fs::metadata(path)
-                .with_context(|| format!("{}: http.token_file {} cannot be read", config_file.display(), path.display()))?;
+            let meta = std::fs::metadata(path).with_context(|| {
+                format!(
+                    "{}: http.token_file {} cannot be read",
+                    config_file.display(),
+                    path.display()
+                )
+            })?;
             if meta.permissions().mode() & 0o077 != 0 {
                 bail!(
                     "{}: http.token_file {} is readable by other users; run chmod 600 on it",
@@ -40,7 +45,10 @@ impl Token {
             }
             std::fs::read_to_string(path)?.trim().to_string()
         } else {
-            std::env::var(&http.token_env).unwrap_or_default().trim().to_string()
+            std::env::var(&http.token_env)
+                .unwrap_or_default()
+                .trim()
+                .to_string()
         };
         if value.len() < 16 {
             bail!(

@@ -17,7 +17,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, error, message: message.into(), fields: None }
+        ApiError {
+            status,
+            error,
+            message: message.into(),
+            fields: None,
+        }
     }
     pub fn unauthorized() -> Self {
         Self::new(
@@ -38,9 +43,17 @@ impl From<crate::runtime::plugin::CallError> for ApiError {
     fn from(e: crate::runtime::plugin::CallError) -> Self {
         use crate::runtime::plugin::CallError;
         match &e {
-            CallError::Plugin(_) => Self::new(StatusCode::BAD_GATEWAY, "plugin_error", e.to_string()),
-            CallError::Failed { .. } => Self::new(StatusCode::BAD_GATEWAY, "plugin_failed", e.to_string()),
-            CallError::Busy { .. } => Self::new(StatusCode::SERVICE_UNAVAILABLE, "plugin_busy", e.to_string()),
+            CallError::Plugin(_) => {
+                Self::new(StatusCode::BAD_GATEWAY, "plugin_error", e.to_string())
+            }
+            CallError::Failed { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, "plugin_failed", e.to_string())
+            }
+            CallError::Busy { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "plugin_busy",
+                e.to_string(),
+            ),
         }
     }
 }

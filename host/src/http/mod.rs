@@ -24,7 +24,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .route("/plugins", get(plugins::list))
         .route("/plugins/{instance}/form", get(plugins::form))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .nest("/v1", v1)

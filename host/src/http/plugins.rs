@@ -68,7 +68,12 @@ pub async fn form(
         .ok_or_else(|| ApiError::not_found(format!("no plugin instance {instance:?}")))?;
     let user = User {
         name: q.user,
-        groups: q.groups.split(',').filter(|g| !g.is_empty()).map(str::to_string).collect(),
+        groups: q
+            .groups
+            .split(',')
+            .filter(|g| !g.is_empty())
+            .map(str::to_string)
+            .collect(),
         admin: q.admin,
     };
     user.check().map_err(ApiError::bad_request)?;

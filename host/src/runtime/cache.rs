@@ -49,10 +49,16 @@ impl CompileCache {
             }
         }
         let component = Component::from_binary(engine, &bytes).map_err(|e| {
-            anyhow::anyhow!("{} is not a valid WebAssembly component: {e:#}", path.display())
+            anyhow::anyhow!(
+                "{} is not a valid WebAssembly component: {e:#}",
+                path.display()
+            )
         })?;
         if let Err(e) = self.store(&cached, &component) {
-            tracing::warn!("cannot cache the compiled plugin in {}: {e:#}", self.dir.display());
+            tracing::warn!(
+                "cannot cache the compiled plugin in {}: {e:#}",
+                self.dir.display()
+            );
         }
         Ok((component, digest))
     }
@@ -77,7 +83,9 @@ impl CompileCache {
 fn trusted(path: &Path) -> bool {
     let uid = unsafe { libc::geteuid() };
     let ok = |m: &std::fs::Metadata| m.uid() == uid && m.permissions().mode() & 0o022 == 0;
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return false };
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
     let dir_ok = path
         .parent()
         .and_then(|d| std::fs::metadata(d).ok())

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::WasiCtx;
 
@@ -52,8 +54,9 @@ impl Runtime {
     /// Creates the runtime with its state (compile cache, audit log,
     /// detached-process key) under `state_dir`.
     pub fn new(state_dir: &Path) -> Result<Arc<Runtime>> {
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+        std::fs::create_dir_all(state_dir).with_context(|| {
+            format!("cannot create the state directory {}", state_dir.display())
+        })?;
         restrict(state_dir)?;
         let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?);
         Self::with_audit(state_dir, audit)

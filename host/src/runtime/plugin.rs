@@ -171,7 +171,9 @@ impl PluginInstance {
             }
             Err(e) => {
                 let message = describe_failure(&e, store, &self.config);
-                self.health.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+                self.health
+                    .consecutive_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 self.health.total_failures.fetch_add(1, Ordering::Relaxed);
                 *self.health.last_error.lock().unwrap() = Some(message.clone());
                 tracing::error!(instance = %self.config.name, "plugin call failed: {message}");
@@ -306,13 +308,19 @@ async fn load_version(
     let mut store = runtime.store(probe_gate, CallContext::default());
     let descriptor = async {
         let p = pre.instantiate_async(&mut store).await?;
-        p.wasmspawner_plugin_spawner().call_describe(&mut store).await
+        p.wasmspawner_plugin_spawner()
+            .call_describe(&mut store)
+            .await
     }
     .await
-    .map_err(|e| anyhow::anyhow!("{where_}: describe() failed: {}", describe_failure(&e, &store, cfg)))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{where_}: describe() failed: {}",
+            describe_failure(&e, &store, cfg)
+        )
+    })?;
     let descriptor = convert::descriptor(descriptor);
-    check_api_version(&descriptor.api_version)
-        .map_err(|m| anyhow::anyhow!("{where_}: {m}"))?;
+    check_api_version(&descriptor.api_version).map_err(|m| anyhow::anyhow!("{where_}: {m}"))?;
     for (kind, uses) in [
         ("programs", &descriptor.capabilities.programs),
         ("ssh", &descriptor.capabilities.ssh),
@@ -350,7 +358,9 @@ pub fn check_api_version(v: &str) -> Result<(), String> {
         Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
     };
     let (Some((hm, hn)), Some((pm, pn))) = (parse(API_VERSION), parse(v)) else {
-        return Err(format!("api-version {v:?} is not a version like \"{API_VERSION}\""));
+        return Err(format!(
+            "api-version {v:?} is not a version like \"{API_VERSION}\""
+        ));
     };
     if hm == pm && (hm != 0 || hn == pn) {
         Ok(())
@@ -363,7 +373,9 @@ pub fn check_api_version(v: &str) -> Result<(), String> {
 
 /// A user-readable account of a failed call.
 fn describe_failure(e: &wasmtime::Error, store: &Store<CallState>, cfg: &InstanceConfig) -> String {
-    let stderr = String::from_utf8_lossy(&store.data().stderr.contents()).trim().to_string();
+    let stderr = String::from_utf8_lossy(&store.data().stderr.contents())
+        .trim()
+        .to_string();
     let mut msg = match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => format!(
             "ran past its call deadline of {:.1} s (limits.call_timeout_secs) and was stopped",
@@ -383,7 +395,14 @@ fn describe_failure(e: &wasmtime::Error, store: &Store<CallState>, cfg: &Instanc
         }
     };
     if !stderr.is_empty() {
-        let tail: String = stderr.chars().rev().take(1000).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = stderr
+            .chars()
+            .rev()
+            .take(1000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         msg.push_str(&format!("; plugin stderr: {tail}"));
     }
     msg

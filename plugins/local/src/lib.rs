@@ -86,7 +86,7 @@ impl Plugin for Local {
         Ok(Local { config })
     }
 
-    fn form(&self, _user: &User) -> Result<FormSchema, PluginError> {
+    fn form(&self, _host: &dyn Host, _user: &User) -> Result<FormSchema, PluginError> {
         let choices = INTERFACES
             .iter()
             .filter(|(id, _, _)| self.config.interfaces.iter().any(|i| i == id))
@@ -108,7 +108,12 @@ impl Plugin for Local {
         })
     }
 
-    fn validate(&self, _user: &User, options: Options) -> Result<Options, Vec<FieldError>> {
+    fn validate(
+        &self,
+        _host: &dyn Host,
+        _user: &User,
+        options: Options,
+    ) -> Result<Options, Vec<FieldError>> {
         match options.text("interface") {
             Some(i) if self.config.interfaces.iter().any(|c| c == i) => Ok(options),
             Some(i) => Err(vec![field_error(
@@ -183,7 +188,10 @@ impl Plugin for Local {
     }
 
     fn cancel(&self, host: &dyn Host, job: &Job) -> Result<(), PluginError> {
-        match host.detached_status(std::slice::from_ref(&job.job_id)).first() {
+        match host
+            .detached_status(std::slice::from_ref(&job.job_id))
+            .first()
+        {
             Some(ProcessState::Running) => {
                 host.signal_detached(&job.job_id, Signal::Terminate)?;
                 Ok(())
@@ -210,8 +218,10 @@ mod tests {
 
     #[test]
     fn form_offers_configured_interfaces() {
-        let p = ok(wasmspawner_sdk::load::<Local>(r#"{"interfaces":["notebook"]}"#));
-        let form = ok(p.form(&user("alice")));
+        let p = ok(wasmspawner_sdk::load::<Local>(
+            r#"{"interfaces":["notebook"]}"#,
+        ));
+        let form = ok(p.form(&FakeHost::new(), &user("alice")));
         let FieldKind::Choice(choices) = &form.fields[0].kind else {
             panic!("interface is a choice")
         };
@@ -222,9 +232,13 @@ mod tests {
 
     #[test]
     fn bad_config_names_the_key() {
-        let err = wasmspawner_sdk::load::<Local>(r#"{"interfaces":["emacs"]}"#).err().unwrap();
+        let err = wasmspawner_sdk::load::<Local>(r#"{"interfaces":["emacs"]}"#)
+            .err()
+            .unwrap();
         assert!(matches!(err, PluginError::Config(m) if m.starts_with("interfaces:")));
-        let err = wasmspawner_sdk::load::<Local>(r#"{"workdri":"/tmp"}"#).err().unwrap();
+        let err = wasmspawner_sdk::load::<Local>(r#"{"workdri":"/tmp"}"#)
+            .err()
+            .unwrap();
         assert!(matches!(err, PluginError::Config(m) if m.contains("workdri")));
     }
 
@@ -234,8 +248,14 @@ mod tests {
         let job = job_spec(
             "alice",
             vec![
-                FieldValue { field: "interface".into(), value: Value::Text("lab".into()) },
-                FieldValue { field: "debug".into(), value: Value::Boolean(true) },
+                FieldValue {
+                    field: "interface".into(),
+                    value: Value::Text("lab".into()),
+                },
+                FieldValue {
+                    field: "debug".into(),
+                    value: Value::Boolean(true),
+                },
             ],
         );
         let sub = ok(plugin().submit(&host, &job));
@@ -259,7 +279,11 @@ mod tests {
         host.set_process_state(&b, ProcessState::Exited(Some(3)));
         let jobs: Vec<Job> = [&a, &b, &"nope".to_string()]
             .iter()
-            .map(|id| Job { job_id: id.to_string(), user: "alice".into(), state: String::new() })
+            .map(|id| Job {
+                job_id: id.to_string(),
+                user: "alice".into(),
+                state: String::new(),
+            })
             .collect();
         let states = p.status(&host, &jobs);
         assert!(matches!(states[0], JobState::Running(_)));
@@ -272,7 +296,11 @@ mod tests {
         let host = FakeHost::new();
         let p = plugin();
         let id = ok(p.submit(&host, &job_spec("alice", vec![]))).job_id;
-        let job = Job { job_id: id.clone(), user: "alice".into(), state: String::new() };
+        let job = Job {
+            job_id: id.clone(),
+            user: "alice".into(),
+            state: String::new(),
+        };
         ok(p.cancel(&host, &job));
         assert_eq!(host.signals(), vec![(id.clone(), Signal::Terminate)]);
         host.set_process_state(&id, ProcessState::Exited(None));

@@ -1,0 +1,198 @@
+//! The `wasmspawner` binary as a site admin uses it: `check` and `plugin`.
+
+mod common;
+
+use std::process::Command;
+
+use common::setup;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wasmspawner"))
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = bin().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_reports_missing_unused_and_unresolvable_grants() {
+    let s = setup(
+        r#"
+[instances.p]
+plugin = "{plugin:probe}"
+[[instances.p.grants.programs]]
+program = "sleep"
+args = ["*"]
+[[instances.p.grants.programs]]
+program = "sbatch-not-installed"
+args = ["**"]
+"#,
+    );
+    let cfg = s.config.path.to_str().unwrap();
+    let (code, out, _) = run(&["check", "--config", cfg]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL p"), "{out}");
+    // The probe declares env, echo, head, cat and id, which are not granted.
+    assert!(
+        out.contains("missing: the plugin declares program `id`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("unused: [instances.p] grants.programs grants `sbatch-not-installed`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("`sbatch-not-installed` is not in the instance's search_path"),
+        "{out}"
+    );
+
+    let (code, json, _) = run(&["check", "--config", cfg, "--json"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["name"], "probe");
+    assert_eq!(v[0]["digest"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn check_passes_a_complete_config_and_reports_plugin_config_errors() {
+    let s = setup(
+        r#"
+[instances.local]
+plugin = "{plugin:local}"
+[instances.local.grants]
+env = ["JUPYTERHUB_DEFAULT_URL"]
+[[instances.local.grants.detached]]
+program = "sleep"
+spawn_env = true
+
+[instances.broken]
+plugin = "{plugin:local}"
+[instances.broken.config]
+interfaces = ["emacs"]
+[[instances.broken.grants.detached]]
+program = "sleep"
+spawn_env = true
+"#,
+    );
+    let (code, out, _) = run(&["check", "--config", s.config.path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ok   local"), "{out}");
+    assert!(out.contains("FAIL broken"), "{out}");
+    assert!(
+        out.contains("interfaces: unknown interface \"emacs\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "state_dir = \"s\"\n[instances.x]\nplugn = \"a.wasm\"\n").unwrap();
+    let (code, _, err) = run(&["check", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad.toml"), "{err}");
+    assert!(err.contains("plugn"), "{err}");
+}
+
+#[test]
+fn plugin_commands_print_json() {
+    let s = setup(
+        r#"
+[instances.local]
+plugin = "{plugin:local}"
+[instances.local.grants]
+env = ["JUPYTERHUB_DEFAULT_URL"]
+[[instances.local.grants.detached]]
+program = "sleep"
+args = ["*"]
+spawn_env = true
+"#,
+    );
+    let cfg = s.config.path.to_str().unwrap();
+    let (code, out, err) = run(&[
+        "plugin", "form", "-c", cfg, "-p", "local", "--user", "alice",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let form: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(form["fields"][0]["kind"]["type"], "choice");
+
+    let (code, out, _) = run(&[
+        "plugin",
+        "validate",
+        "-c",
+        cfg,
+        "-p",
+        "local",
+        "--user",
+        "alice",
+        "-o",
+        "interface=emacs",
+        "-o",
+        "debug=maybe",
+    ]);
+    assert_eq!(code, 2);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let fields: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, vec!["interface", "debug"]);
+
+    let (code, _, err) = run(&[
+        "plugin",
+        "form",
+        "-c",
+        cfg,
+        "-p",
+        "local",
+        "--user",
+        "Robert'); DROP",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a valid account name"), "{err}");
+
+    // submit → status (two ids, one call) → cancel → status.
+    let (code, out, err) = run(&[
+        "plugin", "submit", "-c", cfg, "-p", "local", "--user", "alice", "--", "sleep", "30",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = job["job_id"].as_str().unwrap().to_string();
+    let (code, out, _) = run(&[
+        "plugin",
+        "status",
+        "-c",
+        cfg,
+        "-p",
+        "local",
+        &id,
+        "not-a-handle",
+    ]);
+    assert_eq!(code, 0);
+    let states: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(states[0]["state"], "running");
+    assert_eq!(states[0]["job_id"], id.as_str());
+    assert_eq!(states[1]["state"], "unknown");
+    let (code, _, err) = run(&[
+        "plugin", "cancel", "-c", cfg, "-p", "local", "--user", "alice", &id,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut last = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (_, out, _) = run(&["plugin", "status", "-c", cfg, "-p", "local", &id]);
+        last = serde_json::from_str(&out).unwrap();
+        if last[0]["state"] == "done" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(last[0]["state"], "done", "{last}");
+}

@@ -1,0 +1,80 @@
+//! Shared helpers for the host's integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmspawner_host::config::Config;
+use wasmspawner_host::runtime::plugin::PluginInstance;
+use wasmspawner_host::runtime::Runtime;
+
+/// A built plugin: `target/plugins/NAME.wasm` (made by `cargo xtask plugins`).
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let dir = std::env::var_os("WASMSPAWNER_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    let p = dir.join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: build the plugins first with `cargo xtask plugins` (or run the tests with `cargo xtask test`)",
+        p.display()
+    );
+    p
+}
+
+/// A temporary directory with a config file whose text is `body`, after a
+/// `state_dir` line. `{plugin:NAME}` in `body` becomes the built plugin's path.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+pub fn setup(body: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = format!("state_dir = \"{}\"\n", dir.path().join("state").display());
+    let mut body = body.to_string();
+    while let Some(start) = body.find("{plugin:") {
+        let end = start + body[start..].find('}').unwrap();
+        let name = body[start + 8..end].to_string();
+        body.replace_range(start..=end, &plugin_wasm(&name).display().to_string());
+    }
+    text.push_str(&body);
+    let path = dir.path().join("host.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = Config::load(&path).unwrap();
+    Setup { dir, config }
+}
+
+impl Setup {
+    pub fn runtime(&self) -> Arc<Runtime> {
+        Runtime::new(&self.config.state_dir).unwrap()
+    }
+
+    pub async fn instance(&self, name: &str) -> Arc<PluginInstance> {
+        PluginInstance::load(
+            self.runtime(),
+            &self.config.path,
+            self.config.instance(name).unwrap().clone(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Audit records written so far.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        let p = self.config.state_dir.join("audit.jsonl");
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+pub fn user(name: &str) -> wasmspawner_host::model::User {
+    wasmspawner_host::model::User {
+        name: name.into(),
+        groups: vec![],
+        admin: false,
+    }
+}

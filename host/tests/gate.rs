@@ -1,0 +1,391 @@
+//! The capability gate with real processes: grants, declarations, program
+//! resolution, environment clearing, timeouts, output caps, run-as, audit.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::setup;
+use wasmspawner_host::capability::audit::AuditLog;
+use wasmspawner_host::capability::gate::{CallContext, Gate, Kind};
+use wasmspawner_host::capability::process::run_checked;
+use wasmspawner_host::model::{DeclaredCapabilities, ProgramUse};
+use wasmspawner_host::runtime::bindings::process::{Command, EnvVar, RunError};
+
+fn uses(program: &str, args: &[&str], spawn_env: bool) -> ProgramUse {
+    ProgramUse {
+        program: program.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        spawn_env,
+    }
+}
+
+fn declared() -> DeclaredCapabilities {
+    DeclaredCapabilities {
+        programs: vec![
+            uses("echo", &["**"], false),
+            uses("env", &[], true),
+            uses("sleep", &["*"], false),
+            uses("head", &["-c", "*", "/dev/zero"], false),
+            uses("id", &[], false),
+            uses("no-such-program-here", &[], false),
+        ],
+        ssh: vec![],
+        detached: vec![],
+    }
+}
+
+const GRANTS: &str = r#"
+[instances.t]
+plugin = "unused.wasm"
+[instances.t.grants]
+env = ["WS_PASS", "WS_SETTABLE", "WS_FIXED=fixed-value"]
+[[instances.t.grants.programs]]
+program = "echo"
+args = ["hello", "*"]
+[[instances.t.grants.programs]]
+program = "env"
+args = []
+spawn_env = true
+[[instances.t.grants.programs]]
+program = "sleep"
+args = ["*"]
+[[instances.t.grants.programs]]
+program = "head"
+args = ["-c", "*", "/dev/zero"]
+[[instances.t.grants.programs]]
+program = "no-such-program-here"
+args = []
+[instances.t.limits]
+output_bytes = 1048576
+call_timeout_secs = 5
+"#;
+
+struct Fixture {
+    s: common::Setup,
+    gate: Gate,
+}
+
+fn fixture(extra: &str) -> Fixture {
+    // `extra` lines belong to [instances.t] itself.
+    let text = GRANTS.replacen(
+        "[instances.t.grants]\n",
+        &format!("{extra}[instances.t.grants]\n"),
+        1,
+    );
+    let s = setup(&text);
+    std::fs::create_dir_all(&s.config.state_dir).unwrap();
+    let audit = Arc::new(AuditLog::open(&s.config.state_dir.join("audit.jsonl")).unwrap());
+    let inst = s.config.instance("t").unwrap();
+    let gate = Gate::new(
+        inst,
+        &s.config.path,
+        "0123abcd",
+        "test 1.0",
+        declared(),
+        audit,
+    );
+    Fixture { s, gate }
+}
+
+fn cmd(program: &str, args: &[&str]) -> Command {
+    Command {
+        program: program.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        stdin: vec![],
+        env: vec![],
+        spawn_env: false,
+        timeout_ms: 0,
+    }
+}
+
+fn ctx() -> CallContext {
+    CallContext {
+        spawn_id: Some("sp1".into()),
+        user: Some("alice".into()),
+        spawn_env: Arc::new(vec![(
+            "JUPYTERHUB_API_TOKEN".into(),
+            "secret-hub-token-value".into(),
+        )]),
+    }
+}
+
+#[tokio::test]
+async fn granted_and_declared_runs_without_a_shell() {
+    let f = fixture("");
+    let out = run_checked(
+        &f.gate,
+        &ctx(),
+        Kind::Run,
+        cmd("echo", &["hello", "$(id); `id` > /tmp/x"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.exit_code, 0);
+    // The shell metacharacters arrive as one literal argument.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello $(id); `id` > /tmp/x\n"
+    );
+    let audit = f.s.audit();
+    assert_eq!(audit[0]["decision"], "allow");
+    assert_eq!(audit[0]["argv"][0], "/usr/bin/echo");
+    assert_eq!(audit[0]["exit_code"], 0);
+    assert_eq!(audit[0]["spawn_id"], "sp1");
+}
+
+#[tokio::test]
+async fn argument_patterns_outside_the_grant_are_denied() {
+    let f = fixture("");
+    let err = run_checked(&f.gate, &ctx(), Kind::Run, cmd("echo", &["goodbye", "x"]))
+        .await
+        .unwrap_err();
+    let RunError::Denied(m) = err else {
+        panic!("expected denial, got {err:?}")
+    };
+    assert!(
+        m.contains("does not match the granted argument patterns"),
+        "{m}"
+    );
+    assert!(m.contains("host.toml"), "{m}");
+    let err = run_checked(
+        &f.gate,
+        &ctx(),
+        Kind::Run,
+        cmd("echo", &["hello", "a", "b"]),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RunError::Denied(_)));
+    assert_eq!(
+        f.s.audit()
+            .iter()
+            .filter(|r| r["decision"] == "deny")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn undeclared_or_ungranted_programs_are_denied() {
+    let f = fixture("");
+    // Not declared by the plugin (even though /bin/rm exists).
+    let RunError::Denied(m) = run_checked(&f.gate, &ctx(), Kind::Run, cmd("rm", &["-rf", "/"]))
+        .await
+        .unwrap_err()
+    else {
+        panic!()
+    };
+    assert!(m.contains("outside what plugin test 1.0 declared"), "{m}");
+    // Declared, not granted.
+    let RunError::Denied(m) = run_checked(&f.gate, &ctx(), Kind::Run, cmd("id", &[]))
+        .await
+        .unwrap_err()
+    else {
+        panic!()
+    };
+    assert!(m.contains("not granted to instance `t`"), "{m}");
+    assert!(m.contains("[[instances.t.grants.programs]]"), "{m}");
+    // An absolute path is a different program than the bare name granted.
+    let RunError::Denied(_) = run_checked(
+        &f.gate,
+        &ctx(),
+        Kind::Run,
+        cmd("/usr/bin/echo", &["hello", "x"]),
+    )
+    .await
+    .unwrap_err() else {
+        panic!()
+    };
+    // Detached use is a separate capability.
+    let RunError::Denied(_) = run_checked(
+        &f.gate,
+        &ctx(),
+        Kind::Detached,
+        cmd("echo", &["hello", "x"]),
+    )
+    .await
+    .unwrap_err() else {
+        panic!()
+    };
+}
+
+#[tokio::test]
+async fn programs_resolve_through_the_search_path_or_not_found() {
+    let f = fixture("");
+    let err = run_checked(&f.gate, &ctx(), Kind::Run, cmd("no-such-program-here", &[]))
+        .await
+        .unwrap_err();
+    let RunError::NotFound(m) = err else {
+        panic!("{err:?}")
+    };
+    assert!(m.contains("/usr/local/bin:/usr/bin:/bin"), "{m}");
+
+    // A site search path: the program is found there first.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("echo");
+    std::fs::copy("/usr/bin/printf", &fake).unwrap();
+    let f = fixture("");
+    let mut inst = f.s.config.instance("t").unwrap().clone();
+    inst.search_path.insert(0, dir.path().to_path_buf());
+    let audit = Arc::new(AuditLog::discard());
+    let gate = Gate::new(&inst, &f.s.config.path, "d", "test 1.0", declared(), audit);
+    let out = run_checked(&gate, &ctx(), Kind::Run, cmd("echo", &["hello", "x"]))
+        .await
+        .unwrap();
+    // printf prints its format argument without a newline.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello");
+}
+
+#[tokio::test]
+async fn the_environment_is_built_from_grants_only() {
+    std::env::set_var("WS_PASS", "passed");
+    std::env::set_var("WS_LEAK", "must-not-leak");
+    let f = fixture("");
+    let mut c = cmd("env", &[]);
+    c.spawn_env = true;
+    let out = run_checked(&f.gate, &ctx(), Kind::Run, c).await.unwrap();
+    let mut env: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    env.sort();
+    assert_eq!(
+        env,
+        vec![
+            "JUPYTERHUB_API_TOKEN=secret-hub-token-value",
+            "WS_FIXED=fixed-value",
+            "WS_PASS=passed"
+        ]
+    );
+    // The audit record names the variables, never their values.
+    let rec = f.s.audit().pop().unwrap();
+    assert!(!rec.to_string().contains("secret-hub-token-value"));
+    assert!(rec["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v == "JUPYTERHUB_API_TOKEN"));
+
+    // Without spawn_env in the call, no spawn variables.
+    let out = run_checked(&f.gate, &ctx(), Kind::Run, cmd("env", &[]))
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("JUPYTERHUB_API_TOKEN"));
+
+    // Plugin-set variables must be granted and not fixed.
+    let mut c = cmd("env", &[]);
+    c.env = vec![EnvVar {
+        name: "LD_PRELOAD".into(),
+        value: "/tmp/evil.so".into(),
+    }];
+    let RunError::Denied(m) = run_checked(&f.gate, &ctx(), Kind::Run, c)
+        .await
+        .unwrap_err()
+    else {
+        panic!()
+    };
+    assert!(m.contains("LD_PRELOAD is not granted"), "{m}");
+    let mut c = cmd("env", &[]);
+    c.env = vec![EnvVar {
+        name: "WS_SETTABLE".into(),
+        value: "ok".into(),
+    }];
+    let out = run_checked(&f.gate, &ctx(), Kind::Run, c).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("WS_SETTABLE=ok"));
+}
+
+#[tokio::test]
+async fn spawn_env_needs_declaration_and_grant() {
+    let f = fixture("");
+    // echo is declared and granted without spawn_env.
+    let mut c = cmd("echo", &["hello", "x"]);
+    c.spawn_env = true;
+    let RunError::Denied(m) = run_checked(&f.gate, &ctx(), Kind::Run, c)
+        .await
+        .unwrap_err()
+    else {
+        panic!()
+    };
+    assert!(m.contains("declared"), "{m}");
+}
+
+#[tokio::test]
+async fn secrets_never_travel_in_argv() {
+    let f = fixture("");
+    let err = run_checked(
+        &f.gate,
+        &ctx(),
+        Kind::Run,
+        cmd("echo", &["hello", "token=secret-hub-token-value"]),
+    )
+    .await
+    .unwrap_err();
+    let RunError::Denied(m) = err else { panic!() };
+    assert!(m.contains("JUPYTERHUB_API_TOKEN"), "{m}");
+    let rec = f.s.audit().pop().unwrap();
+    assert!(
+        !rec.to_string().contains("secret-hub-token-value"),
+        "audit must redact: {rec}"
+    );
+    assert!(rec.to_string().contains("<redacted:JUPYTERHUB_API_TOKEN>"));
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_program() {
+    let f = fixture("");
+    let mut c = cmd("sleep", &["30"]);
+    c.timeout_ms = 300;
+    let t = Instant::now();
+    let err = run_checked(&f.gate, &ctx(), Kind::Run, c)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunError::TimedOut(_)), "{err:?}");
+    assert!(t.elapsed().as_secs() < 5);
+    // A requested timeout above the call deadline is capped at it (5 s here).
+    let rec = f.s.audit().pop().unwrap();
+    assert!(rec["reason"].as_str().unwrap().contains("killed"));
+}
+
+#[tokio::test]
+async fn output_is_capped() {
+    let f = fixture("");
+    let out = run_checked(
+        &f.gate,
+        &ctx(),
+        Kind::Run,
+        cmd("head", &["-c", "3000000", "/dev/zero"]),
+    )
+    .await
+    .unwrap();
+    assert!(out.truncated);
+    assert_eq!(out.stdout.len(), 1 << 20);
+    let out = run_checked(
+        &f.gate,
+        &ctx(),
+        Kind::Run,
+        cmd("head", &["-c", "1000", "/dev/zero"]),
+    )
+    .await
+    .unwrap();
+    assert!(!out.truncated);
+    assert_eq!(out.stdout.len(), 1000);
+}
+
+#[tokio::test]
+async fn run_as_prefix_is_the_operators_with_the_user_as_one_argument() {
+    let f = fixture("run_as = [\"/usr/bin/env\", \"WS_RUN_AS={user}\"]\n");
+    let mut c = cmd("env", &[]);
+    c.spawn_env = true;
+    let out = run_checked(&f.gate, &ctx(), Kind::Run, c).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("WS_RUN_AS=alice"));
+    let rec = f.s.audit().pop().unwrap();
+    assert_eq!(rec["argv"][0], "/usr/bin/env");
+    assert_eq!(rec["argv"][1], "WS_RUN_AS=alice");
+    // Calls for no particular user (status) run without the prefix.
+    let out = run_checked(&f.gate, &CallContext::default(), Kind::Run, cmd("env", &[]))
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("WS_RUN_AS"));
+}

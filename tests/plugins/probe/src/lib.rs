@@ -1,0 +1,248 @@
+//! A test plugin. Its site config picks what every export (but `describe`)
+//! does, so one component can play a well-behaved plugin, a slow one, and
+//! the hostile ones the host must contain:
+//!
+//! | `behavior` | what the export does |
+//! |---|---|
+//! | `ok` | answers normally (status: every job running) |
+//! | `sleep` | runs `sleep <seconds>` through the host first |
+//! | `spin` | loops forever |
+//! | `alloc` | allocates until something stops it |
+//! | `trap` | panics |
+//! | `run` | runs `argv` (config) through the host; submit returns stdout as the state |
+//! | `detached` | submit starts `argv` as a detached process (not declared: must be denied) |
+//! | `read-host` | tries to read host files and environment; returns what it saw |
+//! | `big` | returns 8 MiB of text as the job state |
+//! | `short-status` | returns no states at all |
+//! | `bad-status` | status says "done" only for job "finished", else pending |
+//!
+//! Whatever the behaviour, `status` first sleeps N seconds (through the
+//! host's `sleep`) for a job whose id is `sleep:N`.
+//!
+//! Declared programs: `sleep *`, `env`, `echo **`, `head -c * /dev/zero`,
+//! `cat **`, `id` — a fixed set; the host's grants in each test decide what
+//! is effective.
+
+use serde::Deserialize;
+use wasmspawner_sdk::prelude::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "ok")]
+    pub behavior: String,
+    #[serde(default)]
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub spawn_env: bool,
+    #[serde(default = "one")]
+    pub seconds: String,
+}
+
+fn ok() -> String {
+    "ok".into()
+}
+
+fn one() -> String {
+    "1".into()
+}
+
+pub struct Probe {
+    c: Config,
+}
+
+fn uses(program: &str, args: &[&str], spawn_env: bool) -> ProgramUse {
+    ProgramUse {
+        program: program.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        spawn_env,
+    }
+}
+
+impl Probe {
+    fn act(&self, host: &dyn Host) -> Result<String, PluginError> {
+        match self.c.behavior.as_str() {
+            "ok" | "short-status" | "bad-status" => Ok(String::new()),
+            "sleep" => {
+                let out = host.run(&Command::new("sleep").arg(self.c.seconds.clone()))?;
+                Ok(out.stdout_str())
+            }
+            "spin" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut v: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    v.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&v);
+                }
+            }
+            "trap" => panic!("probe plugin panics on purpose"),
+            "run" => {
+                let (program, args) = self
+                    .c
+                    .argv
+                    .split_first()
+                    .ok_or_else(|| PluginError::Config("argv: empty".into()))?;
+                let mut cmd = Command::new(program.clone()).args(args.iter().cloned());
+                cmd.spawn_env = self.c.spawn_env;
+                let out = host.run(&cmd)?;
+                Ok(format!(
+                    "exit={} truncated={} stdout_len={}\n{}",
+                    out.exit_code,
+                    out.truncated,
+                    out.stdout.len(),
+                    if out.stdout.len() > 65536 {
+                        String::new()
+                    } else {
+                        out.stdout_str()
+                    }
+                ))
+            }
+            "detached" => {
+                let (program, args) = self
+                    .c
+                    .argv
+                    .split_first()
+                    .ok_or_else(|| PluginError::Config("argv: empty".into()))?;
+                host.start_detached(&Launch {
+                    program: program.clone(),
+                    args: args.to_vec(),
+                    env: vec![],
+                    spawn_env: false,
+                    workdir: None,
+                })
+                .map_err(PluginError::from)
+            }
+            "read-host" => {
+                let files = ["/etc/passwd", "/etc/hostname", "/proc/self/environ", "."]
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{p}: {}",
+                            std::fs::read_to_string(p)
+                                .map(|_| "READ")
+                                .unwrap_or("refused")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+                let args: Vec<String> = std::env::args().collect();
+                Ok(format!("files: {files}; env: {env:?}; args: {args:?}"))
+            }
+            "big" => Ok("x".repeat(8 << 20)),
+            other => Err(PluginError::Config(format!("behavior: unknown {other:?}"))),
+        }
+    }
+}
+
+impl Plugin for Probe {
+    type Config = Config;
+
+    fn describe() -> Descriptor {
+        Descriptor {
+            name: "probe".into(),
+            version: "0.0.1".into(),
+            api_version: API_VERSION.into(),
+            description: "test plugin".into(),
+            capabilities: wasmspawner_sdk::DeclaredCapabilities {
+                programs: vec![
+                    uses("sleep", &["*"], false),
+                    uses("env", &[], true),
+                    uses("echo", &["**"], false),
+                    uses("head", &["-c", "*", "/dev/zero"], false),
+                    uses("cat", &["**"], false),
+                    uses("id", &[], false),
+                ],
+                ssh: vec![],
+                detached: vec![],
+            },
+        }
+    }
+
+    fn new(c: Config) -> Result<Self, PluginError> {
+        Ok(Probe { c })
+    }
+
+    fn form(&self, host: &dyn Host, _user: &User) -> Result<FormSchema, PluginError> {
+        if !matches!(
+            self.c.behavior.as_str(),
+            "ok" | "run" | "short-status" | "bad-status"
+        ) {
+            self.act(host)?;
+        }
+        Ok(FormSchema {
+            fields: vec![
+                integer_field("cores", "Cores", Some(1), Some(8)).default_value("1"),
+                text_field("note", "Note").pattern("[a-z ]*"),
+            ],
+            profiles: vec![],
+        })
+    }
+
+    fn submit(&self, host: &dyn Host, job: &JobSpec) -> Result<Submitted, PluginError> {
+        let state = self.act(host)?;
+        Ok(Submitted {
+            job_id: format!("probe-{}", job.spawn_id),
+            state,
+        })
+    }
+
+    fn status(&self, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
+        // A job id "sleep:N" makes this call take N seconds (through the host).
+        for j in jobs {
+            if let Some(secs) = j.job_id.strip_prefix("sleep:") {
+                if let Err(e) = host.run(&Command::new("sleep").arg(secs)) {
+                    let msg = wasmspawner_sdk::host::run_error_message(&e);
+                    return jobs
+                        .iter()
+                        .map(|_| JobState::Unknown(msg.clone()))
+                        .collect();
+                }
+            }
+        }
+        if let Err(e) = self.act(host) {
+            return jobs
+                .iter()
+                .map(|_| JobState::Unknown(wasmspawner_sdk::host::error_message(&e)))
+                .collect();
+        }
+        match self.c.behavior.as_str() {
+            "short-status" => vec![],
+            "bad-status" => jobs
+                .iter()
+                .map(|j| {
+                    if j.job_id == "finished" {
+                        JobState::Done(DoneInfo {
+                            exit_code: Some(0),
+                            reason: "completed".into(),
+                        })
+                    } else {
+                        JobState::Pending(PendingInfo {
+                            reason: "Resources".into(),
+                            expected_start: None,
+                        })
+                    }
+                })
+                .collect(),
+            _ => jobs
+                .iter()
+                .map(|_| {
+                    JobState::Running(RunningInfo {
+                        host: Some("127.0.0.1".into()),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    fn cancel(&self, host: &dyn Host, _job: &Job) -> Result<(), PluginError> {
+        self.act(host).map(|_| ())
+    }
+}
+
+wasmspawner_sdk::export_plugin!(Probe);
