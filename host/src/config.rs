@@ -58,7 +58,7 @@ pub struct Grants {
     pub env: Vec<EnvGrant>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProgramGrant {
     /// A bare name resolved through `search_path`, or an absolute path.
@@ -201,9 +201,9 @@ impl Config {
         let base = std::path::absolute(&base).unwrap_or(base);
         let abs = |p: &Path| {
             if p.is_absolute() {
-                p.to_path_buf()
+                normalize(p)
             } else {
-                base.join(p)
+                normalize(&base.join(p))
             }
         };
 

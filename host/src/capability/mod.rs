@@ -19,6 +19,7 @@ pub mod env;
 pub mod gate;
 pub mod log;
 pub mod process;
+pub mod review;
 pub mod ssh;
 
 use std::path::PathBuf;

@@ -11,9 +11,9 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::capability::gate::Kind;
+use crate::capability::review::review;
 use crate::config::Config;
-use crate::model::{ProgramUse, User};
+use crate::model::User;
 use crate::runtime::plugin::PluginInstance;
 use crate::runtime::Runtime;
 
@@ -91,65 +91,10 @@ async fn check_instance(
     r.version = Some(d.version.clone());
     r.api_version = Some(d.api_version.clone());
     let section = format!("[instances.{}]", ic.name);
-
-    for (kind, label, key) in [
-        (Kind::Run, "program", "grants.programs"),
-        (Kind::Detached, "detached process", "grants.detached"),
-    ] {
-        let declared: &[ProgramUse] = match kind {
-            Kind::Run => &d.capabilities.programs,
-            _ => &d.capabilities.detached,
-        };
-        let grants = loaded.gate.grants(kind);
-        for u in declared {
-            let covered = grants
-                .iter()
-                .any(|g| u.program == "*" || g.grant.program == u.program);
-            if !covered {
-                r.problems.push(format!(
-                    "missing: the plugin declares {label} `{}` [{}] but {section} has no {key} entry for it",
-                    u.program,
-                    u.args.join(" ")
-                ));
-            }
-        }
-        for g in grants {
-            let used = declared
-                .iter()
-                .any(|u| u.program == "*" || u.program == g.grant.program);
-            if !used {
-                r.warnings.push(format!(
-                    "unused: {section} {key} grants `{}` but the plugin never declares it",
-                    g.grant.program
-                ));
-            }
-            if let Err(why) = &g.path {
-                r.problems
-                    .push(format!("{section} {key} `{}`: {why}", g.grant.program));
-            }
-            if g.grant.spawn_env
-                && !declared
-                    .iter()
-                    .any(|u| u.spawn_env && (u.program == "*" || u.program == g.grant.program))
-            {
-                r.warnings.push(format!(
-                    "unused: {section} {key} `{}` grants spawn_env, which the plugin never asks for",
-                    g.grant.program
-                ));
-            }
-        }
-    }
-    if !d.capabilities.ssh.is_empty() {
-        r.problems.push(format!(
-            "missing: the plugin declares SSH use ({}) but this host version has no SSH grants",
-            d.capabilities
-                .ssh
-                .iter()
-                .map(|u| u.program.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
+    let review = review(&loaded.gate, &section);
+    r.problems.extend(review.missing.into_iter().map(|m| format!("missing: {m}")));
+    r.problems.extend(review.unresolved);
+    r.warnings.extend(review.unused.into_iter().map(|m| format!("unused: {m}")));
     // The plugin checks its site config when asked for a form.
     let probe = User {
         name: "check".into(),

@@ -1,6 +1,7 @@
 //! The `wasmspawner` command line: `serve`, `check`, and `plugin` (one
 //! plugin export called with real capabilities, result as JSON on stdout).
 
+mod audit;
 mod check;
 mod plugin_cmd;
 mod serve;
@@ -33,6 +34,15 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// For a security reviewer: what each plugin instance may do (component,
+    /// digest, pin, declared, granted, effective, run-as, limits).
+    Audit {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -138,6 +148,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Serve { config } => serve::run(&config).await.map(|()| 0),
         Command::Check { config, json } => check::run(&config, json).await,
+        Command::Audit { config, json } => audit::run(&config, json).await,
         Command::Plugin(cmd) => plugin_cmd::run(cmd).await,
     }
 }

@@ -1,0 +1,207 @@
+//! `wasmspawner audit`: for a security reviewer, everything each plugin
+//! instance may do — the component and its digest, the pin, the WIT version,
+//! what it declares, what the operator grants, the effective intersection,
+//! the run-as rule and the limits — as a table or as JSON.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::capability::review::{review, Effective};
+use crate::config::{Config, EnvGrant, InstanceConfig, ProgramGrant};
+use crate::model::DeclaredCapabilities;
+use crate::runtime::plugin::PluginInstance;
+use crate::runtime::Runtime;
+
+#[derive(Serialize)]
+pub struct InstanceAudit {
+    pub instance: String,
+    pub component: String,
+    pub digest: Option<String>,
+    /// `pinned (matches)`, `not pinned`, or the load error for a mismatch.
+    pub pin: String,
+    pub plugin: Option<String>,
+    pub api_version: Option<String>,
+    pub declared: Option<DeclaredCapabilities>,
+    pub granted: Granted,
+    pub effective: Vec<Effective>,
+    pub missing: Vec<String>,
+    pub unused: Vec<String>,
+    pub run_as: Vec<String>,
+    pub limits: Limits,
+    pub load_error: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct Granted {
+    pub programs: Vec<ProgramGrant>,
+    pub detached: Vec<ProgramGrant>,
+    pub ssh: Vec<String>,
+    /// `NAME` (passed through from the host) or `NAME=VALUE` (fixed).
+    pub env: Vec<String>,
+    pub search_path: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct Limits {
+    pub memory_mib: usize,
+    pub call_timeout_secs: f64,
+    pub command_timeout_secs: f64,
+    pub output_bytes: usize,
+    pub concurrent_calls: usize,
+}
+
+pub async fn run(config_path: &Path, json: bool) -> Result<i32> {
+    let config = Config::load(config_path)?;
+    let runtime = Runtime::new(&config.state_dir)?;
+    let mut audits = Vec::new();
+    for ic in config.instances.values() {
+        audits.push(audit_instance(&runtime, &config, ic).await);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&audits)?);
+    } else {
+        for a in &audits {
+            print_table(a);
+        }
+    }
+    Ok(if audits.iter().any(|a| a.load_error.is_some()) { 1 } else { 0 })
+}
+
+async fn audit_instance(runtime: &std::sync::Arc<Runtime>, config: &Config, ic: &InstanceConfig) -> InstanceAudit {
+    let l = &ic.limits;
+    let mut a = InstanceAudit {
+        instance: ic.name.clone(),
+        component: ic.plugin.display().to_string(),
+        digest: None,
+        pin: match &ic.sha256 {
+            Some(p) => format!("pinned to {p}"),
+            None => "not pinned".into(),
+        },
+        plugin: None,
+        api_version: None,
+        declared: None,
+        granted: Granted {
+            programs: ic.grants.programs.clone(),
+            detached: ic.grants.detached.clone(),
+            ssh: vec![],
+            env: ic
+                .grants
+                .env
+                .iter()
+                .map(|e| match e {
+                    EnvGrant::Pass(n) => n.clone(),
+                    EnvGrant::Fixed(n, v) => format!("{n}={v}"),
+                })
+                .collect(),
+            search_path: ic.search_path.iter().map(|p| p.display().to_string()).collect(),
+        },
+        effective: vec![],
+        missing: vec![],
+        unused: vec![],
+        run_as: ic.run_as.clone(),
+        limits: Limits {
+            memory_mib: l.memory_bytes >> 20,
+            call_timeout_secs: l.call_timeout.as_secs_f64(),
+            command_timeout_secs: l.command_timeout.as_secs_f64(),
+            output_bytes: l.output_bytes,
+            concurrent_calls: l.concurrent_calls,
+        },
+        load_error: None,
+    };
+    match PluginInstance::load(runtime.clone(), &config.path, ic.clone()).await {
+        Ok(inst) => {
+            let loaded = inst.current();
+            if ic.sha256.is_some() {
+                a.pin = format!("pinned, matches ({})", loaded.digest);
+            }
+            a.digest = Some(loaded.digest.clone());
+            a.plugin = Some(format!("{} {}", loaded.descriptor.name, loaded.descriptor.version));
+            a.api_version = Some(loaded.descriptor.api_version.clone());
+            a.declared = Some(loaded.descriptor.capabilities.clone());
+            let r = review(&loaded.gate, &format!("[instances.{}]", ic.name));
+            a.effective = r.effective;
+            a.missing = r.missing;
+            a.unused = r.unused;
+        }
+        Err(e) => a.load_error = Some(format!("{e:#}")),
+    }
+    a
+}
+
+fn print_table(a: &InstanceAudit) {
+    let or = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    println!("instance {}", a.instance);
+    println!("  component    {}", a.component);
+    println!("  sha256       {}", or(&a.digest));
+    println!("  pin          {}", a.pin);
+    println!("  plugin       {}  (WIT API {})", or(&a.plugin), or(&a.api_version));
+    if let Some(e) = &a.load_error {
+        println!("  LOAD ERROR   {e}");
+    }
+    if let Some(d) = &a.declared {
+        let fmt = |v: &[crate::model::ProgramUse]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter()
+                    .map(|u| format!("{} [{}]{}", u.program, u.args.join(" "), if u.spawn_env { " +spawn-env" } else { "" }))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }
+        };
+        println!("  declared     programs: {}", fmt(&d.programs));
+        println!("               detached: {}", fmt(&d.detached));
+        println!("               ssh: {}", fmt(&d.ssh));
+    }
+    let fmtg = |v: &[ProgramGrant]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter()
+                .map(|g| format!("{} [{}]{}", g.program, g.args.join(" "), if g.spawn_env { " +spawn-env" } else { "" }))
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+    };
+    println!("  granted      programs: {}", fmtg(&a.granted.programs));
+    println!("               detached: {}", fmtg(&a.granted.detached));
+    println!("               env: {}", if a.granted.env.is_empty() { "none".into() } else { a.granted.env.join(", ") });
+    println!("               search path: {}", a.granted.search_path.join(":"));
+    println!("  effective    (a call must match both argument lists)");
+    if a.effective.is_empty() {
+        println!("               nothing");
+    }
+    for e in &a.effective {
+        println!(
+            "               {:<15} {:<24} declared [{}] ∩ granted [{}]{}  → {}",
+            e.capability,
+            e.program,
+            e.declared_args.join(" "),
+            e.granted_args.join(" "),
+            if e.spawn_env { " +spawn-env" } else { "" },
+            match &e.path {
+                Ok(p) => p.clone(),
+                Err(why) => format!("NOT FOUND: {why}"),
+            }
+        );
+    }
+    for m in &a.missing {
+        println!("  missing      {m}");
+    }
+    for u in &a.unused {
+        println!("  unused       {u}");
+    }
+    println!(
+        "  run as       {}",
+        if a.run_as.is_empty() { "the host's own user".into() } else { format!("{} (submit and cancel; status runs as the host)", a.run_as.join(" ")) }
+    );
+    let l = &a.limits;
+    println!(
+        "  limits       memory {} MiB, call {} s, command {} s, output {} bytes, {} concurrent calls",
+        l.memory_mib, l.call_timeout_secs, l.command_timeout_secs, l.output_bytes, l.concurrent_calls
+    );
+    println!("  sandbox      no files, no environment, no network; every capability call audited in the state directory's audit.jsonl");
+    println!();
+}
