@@ -208,8 +208,11 @@ impl PluginInstance {
         let r = plugin_call!(self, CallContext::default(), |p, store| p
             .wasmspawner_plugin_spawner()
             .call_form(&mut store, cfg, &u))?;
-        r.map(convert::form)
-            .map_err(|e| CallError::Plugin(convert::plugin_error(e)))
+        let form = r
+            .map(convert::form)
+            .map_err(|e| CallError::Plugin(convert::plugin_error(e)))?;
+        check_form(&form).map_err(|m| self.garbage(m))?;
+        Ok(form)
     }
 
     /// The host's checks against the form schema, then the plugin's rules.
@@ -234,8 +237,23 @@ impl PluginInstance {
         let r = plugin_call!(self, ctx, |p, store| p
             .wasmspawner_plugin_spawner()
             .call_submit(&mut store, cfg, &j))?;
-        r.map(convert::submitted)
-            .map_err(|e| CallError::Plugin(convert::plugin_error(e)))
+        let sub = r
+            .map(convert::submitted)
+            .map_err(|e| CallError::Plugin(convert::plugin_error(e)))?;
+        check_submitted(&sub).map_err(|m| self.garbage(m))?;
+        Ok(sub)
+    }
+
+    /// A well-formed call whose result the host cannot accept.
+    fn garbage(&self, message: String) -> CallError {
+        self.health.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        self.health.total_failures.fetch_add(1, Ordering::Relaxed);
+        *self.health.last_error.lock().unwrap() = Some(message.clone());
+        tracing::error!(instance = %self.config.name, "plugin returned garbage: {message}");
+        CallError::Failed {
+            instance: self.config.name.clone(),
+            message,
+        }
     }
 
     /// One call for many jobs. The result has one state per job, in order;
@@ -246,7 +264,7 @@ impl PluginInstance {
         let r = plugin_call!(self, CallContext::default(), |p, store| p
             .wasmspawner_plugin_spawner()
             .call_status(&mut store, cfg, &js))?;
-        let mut states: Vec<JobState> = r.into_iter().map(convert::job_state).collect();
+        let mut states: Vec<JobState> = r.into_iter().map(convert::job_state).map(tidy_state).collect();
         states.truncate(jobs.len());
         while states.len() < jobs.len() {
             states.push(JobState::Unknown {
@@ -349,6 +367,76 @@ async fn load_version(
         path: cfg.plugin.clone(),
         loaded_at: chrono::Utc::now(),
     })
+}
+
+/// Longest job id the host stores.
+pub const MAX_JOB_ID: usize = 256;
+/// Largest plugin state the host stores per job.
+pub const MAX_PLUGIN_STATE: usize = 64 * 1024;
+/// Longest reason or host kept from a status answer.
+pub const MAX_REASON: usize = 1024;
+
+fn check_submitted(s: &Submitted) -> Result<(), String> {
+    if s.job_id.is_empty() || s.job_id.len() > MAX_JOB_ID || s.job_id.chars().any(char::is_control) {
+        return Err(format!(
+            "submit returned a job id that is empty, longer than {MAX_JOB_ID} bytes or has control characters ({} bytes)",
+            s.job_id.len()
+        ));
+    }
+    if s.state.len() > MAX_PLUGIN_STATE {
+        return Err(format!(
+            "submit returned {} bytes of plugin state; the host stores at most {MAX_PLUGIN_STATE}",
+            s.state.len()
+        ));
+    }
+    Ok(())
+}
+
+fn check_form(f: &FormSchema) -> Result<(), String> {
+    if f.fields.len() > crate::form::MAX_FIELDS || f.profiles.len() > 64 {
+        return Err(format!("form returned {} fields and {} profiles; too many", f.fields.len(), f.profiles.len()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for field in &f.fields {
+        let id_ok = field.id.len() <= 64
+            && field.id.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            && field.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !id_ok || field.id == crate::form::PROFILE_FIELD {
+            return Err(format!("form field id {:?} is not [a-z][a-z0-9_]* (at most 64) or is the reserved \"profile\"", field.id));
+        }
+        if !seen.insert(field.id.as_str()) {
+            return Err(format!("form field id {:?} appears twice", field.id));
+        }
+    }
+    Ok(())
+}
+
+/// Cuts over-long text in a status answer and drops a host that is not a
+/// plausible host name.
+fn tidy_state(s: JobState) -> JobState {
+    let cut = |mut t: String| {
+        if t.len() > MAX_REASON {
+            let mut i = MAX_REASON;
+            while !t.is_char_boundary(i) {
+                i -= 1;
+            }
+            t.truncate(i);
+            t.push('…');
+        }
+        t.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>()
+    };
+    match s {
+        JobState::Pending { reason, expected_start } => JobState::Pending { reason: cut(reason), expected_start },
+        JobState::Running { host } => JobState::Running {
+            host: host.filter(|h| {
+                !h.is_empty()
+                    && h.len() <= 253
+                    && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':')
+            }),
+        },
+        JobState::Done { exit_code, reason } => JobState::Done { exit_code, reason: cut(reason) },
+        JobState::Unknown { reason } => JobState::Unknown { reason: cut(reason) },
+    }
 }
 
 /// Same major version; while the major is 0, the same minor.

@@ -13,6 +13,8 @@
 //! | `detached` | submit starts `argv` as a detached process (not declared: must be denied) |
 //! | `read-host` | tries to read host files and environment; returns what it saw |
 //! | `big` | returns 8 MiB of text as the job state |
+//! | `all-imports` | calls every capability import once |
+//! | `inject` | submit runs `echo hello <option raw>` (a user value into argv) |
 //! | `short-status` | returns no states at all |
 //! | `bad-status` | status says "done" only for job "finished", else pending |
 //!
@@ -62,7 +64,7 @@ fn uses(program: &str, args: &[&str], spawn_env: bool) -> ProgramUse {
 impl Probe {
     fn act(&self, host: &dyn Host) -> Result<String, PluginError> {
         match self.c.behavior.as_str() {
-            "ok" | "short-status" | "bad-status" => Ok(String::new()),
+            "ok" | "short-status" | "bad-status" | "inject" => Ok(String::new()),
             "sleep" => {
                 let out = host.run(&Command::new("sleep").arg(self.c.seconds.clone()))?;
                 Ok(out.stdout_str())
@@ -135,6 +137,20 @@ impl Probe {
                 Ok(format!("files: {files}; env: {env:?}; args: {args:?}"))
             }
             "big" => Ok("x".repeat(8 << 20)),
+            "all-imports" => {
+                // Every capability import once; the test checks each was gated.
+                let mut seen = Vec::new();
+                seen.push(format!("run: {:?}", host.run(&Command::new("id")).err()));
+                seen.push(format!("ssh: {:?}", host.ssh("login1", &Command::new("id")).err()));
+                seen.push(format!(
+                    "start: {:?}",
+                    host.start_detached(&Launch { program: "sleep".into(), args: vec!["1".into()], env: vec![], spawn_env: false, workdir: None }).err()
+                ));
+                seen.push(format!("status: {:?}", host.detached_status(&["1.2.3".into()])));
+                seen.push(format!("signal: {:?}", host.signal_detached("1.2.3", Signal::Kill).err()));
+                host.log(Level::Warn, "probe log line\nwith a forged second line");
+                Ok(seen.join("\n"))
+            }
             other => Err(PluginError::Config(format!("behavior: unknown {other:?}"))),
         }
     }
@@ -179,12 +195,18 @@ impl Plugin for Probe {
             fields: vec![
                 integer_field("cores", "Cores", Some(1), Some(8)).default_value("1"),
                 text_field("note", "Note").pattern("[a-z ]*"),
+                text_field("raw", "Raw text").max_length(200),
             ],
             profiles: vec![],
         })
     }
 
     fn submit(&self, host: &dyn Host, job: &JobSpec) -> Result<Submitted, PluginError> {
+        if self.c.behavior == "inject" {
+            let raw = Options::from(job.options.clone()).text("raw").unwrap_or_default().to_string();
+            let out = host.run(&Command::new("echo").args(["hello".to_string(), raw]))?;
+            return Ok(Submitted { job_id: format!("probe-{}", job.spawn_id), state: out.stdout_str() });
+        }
         let state = self.act(host)?;
         Ok(Submitted {
             job_id: format!("probe-{}", job.spawn_id),
