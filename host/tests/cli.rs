@@ -196,3 +196,49 @@ spawn_env = true
     }
     assert_eq!(last[0]["state"], "done", "{last}");
 }
+
+#[test]
+fn audit_shows_declared_granted_and_effective() {
+    let s = setup(
+        r#"
+[instances.p]
+plugin = "{plugin:probe}"
+run_as = ["/usr/sbin/runuser", "-u", "{user}", "--"]
+[instances.p.grants]
+env = ["SLURM_CONF=/etc/slurm/slurm.conf"]
+[[instances.p.grants.programs]]
+program = "sleep"
+args = ["*"]
+[[instances.p.grants.programs]]
+program = "echo"
+args = ["hello", "*"]
+[[instances.p.grants.programs]]
+program = "rm"
+args = ["**"]
+"#,
+    );
+    let cfg = s.config.path.to_str().unwrap();
+    let (code, out, err) = run(&["audit", "--config", cfg, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let a = &v[0];
+    assert_eq!(a["instance"], "p");
+    assert_eq!(a["pin"], "not pinned");
+    assert_eq!(a["api_version"], "0.1.0");
+    let eff: Vec<(String, String)> = a["effective"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["program"].as_str().unwrap().to_string(), e["granted_args"].to_string()))
+        .collect();
+    assert_eq!(eff, vec![("sleep".to_string(), "[\"*\"]".to_string()), ("echo".to_string(), "[\"hello\",\"*\"]".to_string())]);
+    assert!(a["unused"].to_string().contains("`rm`"), "{}", a["unused"]);
+    assert!(a["missing"].to_string().contains("`id`"), "{}", a["missing"]);
+    assert_eq!(a["run_as"][0], "/usr/sbin/runuser");
+    assert_eq!(a["granted"]["env"][0], "SLURM_CONF=/etc/slurm/slurm.conf");
+
+    let (code, table, _) = run(&["audit", "--config", cfg]);
+    assert_eq!(code, 0);
+    assert!(table.contains("effective"), "{table}");
+    assert!(table.contains("declared [**] ∩ granted [hello *]"), "{table}");
+}
