@@ -5,8 +5,14 @@ use wasmspawner_argpattern::{glob, matches};
 
 /// The reference: `*` is `.*`, everything else literal, whole string.
 fn reference(pattern: &str, value: &str) -> bool {
-    let re: String = pattern.split('*').map(regex::escape).collect::<Vec<_>>().join(".*");
-    regex::Regex::new(&format!("^(?s:{re})$")).unwrap().is_match(value)
+    let re: String = pattern
+        .split('*')
+        .map(regex::escape)
+        .collect::<Vec<_>>()
+        .join(".*");
+    regex::Regex::new(&format!("^(?s:{re})$"))
+        .unwrap()
+        .is_match(value)
 }
 
 proptest! {

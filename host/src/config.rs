@@ -48,6 +48,42 @@ pub struct InstanceConfig {
     /// `{user}` replaced by the validated user name, e.g.
     /// `["/usr/sbin/runuser", "-u", "{user}", "--"]`.
     pub run_as: Vec<String>,
+    /// How to reach remote hosts (`[instances.X.ssh]`), for a submit host and
+    /// for the plugin's own `ssh` calls.
+    pub ssh: Option<SshConfig>,
+    /// When set, every program of `grants.programs` runs on this host over
+    /// SSH (the site's login node), without any change to the plugin.
+    pub submit_host: Option<String>,
+}
+
+/// Connection settings for SSH.
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    /// The remote account; `{user}` is replaced by the hub user. Default:
+    /// the host's own user name.
+    pub user: Option<String>,
+    pub port: u16,
+    pub identity_file: Option<PathBuf>,
+    /// Host keys are checked strictly against this file only.
+    pub known_hosts: PathBuf,
+    /// How long an idle shared connection stays open (ControlPersist).
+    pub control_persist: Duration,
+    pub connect_timeout: Duration,
+    /// The OpenSSH client.
+    pub program: PathBuf,
+}
+
+/// A program the plugin may run on matching hosts over SSH.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshGrant {
+    /// Host name globs, e.g. `["login*.cluster.example.org"]`.
+    pub hosts: Vec<String>,
+    pub program: String,
+    #[serde(default = "any_args")]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub spawn_env: bool,
 }
 
 /// What the operator allows an instance to do.
@@ -55,6 +91,7 @@ pub struct InstanceConfig {
 pub struct Grants {
     pub programs: Vec<ProgramGrant>,
     pub detached: Vec<ProgramGrant>,
+    pub ssh: Vec<SshGrant>,
     pub env: Vec<EnvGrant>,
 }
 
@@ -154,6 +191,20 @@ struct RawInstance {
     limits: RawLimits,
     #[serde(default)]
     run_as: Vec<String>,
+    ssh: Option<RawSsh>,
+    submit_host: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    user: Option<String>,
+    port: Option<u16>,
+    identity_file: Option<PathBuf>,
+    known_hosts: PathBuf,
+    control_persist_secs: Option<u64>,
+    connect_timeout_secs: Option<u64>,
+    program: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -163,6 +214,8 @@ struct RawGrants {
     programs: Vec<ProgramGrant>,
     #[serde(default)]
     detached: Vec<ProgramGrant>,
+    #[serde(default)]
+    ssh: Vec<SshGrant>,
     #[serde(default)]
     env: Vec<String>,
 }
@@ -291,6 +344,7 @@ fn resolve_instance(
     ri: RawInstance,
     abs: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<InstanceConfig> {
+    let abs = |p: &Path| abs(p);
     if let Some(pin) = &ri.sha256 {
         if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
             bail!("sha256: expected 64 hex digits (the output of `sha256sum` on the .wasm), got {pin:?}");
@@ -369,6 +423,64 @@ fn resolve_instance(
             Some(n) => bail!("limits.concurrent_calls: {n} is out of range; give 1 to 1024"),
         },
     };
+    for (i, g) in ri.grants.ssh.iter().enumerate() {
+        let at = format!("grants.ssh[{i}]");
+        check_program_name(&g.program).map_err(|m| anyhow::anyhow!("{at}.program: {m}"))?;
+        wasmspawner_argpattern::validate(&g.args).map_err(|e| anyhow::anyhow!("{at}.args: {e}"))?;
+        if g.hosts.is_empty() {
+            bail!(
+                "{at}.hosts: name at least one host (globs allowed, e.g. \"login*.example.org\")"
+            );
+        }
+    }
+    let ssh = match ri.ssh {
+        None => None,
+        Some(rs) => {
+            let known_hosts = abs(&rs.known_hosts);
+            if !known_hosts.is_file() {
+                bail!(
+                    "ssh.known_hosts: {} does not exist; create it with the login node's host key (e.g. `ssh-keyscan -p PORT HOST > FILE`, then check the fingerprint with the site)",
+                    known_hosts.display()
+                );
+            }
+            let identity_file = rs.identity_file.as_deref().map(abs);
+            if let Some(id) = &identity_file {
+                if !id.is_file() {
+                    bail!("ssh.identity_file: {} does not exist", id.display());
+                }
+            }
+            if let Some(u) = &rs.user {
+                let probe = u.replace("{user}", "user");
+                if crate::model::check_user_name(&probe).is_err() {
+                    bail!("ssh.user: {u:?} is not an account name (or \"{{user}}\")");
+                }
+            }
+            Some(SshConfig {
+                user: rs.user,
+                port: rs.port.unwrap_or(22),
+                identity_file,
+                known_hosts,
+                control_persist: Duration::from_secs(rs.control_persist_secs.unwrap_or(600)),
+                connect_timeout: Duration::from_secs(rs.connect_timeout_secs.unwrap_or(10).max(1)),
+                program: rs
+                    .program
+                    .map(|p| abs(&p))
+                    .unwrap_or_else(|| PathBuf::from("/usr/bin/ssh")),
+            })
+        }
+    };
+    if let Some(h) = &ri.submit_host {
+        crate::capability::ssh::check_host(h).map_err(|m| anyhow::anyhow!("submit_host: {m}"))?;
+        if ssh.is_none() {
+            bail!("submit_host is set but [instances.{name}.ssh] is missing; it needs at least known_hosts");
+        }
+        if !ri.grants.detached.is_empty() {
+            bail!("grants.detached: detached processes run on this host, which a submit_host instance does not use");
+        }
+    }
+    if !ri.grants.ssh.is_empty() && ssh.is_none() {
+        bail!("grants.ssh needs [instances.{name}.ssh] with at least known_hosts");
+    }
     let config = serde_json::to_value(&ri.config).context("config: cannot be expressed as JSON")?;
     Ok(InstanceConfig {
         name: name.to_string(),
@@ -379,10 +491,13 @@ fn resolve_instance(
         grants: Grants {
             programs: ri.grants.programs,
             detached: ri.grants.detached,
+            ssh: ri.grants.ssh,
             env,
         },
         limits,
         run_as: ri.run_as,
+        ssh,
+        submit_host: ri.submit_host,
     })
 }
 

@@ -229,16 +229,34 @@ args = ["**"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["program"].as_str().unwrap().to_string(), e["granted_args"].to_string()))
+        .map(|e| {
+            (
+                e["program"].as_str().unwrap().to_string(),
+                e["granted_args"].to_string(),
+            )
+        })
         .collect();
-    assert_eq!(eff, vec![("sleep".to_string(), "[\"*\"]".to_string()), ("echo".to_string(), "[\"hello\",\"*\"]".to_string())]);
+    assert_eq!(
+        eff,
+        vec![
+            ("sleep".to_string(), "[\"*\"]".to_string()),
+            ("echo".to_string(), "[\"hello\",\"*\"]".to_string())
+        ]
+    );
     assert!(a["unused"].to_string().contains("`rm`"), "{}", a["unused"]);
-    assert!(a["missing"].to_string().contains("`id`"), "{}", a["missing"]);
+    assert!(
+        a["missing"].to_string().contains("`id`"),
+        "{}",
+        a["missing"]
+    );
     assert_eq!(a["run_as"][0], "/usr/sbin/runuser");
     assert_eq!(a["granted"]["env"][0], "SLURM_CONF=/etc/slurm/slurm.conf");
 
     let (code, table, _) = run(&["audit", "--config", cfg]);
     assert_eq!(code, 0);
     assert!(table.contains("effective"), "{table}");
-    assert!(table.contains("declared [**] ∩ granted [hello *]"), "{table}");
+    assert!(
+        table.contains("declared [**] ∩ granted [hello *]"),
+        "{table}"
+    );
 }

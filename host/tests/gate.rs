@@ -230,7 +230,15 @@ async fn programs_resolve_through_the_search_path_or_not_found() {
     let mut inst = f.s.config.instance("t").unwrap().clone();
     inst.search_path.insert(0, dir.path().to_path_buf());
     let audit = Arc::new(AuditLog::discard());
-    let gate = Gate::new(&inst, &f.s.config.path, "d", "test 1.0", declared(), audit);
+    let gate = Gate::new(
+        &inst,
+        &f.s.config.path,
+        &f.s.config.state_dir,
+        "d",
+        "test 1.0",
+        declared(),
+        audit,
+    );
     let out = run_checked(&gate, &ctx(), Kind::Run, cmd("echo", &["hello", "x"]))
         .await
         .unwrap();

@@ -18,14 +18,65 @@ fn schema() -> FormSchema {
     };
     FormSchema {
         fields: vec![
-            f("cores", true, Some("1"), FieldKind::Integer { min: Some(1), max: Some(64), step: None, unit: None }),
-            f("mem", false, None, FieldKind::Number { min: Some(0.5), max: Some(512.0), step: Some(0.5), unit: Some("GiB".into()) }),
-            f("queue", true, None, FieldKind::Choice { choices: vec![
-                Choice { value: "short".into(), label: "Short".into() },
-                Choice { value: "long".into(), label: "Long".into() },
-            ] }),
-            f("account", false, None, FieldKind::Text { max_length: Some(16), pattern: Some("[a-z][a-z0-9_]*".into()), placeholder: None }),
-            f("note", false, None, FieldKind::Text { max_length: Some(40), pattern: None, placeholder: None }),
+            f(
+                "cores",
+                true,
+                Some("1"),
+                FieldKind::Integer {
+                    min: Some(1),
+                    max: Some(64),
+                    step: None,
+                    unit: None,
+                },
+            ),
+            f(
+                "mem",
+                false,
+                None,
+                FieldKind::Number {
+                    min: Some(0.5),
+                    max: Some(512.0),
+                    step: Some(0.5),
+                    unit: Some("GiB".into()),
+                },
+            ),
+            f(
+                "queue",
+                true,
+                None,
+                FieldKind::Choice {
+                    choices: vec![
+                        Choice {
+                            value: "short".into(),
+                            label: "Short".into(),
+                        },
+                        Choice {
+                            value: "long".into(),
+                            label: "Long".into(),
+                        },
+                    ],
+                },
+            ),
+            f(
+                "account",
+                false,
+                None,
+                FieldKind::Text {
+                    max_length: Some(16),
+                    pattern: Some("[a-z][a-z0-9_]*".into()),
+                    placeholder: None,
+                },
+            ),
+            f(
+                "note",
+                false,
+                None,
+                FieldKind::Text {
+                    max_length: Some(40),
+                    pattern: None,
+                    placeholder: None,
+                },
+            ),
             f("gpu", false, None, FieldKind::Boolean),
         ],
         profiles: vec![],
@@ -34,16 +85,26 @@ fn schema() -> FormSchema {
 
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
-        Just("cores".to_string()), Just("mem".to_string()), Just("queue".to_string()),
-        Just("account".to_string()), Just("note".to_string()), Just("gpu".to_string()),
+        Just("cores".to_string()),
+        Just("mem".to_string()),
+        Just("queue".to_string()),
+        Just("account".to_string()),
+        Just("note".to_string()),
+        Just("gpu".to_string()),
         "[a-z_]{1,8}",
     ]
 }
 
 fn value() -> impl Strategy<Value = String> {
     prop_oneof![
-        "-?[0-9]{1,4}", "-?[0-9]{1,3}\\.[0-9]{1,2}", "short|long|medium", "[a-z][a-z0-9_]{0,20}",
-        "\\PC{0,50}", ".{0,20}", "true|false|on|off|maybe", Just(String::new()),
+        "-?[0-9]{1,4}",
+        "-?[0-9]{1,3}\\.[0-9]{1,2}",
+        "short|long|medium",
+        "[a-z][a-z0-9_]{0,20}",
+        "\\PC{0,50}",
+        ".{0,20}",
+        "true|false|on|off|maybe",
+        Just(String::new()),
     ]
 }
 

@@ -236,6 +236,7 @@ impl wit::Host for CallState {
                     env: &env,
                     spawn_env: req.spawn_env,
                     timeout_ms: 0,
+                    ssh_host: None,
                 },
             )
             .map_err(|d| match d {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::audit::{AuditLog, AuditRecord};
 use super::env::{child_env, EnvRequest};
-use crate::config::{EnvGrant, InstanceConfig, Limits, ProgramGrant};
+use crate::config::{EnvGrant, InstanceConfig, Limits, ProgramGrant, SshConfig};
 use crate::model::{DeclaredCapabilities, ProgramUse};
 
 /// Which capability a program call is for.
@@ -69,6 +69,8 @@ pub struct ProgramRequest<'a> {
     pub env: &'a [(String, String)],
     pub spawn_env: bool,
     pub timeout_ms: u32,
+    /// For `ssh.run`: the host the plugin named.
+    pub ssh_host: Option<&'a str>,
 }
 
 /// Why the gate said no.
@@ -82,6 +84,8 @@ pub enum Denial {
 #[derive(Debug, Clone)]
 pub struct ResolvedGrant {
     pub grant: ProgramGrant,
+    /// For SSH grants: the host globs.
+    pub hosts: Vec<String>,
     /// The absolute path, or why it could not be found.
     pub path: Result<PathBuf, String>,
 }
@@ -95,10 +99,14 @@ pub struct Gate {
     declared: DeclaredCapabilities,
     programs: Vec<ResolvedGrant>,
     detached: Vec<ResolvedGrant>,
+    ssh_grants: Vec<ResolvedGrant>,
     env: Vec<EnvGrant>,
     run_as: Vec<String>,
     limits: Limits,
     audit: Arc<AuditLog>,
+    ssh: Option<SshConfig>,
+    submit_host: Option<String>,
+    ssh_control_dir: PathBuf,
 }
 
 /// Permission to run one program, as the gate shaped it. Finish it with the
@@ -110,6 +118,11 @@ pub struct Permit {
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
     pub output_cap: usize,
+    /// Written to the child's stdin before the plugin's (the environment
+    /// block of an SSH call).
+    pub stdin_prefix: Vec<u8>,
+    /// The program runs on another host over SSH.
+    pub remote: bool,
     record: Option<AuditRecord>,
     started: Instant,
     audit: Arc<AuditLog>,
@@ -141,6 +154,7 @@ impl Gate {
     pub fn new(
         inst: &InstanceConfig,
         config_file: &Path,
+        state_dir: &Path,
         digest: &str,
         plugin: &str,
         declared: DeclaredCapabilities,
@@ -148,8 +162,28 @@ impl Gate {
     ) -> Gate {
         let resolve = |g: &ProgramGrant| ResolvedGrant {
             grant: g.clone(),
-            path: resolve_program(&g.program, &inst.search_path),
+            hosts: vec![],
+            // A submit host's programs are found by its own PATH.
+            path: if inst.submit_host.is_some() {
+                Ok(PathBuf::from(&g.program))
+            } else {
+                resolve_program(&g.program, &inst.search_path)
+            },
         };
+        let ssh_grants = inst
+            .grants
+            .ssh
+            .iter()
+            .map(|g| ResolvedGrant {
+                grant: ProgramGrant {
+                    program: g.program.clone(),
+                    args: g.args.clone(),
+                    spawn_env: g.spawn_env,
+                },
+                hosts: g.hosts.clone(),
+                path: Ok(PathBuf::from(&g.program)),
+            })
+            .collect();
         Gate {
             instance: inst.name.clone(),
             config_file: config_file.display().to_string(),
@@ -158,10 +192,14 @@ impl Gate {
             declared,
             programs: inst.grants.programs.iter().map(resolve).collect(),
             detached: inst.grants.detached.iter().map(resolve).collect(),
+            ssh_grants,
             env: inst.grants.env.clone(),
             run_as: inst.run_as.clone(),
             limits: inst.limits.clone(),
             audit,
+            ssh: inst.ssh.clone(),
+            submit_host: inst.submit_host.clone(),
+            ssh_control_dir: state_dir.join("ssh"),
         }
     }
 
@@ -182,7 +220,7 @@ impl Gate {
         match kind {
             Kind::Run => &self.programs,
             Kind::Detached => &self.detached,
-            Kind::Ssh => &[],
+            Kind::Ssh => &self.ssh_grants,
         }
     }
 
@@ -225,16 +263,18 @@ impl Gate {
             .chain(req.args.iter().cloned())
             .collect();
         match self.decide(call, req) {
-            Ok((argv, env, timeout)) => {
+            Ok(shaped) => {
                 let mut record = record;
                 record.decision = "allow";
-                record.argv = redact(&argv, &call.spawn_env);
-                record.env = env.iter().map(|(k, _)| k.clone()).collect();
+                record.argv = redact(&shaped.argv, &call.spawn_env);
+                record.env = shaped.env_names;
                 Ok(Permit {
-                    argv,
-                    env,
-                    timeout,
+                    argv: shaped.argv,
+                    env: shaped.env,
+                    timeout: shaped.timeout,
                     output_cap: self.limits.output_bytes,
+                    stdin_prefix: shaped.stdin_prefix,
+                    remote: shaped.remote,
                     record: Some(record),
                     started: Instant::now(),
                     audit: self.audit.clone(),
@@ -244,12 +284,7 @@ impl Gate {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn decide(
-        &self,
-        call: &CallContext,
-        req: &ProgramRequest<'_>,
-    ) -> Result<(Vec<String>, Vec<(String, String)>, Duration), Denial> {
+    fn decide(&self, call: &CallContext, req: &ProgramRequest<'_>) -> Result<Shaped, Denial> {
         let denied = |m: String| Err(Denial::Denied(m));
         if req.program.is_empty() || req.program.contains('\0') {
             return denied("the program name is empty or has a NUL byte".into());
@@ -290,10 +325,27 @@ impl Gate {
         }
 
         let grants = self.grants(req.kind);
+        let ssh_host = match (req.kind, req.ssh_host) {
+            (Kind::Ssh, Some(h)) => {
+                super::ssh::check_host(h).map_err(Denial::Denied)?;
+                Some(h)
+            }
+            (Kind::Ssh, None) => return denied("an SSH call names no host".into()),
+            _ => None,
+        };
         let same_program: Vec<&ResolvedGrant> = grants
             .iter()
             .filter(|g| g.grant.program == req.program)
+            .filter(|g| {
+                ssh_host.is_none_or(|h| g.hosts.iter().any(|p| wasmspawner_argpattern::glob(p, h)))
+            })
             .collect();
+        if let (Some(h), true) = (ssh_host, same_program.is_empty()) {
+            return denied(format!(
+                "`{}` on host {h:?} is not granted to instance `{}`; an operator may add it under [[instances.{}.grants.ssh]] (hosts, program, args) in {}",
+                req.program, self.instance, self.instance, self.config_file
+            ));
+        }
         if same_program.is_empty() {
             return denied(format!(
                 "program `{}` is not granted to instance `{}`; an operator may add it under [[instances.{}.{}]] in {}",
@@ -357,7 +409,48 @@ impl Gate {
             ms => Duration::from_millis(ms as u64),
         }
         .min(max);
-        Ok((argv, env, timeout))
+        let env_names = env.iter().map(|(k, _)| k.clone()).collect();
+
+        // Over SSH: to the host the plugin named, or to the submit host.
+        let remote_host = match req.kind {
+            Kind::Ssh => ssh_host.map(str::to_string),
+            Kind::Run => self.submit_host.clone(),
+            Kind::Detached => None,
+        };
+        if let Some(host) = remote_host {
+            let cfg = self.ssh.as_ref().ok_or_else(|| {
+                Denial::Denied(format!(
+                    "instance `{}` has no [instances.{}.ssh] settings",
+                    self.instance, self.instance
+                ))
+            })?;
+            let user =
+                super::ssh::remote_user(cfg, call.user.as_deref()).map_err(Denial::Denied)?;
+            let (ssh_argv, prefix) = super::ssh::wrap(
+                cfg,
+                &self.ssh_control_dir,
+                &host,
+                user.as_deref(),
+                &argv,
+                &env,
+            );
+            return Ok(Shaped {
+                argv: ssh_argv,
+                env: vec![],
+                env_names,
+                timeout,
+                stdin_prefix: prefix,
+                remote: true,
+            });
+        }
+        Ok(Shaped {
+            argv,
+            env,
+            env_names,
+            timeout,
+            stdin_prefix: vec![],
+            remote: false,
+        })
     }
 
     /// Records a signal sent to a detached process (the handle was checked
@@ -371,27 +464,6 @@ impl Gate {
                 r.reason = Some(e);
             }
         }
-        self.audit.write(r);
-    }
-
-    /// Records a refused SSH call.
-    pub fn audit_denied_ssh(
-        &self,
-        call: &CallContext,
-        host: &str,
-        program: &str,
-        args: &[String],
-        why: &str,
-    ) {
-        let mut r = self.record(call, Kind::Ssh.audit_name(), program);
-        r.decision = "deny";
-        r.argv = redact(
-            &std::iter::once(format!("{host}:{program}"))
-                .chain(args.iter().cloned())
-                .collect::<Vec<_>>(),
-            &call.spawn_env,
-        );
-        r.reason = Some(why.to_string());
         self.audit.write(r);
     }
 
@@ -420,6 +492,17 @@ impl Gate {
         }
         m
     }
+}
+
+/// A permitted call, shaped for execution.
+struct Shaped {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    /// The variables the program receives (locally or on the remote side).
+    env_names: Vec<String>,
+    timeout: Duration,
+    stdin_prefix: Vec<u8>,
+    remote: bool,
 }
 
 /// Finds a program: an absolute path as is (must exist), a bare name in the

@@ -36,7 +36,7 @@ pub async fn execute(permit: &Permit, stdin: Vec<u8>) -> Result<Finished, ExecEr
         .env_clear()
         .envs(permit.env.iter().map(|(k, v)| (k, v)))
         .current_dir("/")
-        .stdin(if stdin.is_empty() {
+        .stdin(if stdin.is_empty() && permit.stdin_prefix.is_empty() {
             Stdio::null()
         } else {
             Stdio::piped()
@@ -50,9 +50,11 @@ pub async fn execute(permit: &Permit, stdin: Vec<u8>) -> Result<Finished, ExecEr
         .map_err(|e| ExecError::Failed(format!("cannot start {}: {e}", permit.argv[0])))?;
     let pid = child.id();
 
+    let prefix = permit.stdin_prefix.clone();
     let writer = child.stdin.take().map(|mut w| {
         tokio::spawn(async move {
             // A program that does not read its stdin is not an error here.
+            let _ = w.write_all(&prefix).await;
             let _ = w.write_all(&stdin).await;
             let _ = w.shutdown().await;
         })
@@ -156,12 +158,17 @@ pub async fn run_checked(
                 env: &env,
                 spawn_env: cmd.spawn_env,
                 timeout_ms: cmd.timeout_ms,
+                ssh_host: None,
             },
         )
         .map_err(|d| match d {
             Denial::Denied(m) => RunError::Denied(m),
             Denial::NotFound(m) => RunError::NotFound(m),
         })?;
+    if permit.remote {
+        // The instance's submit host.
+        return super::ssh::finish_remote(permit, cmd.stdin, &cmd.program).await;
+    }
     match execute(&permit, cmd.stdin).await {
         Ok(f) => {
             permit.finish(Some(f.exit_code), None);

@@ -53,9 +53,13 @@ pub fn review(gate: &Gate, section: &str) -> Review {
         }
         for g in grants {
             if let Err(why) = &g.path {
-                r.unresolved.push(format!("{section} {key} `{}`: {why}", g.grant.program));
+                r.unresolved
+                    .push(format!("{section} {key} `{}`: {why}", g.grant.program));
             }
-            let uses: Vec<&ProgramUse> = declared.iter().filter(|u| covers(u, &g.grant.program)).collect();
+            let uses: Vec<&ProgramUse> = declared
+                .iter()
+                .filter(|u| covers(u, &g.grant.program))
+                .collect();
             if uses.is_empty() {
                 r.unused.push(format!(
                     "{section} {key} grants `{}` but the plugin never declares it",

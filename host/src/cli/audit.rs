@@ -37,7 +37,7 @@ pub struct InstanceAudit {
 pub struct Granted {
     pub programs: Vec<ProgramGrant>,
     pub detached: Vec<ProgramGrant>,
-    pub ssh: Vec<String>,
+    pub ssh: Vec<crate::config::SshGrant>,
     /// `NAME` (passed through from the host) or `NAME=VALUE` (fixed).
     pub env: Vec<String>,
     pub search_path: Vec<String>,
@@ -66,10 +66,18 @@ pub async fn run(config_path: &Path, json: bool) -> Result<i32> {
             print_table(a);
         }
     }
-    Ok(if audits.iter().any(|a| a.load_error.is_some()) { 1 } else { 0 })
+    Ok(if audits.iter().any(|a| a.load_error.is_some()) {
+        1
+    } else {
+        0
+    })
 }
 
-async fn audit_instance(runtime: &std::sync::Arc<Runtime>, config: &Config, ic: &InstanceConfig) -> InstanceAudit {
+async fn audit_instance(
+    runtime: &std::sync::Arc<Runtime>,
+    config: &Config,
+    ic: &InstanceConfig,
+) -> InstanceAudit {
     let l = &ic.limits;
     let mut a = InstanceAudit {
         instance: ic.name.clone(),
@@ -85,7 +93,7 @@ async fn audit_instance(runtime: &std::sync::Arc<Runtime>, config: &Config, ic: 
         granted: Granted {
             programs: ic.grants.programs.clone(),
             detached: ic.grants.detached.clone(),
-            ssh: vec![],
+            ssh: ic.grants.ssh.clone(),
             env: ic
                 .grants
                 .env
@@ -95,7 +103,11 @@ async fn audit_instance(runtime: &std::sync::Arc<Runtime>, config: &Config, ic: 
                     EnvGrant::Fixed(n, v) => format!("{n}={v}"),
                 })
                 .collect(),
-            search_path: ic.search_path.iter().map(|p| p.display().to_string()).collect(),
+            search_path: ic
+                .search_path
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
         },
         effective: vec![],
         missing: vec![],
@@ -117,7 +129,10 @@ async fn audit_instance(runtime: &std::sync::Arc<Runtime>, config: &Config, ic: 
                 a.pin = format!("pinned, matches ({})", loaded.digest);
             }
             a.digest = Some(loaded.digest.clone());
-            a.plugin = Some(format!("{} {}", loaded.descriptor.name, loaded.descriptor.version));
+            a.plugin = Some(format!(
+                "{} {}",
+                loaded.descriptor.name, loaded.descriptor.version
+            ));
             a.api_version = Some(loaded.descriptor.api_version.clone());
             a.declared = Some(loaded.descriptor.capabilities.clone());
             let r = review(&loaded.gate, &format!("[instances.{}]", ic.name));
@@ -136,7 +151,11 @@ fn print_table(a: &InstanceAudit) {
     println!("  component    {}", a.component);
     println!("  sha256       {}", or(&a.digest));
     println!("  pin          {}", a.pin);
-    println!("  plugin       {}  (WIT API {})", or(&a.plugin), or(&a.api_version));
+    println!(
+        "  plugin       {}  (WIT API {})",
+        or(&a.plugin),
+        or(&a.api_version)
+    );
     if let Some(e) = &a.load_error {
         println!("  LOAD ERROR   {e}");
     }
@@ -146,7 +165,14 @@ fn print_table(a: &InstanceAudit) {
                 "none".to_string()
             } else {
                 v.iter()
-                    .map(|u| format!("{} [{}]{}", u.program, u.args.join(" "), if u.spawn_env { " +spawn-env" } else { "" }))
+                    .map(|u| {
+                        format!(
+                            "{} [{}]{}",
+                            u.program,
+                            u.args.join(" "),
+                            if u.spawn_env { " +spawn-env" } else { "" }
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("; ")
             }
@@ -160,15 +186,32 @@ fn print_table(a: &InstanceAudit) {
             "none".to_string()
         } else {
             v.iter()
-                .map(|g| format!("{} [{}]{}", g.program, g.args.join(" "), if g.spawn_env { " +spawn-env" } else { "" }))
+                .map(|g| {
+                    format!(
+                        "{} [{}]{}",
+                        g.program,
+                        g.args.join(" "),
+                        if g.spawn_env { " +spawn-env" } else { "" }
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("; ")
         }
     };
     println!("  granted      programs: {}", fmtg(&a.granted.programs));
     println!("               detached: {}", fmtg(&a.granted.detached));
-    println!("               env: {}", if a.granted.env.is_empty() { "none".into() } else { a.granted.env.join(", ") });
-    println!("               search path: {}", a.granted.search_path.join(":"));
+    println!(
+        "               env: {}",
+        if a.granted.env.is_empty() {
+            "none".into()
+        } else {
+            a.granted.env.join(", ")
+        }
+    );
+    println!(
+        "               search path: {}",
+        a.granted.search_path.join(":")
+    );
     println!("  effective    (a call must match both argument lists)");
     if a.effective.is_empty() {
         println!("               nothing");
@@ -195,7 +238,14 @@ fn print_table(a: &InstanceAudit) {
     }
     println!(
         "  run as       {}",
-        if a.run_as.is_empty() { "the host's own user".into() } else { format!("{} (submit and cancel; status runs as the host)", a.run_as.join(" ")) }
+        if a.run_as.is_empty() {
+            "the host's own user".into()
+        } else {
+            format!(
+                "{} (submit and cancel; status runs as the host)",
+                a.run_as.join(" ")
+            )
+        }
     );
     let l = &a.limits;
     println!(

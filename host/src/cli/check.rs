@@ -92,9 +92,11 @@ async fn check_instance(
     r.api_version = Some(d.api_version.clone());
     let section = format!("[instances.{}]", ic.name);
     let review = review(&loaded.gate, &section);
-    r.problems.extend(review.missing.into_iter().map(|m| format!("missing: {m}")));
+    r.problems
+        .extend(review.missing.into_iter().map(|m| format!("missing: {m}")));
     r.problems.extend(review.unresolved);
-    r.warnings.extend(review.unused.into_iter().map(|m| format!("unused: {m}")));
+    r.warnings
+        .extend(review.unused.into_iter().map(|m| format!("unused: {m}")));
     // The plugin checks its site config when asked for a form.
     let probe = User {
         name: "check".into(),

@@ -58,6 +58,10 @@ impl Runtime {
             format!("cannot create the state directory {}", state_dir.display())
         })?;
         restrict(state_dir)?;
+        // SSH connection-sharing sockets.
+        let ssh_dir = state_dir.join("ssh");
+        std::fs::create_dir_all(&ssh_dir)?;
+        restrict(&ssh_dir)?;
         let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?);
         Self::with_audit(state_dir, audit)
     }

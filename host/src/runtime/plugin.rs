@@ -246,7 +246,9 @@ impl PluginInstance {
 
     /// A well-formed call whose result the host cannot accept.
     fn garbage(&self, message: String) -> CallError {
-        self.health.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        self.health
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed);
         self.health.total_failures.fetch_add(1, Ordering::Relaxed);
         *self.health.last_error.lock().unwrap() = Some(message.clone());
         tracing::error!(instance = %self.config.name, "plugin returned garbage: {message}");
@@ -264,7 +266,11 @@ impl PluginInstance {
         let r = plugin_call!(self, CallContext::default(), |p, store| p
             .wasmspawner_plugin_spawner()
             .call_status(&mut store, cfg, &js))?;
-        let mut states: Vec<JobState> = r.into_iter().map(convert::job_state).map(tidy_state).collect();
+        let mut states: Vec<JobState> = r
+            .into_iter()
+            .map(convert::job_state)
+            .map(tidy_state)
+            .collect();
         states.truncate(jobs.len());
         while states.len() < jobs.len() {
             states.push(JobState::Unknown {
@@ -318,6 +324,7 @@ async fn load_version(
     let probe_gate = Arc::new(Gate::new(
         cfg,
         config_file,
+        &runtime.state_dir,
         &digest,
         "(loading)",
         Default::default(),
@@ -354,6 +361,7 @@ async fn load_version(
     let gate = Arc::new(Gate::new(
         cfg,
         config_file,
+        &runtime.state_dir,
         &digest,
         &label,
         descriptor.capabilities.clone(),
@@ -377,7 +385,8 @@ pub const MAX_PLUGIN_STATE: usize = 64 * 1024;
 pub const MAX_REASON: usize = 1024;
 
 fn check_submitted(s: &Submitted) -> Result<(), String> {
-    if s.job_id.is_empty() || s.job_id.len() > MAX_JOB_ID || s.job_id.chars().any(char::is_control) {
+    if s.job_id.is_empty() || s.job_id.len() > MAX_JOB_ID || s.job_id.chars().any(char::is_control)
+    {
         return Err(format!(
             "submit returned a job id that is empty, longer than {MAX_JOB_ID} bytes or has control characters ({} bytes)",
             s.job_id.len()
@@ -394,13 +403,24 @@ fn check_submitted(s: &Submitted) -> Result<(), String> {
 
 fn check_form(f: &FormSchema) -> Result<(), String> {
     if f.fields.len() > crate::form::MAX_FIELDS || f.profiles.len() > 64 {
-        return Err(format!("form returned {} fields and {} profiles; too many", f.fields.len(), f.profiles.len()));
+        return Err(format!(
+            "form returned {} fields and {} profiles; too many",
+            f.fields.len(),
+            f.profiles.len()
+        ));
     }
     let mut seen = std::collections::HashSet::new();
     for field in &f.fields {
         let id_ok = field.id.len() <= 64
-            && field.id.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-            && field.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            && field
+                .id
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase())
+            && field
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !id_ok || field.id == crate::form::PROFILE_FIELD {
             return Err(format!("form field id {:?} is not [a-z][a-z0-9_]* (at most 64) or is the reserved \"profile\"", field.id));
         }
@@ -423,19 +443,33 @@ fn tidy_state(s: JobState) -> JobState {
             t.truncate(i);
             t.push('…');
         }
-        t.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>()
+        t.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
     };
     match s {
-        JobState::Pending { reason, expected_start } => JobState::Pending { reason: cut(reason), expected_start },
+        JobState::Pending {
+            reason,
+            expected_start,
+        } => JobState::Pending {
+            reason: cut(reason),
+            expected_start,
+        },
         JobState::Running { host } => JobState::Running {
             host: host.filter(|h| {
                 !h.is_empty()
                     && h.len() <= 253
-                    && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':')
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':')
             }),
         },
-        JobState::Done { exit_code, reason } => JobState::Done { exit_code, reason: cut(reason) },
-        JobState::Unknown { reason } => JobState::Unknown { reason: cut(reason) },
+        JobState::Done { exit_code, reason } => JobState::Done {
+            exit_code,
+            reason: cut(reason),
+        },
+        JobState::Unknown { reason } => JobState::Unknown {
+            reason: cut(reason),
+        },
     }
 }
 

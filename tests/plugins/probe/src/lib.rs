@@ -9,7 +9,8 @@
 //! | `spin` | loops forever |
 //! | `alloc` | allocates until something stops it |
 //! | `trap` | panics |
-//! | `run` | runs `argv` (config) through the host; submit returns stdout as the state |
+//! | `run` | runs `argv` (config, with `stdin`) through the host; submit returns stdout as the state |
+//! | `ssh` | the same on `host` over SSH (declared: `echo **`, `env`, `cat`) |
 //! | `detached` | submit starts `argv` as a detached process (not declared: must be denied) |
 //! | `read-host` | tries to read host files and environment; returns what it saw |
 //! | `big` | returns 8 MiB of text as the job state |
@@ -39,6 +40,12 @@ pub struct Config {
     pub spawn_env: bool,
     #[serde(default = "one")]
     pub seconds: String,
+    /// stdin for `run` and `ssh`.
+    #[serde(default)]
+    pub stdin: String,
+    /// The host for `ssh`.
+    #[serde(default)]
+    pub host: String,
 }
 
 fn ok() -> String {
@@ -83,15 +90,21 @@ impl Probe {
                 }
             }
             "trap" => panic!("probe plugin panics on purpose"),
-            "run" => {
+            "run" | "ssh" => {
                 let (program, args) = self
                     .c
                     .argv
                     .split_first()
                     .ok_or_else(|| PluginError::Config("argv: empty".into()))?;
-                let mut cmd = Command::new(program.clone()).args(args.iter().cloned());
+                let mut cmd = Command::new(program.clone())
+                    .args(args.iter().cloned())
+                    .stdin(self.c.stdin.as_bytes());
                 cmd.spawn_env = self.c.spawn_env;
-                let out = host.run(&cmd)?;
+                let out = if self.c.behavior == "ssh" {
+                    host.ssh(&self.c.host, &cmd)?
+                } else {
+                    host.run(&cmd)?
+                };
                 Ok(format!(
                     "exit={} truncated={} stdout_len={}\n{}",
                     out.exit_code,
@@ -141,13 +154,29 @@ impl Probe {
                 // Every capability import once; the test checks each was gated.
                 let mut seen = Vec::new();
                 seen.push(format!("run: {:?}", host.run(&Command::new("id")).err()));
-                seen.push(format!("ssh: {:?}", host.ssh("login1", &Command::new("id")).err()));
+                seen.push(format!(
+                    "ssh: {:?}",
+                    host.ssh("login1", &Command::new("id")).err()
+                ));
                 seen.push(format!(
                     "start: {:?}",
-                    host.start_detached(&Launch { program: "sleep".into(), args: vec!["1".into()], env: vec![], spawn_env: false, workdir: None }).err()
+                    host.start_detached(&Launch {
+                        program: "sleep".into(),
+                        args: vec!["1".into()],
+                        env: vec![],
+                        spawn_env: false,
+                        workdir: None
+                    })
+                    .err()
                 ));
-                seen.push(format!("status: {:?}", host.detached_status(&["1.2.3".into()])));
-                seen.push(format!("signal: {:?}", host.signal_detached("1.2.3", Signal::Kill).err()));
+                seen.push(format!(
+                    "status: {:?}",
+                    host.detached_status(&["1.2.3".into()])
+                ));
+                seen.push(format!(
+                    "signal: {:?}",
+                    host.signal_detached("1.2.3", Signal::Kill).err()
+                ));
                 host.log(Level::Warn, "probe log line\nwith a forged second line");
                 Ok(seen.join("\n"))
             }
@@ -174,7 +203,11 @@ impl Plugin for Probe {
                     uses("cat", &["**"], false),
                     uses("id", &[], false),
                 ],
-                ssh: vec![],
+                ssh: vec![
+                    uses("echo", &["**"], false),
+                    uses("env", &[], true),
+                    uses("cat", &[], false),
+                ],
                 detached: vec![],
             },
         }
@@ -187,7 +220,7 @@ impl Plugin for Probe {
     fn form(&self, host: &dyn Host, _user: &User) -> Result<FormSchema, PluginError> {
         if !matches!(
             self.c.behavior.as_str(),
-            "ok" | "run" | "short-status" | "bad-status"
+            "ok" | "run" | "ssh" | "short-status" | "bad-status"
         ) {
             self.act(host)?;
         }
@@ -203,9 +236,15 @@ impl Plugin for Probe {
 
     fn submit(&self, host: &dyn Host, job: &JobSpec) -> Result<Submitted, PluginError> {
         if self.c.behavior == "inject" {
-            let raw = Options::from(job.options.clone()).text("raw").unwrap_or_default().to_string();
+            let raw = Options::from(job.options.clone())
+                .text("raw")
+                .unwrap_or_default()
+                .to_string();
             let out = host.run(&Command::new("echo").args(["hello".to_string(), raw]))?;
-            return Ok(Submitted { job_id: format!("probe-{}", job.spawn_id), state: out.stdout_str() });
+            return Ok(Submitted {
+                job_id: format!("probe-{}", job.spawn_id),
+                state: out.stdout_str(),
+            });
         }
         let state = self.act(host)?;
         Ok(Submitted {
