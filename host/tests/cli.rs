@@ -39,7 +39,7 @@ args = ["**"]
     assert!(out.contains("FAIL p"), "{out}");
     // The probe declares env, echo, head, cat and id, which are not granted.
     assert!(
-        out.contains("missing: the plugin declares program `id`"),
+        out.contains("missing: the plugin declares process.run `id`"),
         "{out}"
     );
     assert!(
