@@ -16,6 +16,8 @@ pub struct Config {
     /// The file it came from.
     pub path: PathBuf,
     pub state_dir: PathBuf,
+    /// Compiled plugins (default `<state_dir>/cache`); may be shared.
+    pub cache_dir: Option<PathBuf>,
     pub http: HttpConfig,
     pub instances: BTreeMap<String, InstanceConfig>,
 }
@@ -66,6 +68,8 @@ pub struct SshConfig {
     pub identity_file: Option<PathBuf>,
     /// Host keys are checked strictly against this file only.
     pub known_hosts: PathBuf,
+    /// Share one connection per host between calls (ControlMaster).
+    pub reuse_connections: bool,
     /// How long an idle shared connection stays open (ControlPersist).
     pub control_persist: Duration,
     pub connect_timeout: Duration,
@@ -162,6 +166,7 @@ impl Default for Limits {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     state_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
     #[serde(default)]
     http: RawHttp,
     #[serde(default)]
@@ -203,6 +208,7 @@ struct RawSsh {
     identity_file: Option<PathBuf>,
     known_hosts: PathBuf,
     control_persist_secs: Option<u64>,
+    reuse_connections: Option<bool>,
     connect_timeout_secs: Option<u64>,
     program: Option<PathBuf>,
 }
@@ -284,6 +290,7 @@ impl Config {
         }
         Ok(Config {
             path: path.to_path_buf(),
+            cache_dir: raw.cache_dir.as_deref().map(abs),
             state_dir,
             http,
             instances,
@@ -460,7 +467,8 @@ fn resolve_instance(
                 port: rs.port.unwrap_or(22),
                 identity_file,
                 known_hosts,
-                control_persist: Duration::from_secs(rs.control_persist_secs.unwrap_or(600)),
+                reuse_connections: rs.reuse_connections.unwrap_or(true),
+                control_persist: Duration::from_secs(rs.control_persist_secs.unwrap_or(600).max(1)),
                 connect_timeout: Duration::from_secs(rs.connect_timeout_secs.unwrap_or(10).max(1)),
                 program: rs
                     .program

@@ -81,6 +81,7 @@ fn fixture(extra: &str) -> Fixture {
     let gate = Gate::new(
         inst,
         &s.config.path,
+        &s.config.state_dir,
         "0123abcd",
         "test 1.0",
         declared(),

@@ -97,7 +97,7 @@ async fn a_trapping_plugin_fails_the_call_with_its_panic_and_the_next_call_is_fr
     // well-behaved instance in the same process is unaffected.
     let good = probe("ok", "", "");
     let g = good.instance("p").await;
-    assert_eq!(g.form(&user("alice")).await.unwrap().fields.len(), 2);
+    assert_eq!(g.form(&user("alice")).await.unwrap().fields.len(), 3);
 }
 
 #[tokio::test]

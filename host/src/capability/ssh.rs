@@ -79,9 +79,14 @@ pub fn wrap(
     opt(format!("UserKnownHostsFile={}", cfg.known_hosts.display()));
     opt("GlobalKnownHostsFile=/dev/null".into());
     opt("IdentitiesOnly=yes".into());
-    opt("ControlMaster=auto".into());
-    opt(format!("ControlPath={}/%C", control_dir.display()));
-    opt(format!("ControlPersist={}", cfg.control_persist.as_secs()));
+    if cfg.reuse_connections {
+        opt("ControlMaster=auto".into());
+        opt(format!("ControlPath={}/%C", control_dir.display()));
+        opt(format!("ControlPersist={}", cfg.control_persist.as_secs()));
+    } else {
+        opt("ControlMaster=no".into());
+        opt("ControlPath=none".into());
+    }
     opt(format!("ConnectTimeout={}", cfg.connect_timeout.as_secs()));
     opt("LogLevel=ERROR".into());
     if let Some(id) = &cfg.identity_file {
@@ -111,6 +116,27 @@ pub fn wrap(
     };
     argv.push(command);
     (argv, prefix)
+}
+
+/// Closes the shared connections (ControlMaster processes) whose sockets are
+/// in `control_dir`: they are daemons of their own and would otherwise
+/// outlive the host by ControlPersist.
+pub fn close_masters(program: &Path, control_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(control_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let socket = e.path();
+        let _ = std::process::Command::new(program)
+            .args(["-F", "/dev/null", "-o"])
+            .arg(format!("ControlPath={}", socket.display()))
+            .args(["-O", "exit", "wasmspawner-control"])
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 /// The remote account for a call: `ssh.user` with `{user}` replaced.

@@ -54,7 +54,7 @@ pub struct Limits {
 
 pub async fn run(config_path: &Path, json: bool) -> Result<i32> {
     let config = Config::load(config_path)?;
-    let runtime = Runtime::new(&config.state_dir)?;
+    let runtime = Runtime::for_config(&config)?;
     let mut audits = Vec::new();
     for ic in config.instances.values() {
         audits.push(audit_instance(&runtime, &config, ic).await);

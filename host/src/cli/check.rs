@@ -31,7 +31,7 @@ pub struct InstanceReport {
 
 pub async fn run(config_path: &Path, json: bool) -> Result<i32> {
     let config = Config::load(config_path)?;
-    let runtime = Runtime::new(&config.state_dir)?;
+    let runtime = Runtime::for_config(&config)?;
     let mut reports = Vec::new();
     for ic in config.instances.values() {
         reports.push(check_instance(&runtime, &config, ic).await);

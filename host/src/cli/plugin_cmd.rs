@@ -19,7 +19,7 @@ use crate::runtime::Runtime;
 async fn open(target: &Target) -> Result<Arc<PluginInstance>> {
     let config = Config::load(&target.config)?;
     config.instance(&target.plugin)?;
-    let runtime = Runtime::new(&config.state_dir)?;
+    let runtime = Runtime::for_config(&config)?;
     let registry =
         Registry::load_only(runtime, config, Some(std::slice::from_ref(&target.plugin))).await?;
     Ok(registry.get(&target.plugin).expect("loaded").clone())

@@ -65,11 +65,15 @@ impl CompileCache {
 
     fn store(&self, dest: &Path, component: &Component) -> Result<()> {
         let bytes = component.serialize()?;
-        let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
+        // Unique per writer: two loads of one component may race to cache it.
+        let tmp = dest.with_extension(format!(
+            "tmp{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
         std::io::Write::write_all(&mut f, &bytes)?;

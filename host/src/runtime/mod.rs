@@ -54,6 +54,16 @@ impl Runtime {
     /// Creates the runtime with its state (compile cache, audit log,
     /// detached-process key) under `state_dir`.
     pub fn new(state_dir: &Path) -> Result<Arc<Runtime>> {
+        Self::with_cache_dir(state_dir, None)
+    }
+
+    /// The runtime for a config (its state and cache directories).
+    pub fn for_config(config: &crate::config::Config) -> Result<Arc<Runtime>> {
+        Self::with_cache_dir(&config.state_dir, config.cache_dir.as_deref())
+    }
+
+    /// Like [`Runtime::new`], with the compile cache in `cache_dir`.
+    pub fn with_cache_dir(state_dir: &Path, cache_dir: Option<&Path>) -> Result<Arc<Runtime>> {
         std::fs::create_dir_all(state_dir).with_context(|| {
             format!("cannot create the state directory {}", state_dir.display())
         })?;
@@ -63,10 +73,17 @@ impl Runtime {
         std::fs::create_dir_all(&ssh_dir)?;
         restrict(&ssh_dir)?;
         let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?);
-        Self::with_audit(state_dir, audit)
+        let cache_dir = cache_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| state_dir.join("cache"));
+        Self::with_audit(state_dir, &cache_dir, audit)
     }
 
-    pub fn with_audit(state_dir: &Path, audit: Arc<AuditLog>) -> Result<Arc<Runtime>> {
+    pub fn with_audit(
+        state_dir: &Path,
+        cache_dir: &Path,
+        audit: Arc<AuditLog>,
+    ) -> Result<Arc<Runtime>> {
         let (engine, pooling) = match Engine::new(&engine_config(true)) {
             Ok(e) => (e, true),
             Err(e) => {
@@ -78,7 +95,7 @@ impl Runtime {
         let mut linker: Linker<CallState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
-        let cache = cache::CompileCache::new(&engine, &state_dir.join("cache"))?;
+        let cache = cache::CompileCache::new(&engine, cache_dir)?;
         Ok(Arc::new(Runtime {
             engine,
             linker,
@@ -129,6 +146,15 @@ impl Runtime {
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         store
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        crate::capability::ssh::close_masters(
+            Path::new("/usr/bin/ssh"),
+            &self.state_dir.join("ssh"),
+        );
     }
 }
 

@@ -31,7 +31,13 @@ pub struct Setup {
 
 pub fn setup(body: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let mut text = format!("state_dir = \"{}\"\n", dir.path().join("state").display());
+    // One compile cache for all tests: a component is compiled once per run.
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache");
+    let mut text = format!(
+        "state_dir = \"{}\"\ncache_dir = \"{}\"\n",
+        dir.path().join("state").display(),
+        cache.display()
+    );
     let mut body = body.to_string();
     while let Some(start) = body.find("{plugin:") {
         let end = start + body[start..].find('}').unwrap();
@@ -47,7 +53,7 @@ pub fn setup(body: &str) -> Setup {
 
 impl Setup {
     pub fn runtime(&self) -> Arc<Runtime> {
-        Runtime::new(&self.config.state_dir).unwrap()
+        Runtime::for_config(&self.config).unwrap()
     }
 
     pub async fn instance(&self, name: &str) -> Arc<PluginInstance> {
