@@ -9,3 +9,4 @@ pub mod http;
 pub mod model;
 pub mod registry;
 pub mod runtime;
+pub mod tunnel;

@@ -1,0 +1,156 @@
+//! Tunnels through a real sshd to a server that listens on loopback only,
+//! started by the `local` plugin; the tunnel survives a kill of its ssh.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{setup, user};
+use wasmspawner_host::capability::gate::CallContext;
+use wasmspawner_host::config::SshConfig;
+use wasmspawner_host::model::{Job, JobSpec, Options};
+use wasmspawner_host::tunnel::{TunnelSpec, Tunnels};
+
+fn sshd() -> Option<PathBuf> {
+    match std::env::var_os("WASMSPAWNER_TEST_SSH") {
+        Some(d) => Some(PathBuf::from(d)),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI must run the tunnel tests: set WASMSPAWNER_TEST_SSH")
+        }
+        None => {
+            eprintln!(
+                "\n*** SKIPPED (no sshd): set WASMSPAWNER_TEST_SSH (tests/ssh/sshd-up.sh) ***\n"
+            );
+            None
+        }
+    }
+}
+
+fn get(addr: std::net::SocketAddr) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_tunnel_reaches_a_loopback_server_and_survives_its_ssh_dying() {
+    let Some(dir) = sshd() else { return };
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+
+    // A server bound to loopback only, started through the local plugin.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = setup("[instances.local]\nplugin = \"{plugin:local}\"\n[instances.local.grants]\nenv = [\"JUPYTERHUB_DEFAULT_URL\"]\n[[instances.local.grants.detached]]\nprogram = \"python3\"\nspawn_env = true\n");
+    let inst = s.instance("local").await;
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("index.html"), "hello through the tunnel").unwrap();
+    let spec = JobSpec {
+        spawn_id: "t1".into(),
+        user: user("alice"),
+        options: Options::new(),
+        cmd: vec![
+            "python3".into(),
+            "-m".into(),
+            "http.server".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--directory".into(),
+            served.path().display().to_string(),
+        ],
+        env_names: vec![],
+        callback_url: String::new(),
+        home: None,
+    };
+    let ctx = CallContext {
+        spawn_id: Some("t1".into()),
+        user: Some("alice".into()),
+        spawn_env: Arc::new(vec![]),
+    };
+    let job = inst.submit(ctx.clone(), &spec).await.unwrap();
+
+    let ssh = SshConfig {
+        user: Some(read("user")),
+        port: read("port").parse().unwrap(),
+        identity_file: Some(dir.join("client_key")),
+        known_hosts: dir.join("known_hosts"),
+        reuse_connections: false,
+        control_persist: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(5),
+        program: PathBuf::from("/usr/bin/ssh"),
+    };
+    let tunnels = Tunnels::new();
+    let tspec = TunnelSpec {
+        key: "t1".into(),
+        via: "127.0.0.1".into(),
+        user: Some(read("user")),
+        target_host: "127.0.0.1".into(),
+        target_port: port,
+    };
+    let local = {
+        let mut last = None;
+        // The server may take a moment to listen.
+        for _ in 0..40 {
+            match tunnels.open(&ssh, tspec.clone(), None).await {
+                Ok(a) => match get(a) {
+                    Ok(body) if body.contains("hello through the tunnel") => {
+                        last = Some(a);
+                        break;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                },
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        last.expect("the tunnel never served the page")
+    };
+    assert_ne!(local.port(), port);
+
+    // Kill the tunnel's ssh: the watcher re-opens it on the same local port.
+    let pid = tunnels.list().await[0].pid.unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let mut back = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(body) = get(local) {
+            if body.contains("hello through the tunnel") && tunnels.list().await[0].restarts >= 1 {
+                back = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        back,
+        "the tunnel did not come back: {:?}",
+        tunnels.list().await
+    );
+
+    // Closing removes it; the port stops answering.
+    tunnels.close("t1").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(get(local).is_err());
+    inst.cancel(
+        ctx,
+        &Job {
+            job_id: job.job_id,
+            user: "alice".into(),
+            state: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+}
