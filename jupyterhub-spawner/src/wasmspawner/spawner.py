@@ -1,0 +1,290 @@
+"""The hub-side spawner: JupyterHub asks, the Wasmspawner host does.
+
+Every decision about jobs (validation, submission, polling, recovery) is the
+host's; this class translates JupyterHub's Spawner calls into the host's
+HTTP API (``/v1``) and relays its events to the hub's progress page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from typing import Any, AsyncIterator
+from urllib.parse import quote, urlencode
+
+from jupyterhub.spawner import Spawner
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from traitlets import Float, List, Unicode, default
+
+# Host states that mean "the job may still be alive".
+LIVE_STATES = {"validating", "submitting", "queued", "running", "ready", "stopping"}
+
+
+class SpawnException(Exception):
+    """A spawn failure with a message JupyterHub shows to the user."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.jupyterhub_message = message
+
+
+class WasmSpawner(Spawner):
+    """Starts single-user servers through a Wasmspawner host."""
+
+    host_url = Unicode(
+        "http://127.0.0.1:8765",
+        config=True,
+        help="Base URL of the Wasmspawner host's HTTP API.",
+    )
+    api_token_file = Unicode(
+        "",
+        config=True,
+        help="File holding the host's API token (mode 600). Preferred over api_token_env.",
+    )
+    api_token_env = Unicode(
+        "WASMSPAWNER_TOKEN",
+        config=True,
+        help="Environment variable holding the host's API token, when no file is set.",
+    )
+    instance = Unicode(
+        "",
+        config=True,
+        help="The plugin instance to use (a key of [instances] in the host's config).",
+    )
+    instances = List(
+        Unicode(),
+        config=True,
+        help="Several plugin instances the user may choose from in the form; the first is the default.",
+    )
+    request_timeout = Float(30, config=True, help="Timeout of one request to the host, in seconds.")
+    wrapper = List(
+        Unicode(),
+        default_value=["wasmspawner-singleuser"],
+        config=True,
+        help="Command the job runs before the server: reports the port to the host. Empty to disable.",
+    )
+
+    spawn_id = Unicode("", help="The host's id of the current spawn (persisted in the hub's state).")
+
+    @default("ip")
+    def _default_ip(self):
+        # The server runs on a compute node: it listens on every interface
+        # unless the site says otherwise.
+        return "0.0.0.0"
+
+    @default("options_form")
+    def _default_options_form(self):
+        return _fetch_options_form
+
+    # ----- the host's API -----
+
+    def _token(self) -> str:
+        if self.api_token_file:
+            with open(self.api_token_file) as f:
+                return f.read().strip()
+        token = os.environ.get(self.api_token_env, "").strip()
+        if not token:
+            raise SpawnException(
+                f"No Wasmspawner API token: set c.WasmSpawner.api_token_file or ${self.api_token_env}"
+            )
+        return token
+
+    async def _api(self, method: str, path: str, body: Any = None, timeout: float | None = None, ok=(200, 201, 202, 204)):
+        req = HTTPRequest(
+            self.host_url.rstrip("/") + path,
+            method=method,
+            headers={"Authorization": f"Bearer {self._token()}", "Content-Type": "application/json"},
+            body=None if body is None else json.dumps(body),
+            request_timeout=timeout or self.request_timeout,
+            allow_nonstandard_methods=True,
+        )
+        try:
+            resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+        except Exception as e:  # connection refused, timeout
+            raise HostUnavailable(f"the Wasmspawner host at {self.host_url} did not answer: {e}") from e
+        data = json.loads(resp.body) if resp.body else {}
+        if resp.code not in ok:
+            raise HostError(resp.code, data)
+        return resp.code, data
+
+    def _instance_for(self, options: dict[str, list[str]]) -> str:
+        chosen = (options.pop("__instance", None) or [None])[0]
+        allowed = self.instances or ([self.instance] if self.instance else [])
+        if not allowed:
+            raise SpawnException("c.WasmSpawner.instance (or instances) is not set")
+        if chosen:
+            if chosen not in allowed:
+                raise SpawnException(f"Plugin instance {chosen!r} is not offered; choose one of {', '.join(allowed)}")
+            return chosen
+        return allowed[0]
+
+    # ----- Spawner API -----
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, list[str]]:
+        # Raw, as the form sent it: the host checks types, ranges and choices.
+        return {k: [str(v) for v in vs] for k, vs in formdata.items()}
+
+    def _raw_options(self) -> dict[str, list[str]]:
+        raw: dict[str, list[str]] = {}
+        for k, v in (self.user_options or {}).items():
+            if isinstance(v, list):
+                raw[k] = [_as_form_string(x) for x in v]
+            else:
+                raw[k] = [_as_form_string(v)]
+        return raw
+
+    async def start(self):
+        options = self._raw_options()
+        instance = self._instance_for(options)
+        cmd = list(self.wrapper) + self.cmd + self.get_args()
+        body = {
+            "user": {
+                "name": self.user.name,
+                "groups": [g.name for g in getattr(self.user, "groups", [])],
+                "admin": bool(getattr(self.user, "admin", False)),
+            },
+            "server_name": self.name or "",
+            "instance": instance,
+            "request_id": uuid.uuid4().hex,
+            "options": options,
+            "env": self.get_env(),
+            "cmd": cmd,
+        }
+        try:
+            _, spawn = await self._api("POST", "/v1/spawns", body)
+        except HostError as e:
+            raise SpawnException(e.user_message()) from e
+        self.spawn_id = spawn["id"]
+        self.log.info("Wasmspawner spawn %s for %s (instance %s)", self.spawn_id, self._log_name, instance)
+        return await self._wait_ready()
+
+    async def _wait_ready(self) -> str:
+        """Follows the spawn until it is ready (→ URL) or failed (→ error)."""
+        delay = 0.2
+        while True:
+            try:
+                _, s = await self._api("GET", f"/v1/spawns/{quote(self.spawn_id)}")
+            except HostUnavailable as e:
+                self.log.warning("%s; retrying", e)
+                s = {"state": "unknown"}
+            state = s.get("state")
+            if state == "ready":
+                return f"http://{s['host']}:{s['port']}"
+            if state in ("failed", "stopped"):
+                raise SpawnException(s.get("reason") or f"the job {state}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+    async def poll(self):
+        if not self.spawn_id:
+            return 0
+        try:
+            code, s = await self._api("GET", f"/v1/spawns/{quote(self.spawn_id)}", ok=(200, 404))
+        except (HostUnavailable, HostError) as e:
+            # Unknown is not done: keep the server.
+            self.log.warning("poll of %s: %s; assuming still running", self.spawn_id, e)
+            return None
+        if code == 404:
+            return 0
+        if s.get("state") in LIVE_STATES:
+            return None
+        return 1 if s.get("state") == "failed" else 0
+
+    async def stop(self, now: bool = False):
+        if not self.spawn_id:
+            return
+        await self._api("DELETE", f"/v1/spawns/{quote(self.spawn_id)}", ok=(200, 202, 204, 404))
+        if now:
+            return
+        for _ in range(int(self.request_timeout * 2)):
+            code, s = await self._api("GET", f"/v1/spawns/{quote(self.spawn_id)}", ok=(200, 404))
+            if code == 404 or s.get("state") in ("stopped", "failed"):
+                return
+            await asyncio.sleep(0.5)
+        self.log.warning("spawn %s is still stopping", self.spawn_id)
+
+    async def progress(self) -> AsyncIterator[dict]:
+        """Relays the host's events: queue reason, expected start, node."""
+        if not self.spawn_id:
+            return
+        seen = 0
+        while True:
+            try:
+                _, s = await self._api("GET", f"/v1/spawns/{quote(self.spawn_id)}")
+            except (HostUnavailable, HostError):
+                await asyncio.sleep(1)
+                continue
+            events = s.get("events") or []
+            for ev in events[seen:]:
+                yield {"progress": int(ev.get("progress", 0)), "message": ev.get("message", "")}
+            seen = len(events)
+            if s.get("state") in ("ready", "failed", "stopped"):
+                return
+            await asyncio.sleep(1)
+
+    def get_state(self):
+        state = super().get_state()
+        if self.spawn_id:
+            state["spawn_id"] = self.spawn_id
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.spawn_id = state.get("spawn_id", "")
+
+    def clear_state(self):
+        super().clear_state()
+        self.spawn_id = ""
+
+
+class HostUnavailable(Exception):
+    pass
+
+
+class HostError(Exception):
+    def __init__(self, code: int, data: dict):
+        super().__init__(f"{code} {data.get('error')}: {data.get('message')}")
+        self.code = code
+        self.data = data
+
+    def user_message(self) -> str:
+        fields = self.data.get("fields") or []
+        if fields:
+            return "Invalid options: " + "; ".join(
+                f"{f.get('field') or 'form'}: {f.get('message')}" for f in fields
+            )
+        return self.data.get("message") or str(self)
+
+
+def _as_form_string(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+async def _fetch_options_form(spawner: WasmSpawner) -> str:
+    """The host's HTML rendering of the plugin's form for this user (plus an
+    instance choice when several instances are offered)."""
+    allowed = spawner.instances or ([spawner.instance] if spawner.instance else [])
+    if not allowed:
+        return ""
+    groups = ",".join(g.name for g in getattr(spawner.user, "groups", []))
+    parts = []
+    if len(allowed) > 1:
+        opts = "".join(f'<option value="{_esc(i)}">{_esc(i)}</option>' for i in allowed)
+        parts.append(
+            '<div class="form-group"><label for="wasm-instance">Cluster</label>'
+            f'<select class="form-control" name="__instance" id="wasm-instance">{opts}</select></div>'
+        )
+    query = urlencode({"user": spawner.user.name, "groups": groups, "admin": str(bool(spawner.user.admin)).lower(), "format": "html"})
+    _, data = await spawner._api("GET", f"/v1/plugins/{quote(allowed[0])}/form?{query}")
+    parts.append(data.get("html", ""))
+    return "\n".join(parts)
+
+
+def _esc(s: str) -> str:
+    return (
+        s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;").replace("'", "&#x27;")
+    )
