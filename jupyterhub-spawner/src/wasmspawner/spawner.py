@@ -155,10 +155,29 @@ class WasmSpawner(Spawner):
         try:
             _, spawn = await self._api("POST", "/v1/spawns", body)
         except HostError as e:
-            raise SpawnException(e.user_message()) from e
+            if e.code == 409 and e.data.get("error") == "server_active" and e.data.get("spawn_id"):
+                # The host still runs a spawn for this server (the hub lost
+                # track of it, e.g. a restart while it queued): follow it.
+                spawn = {"id": e.data["spawn_id"]}
+                self.log.info("adopting Wasmspawner spawn %s for %s", spawn["id"], self._log_name)
+            else:
+                raise SpawnException(e.user_message()) from e
         self.spawn_id = spawn["id"]
+        self._save_state_now()
         self.log.info("Wasmspawner spawn %s for %s (instance %s)", self.spawn_id, self._log_name, instance)
         return await self._wait_ready()
+
+    def _save_state_now(self):
+        """Persists the spawn id at once, so a hub restart while the job
+        queues still knows it."""
+        orm = getattr(self, "orm_spawner", None)
+        if orm is None or self.db is None:
+            return
+        try:
+            orm.state = self.get_state()
+            self.db.commit()
+        except Exception as e:  # best effort; the hub saves state after start too
+            self.log.warning("could not save the spawn id early: %s", e)
 
     async def _wait_ready(self) -> str:
         """Follows the spawn until it is ready (→ URL) or failed (→ error)."""
@@ -171,7 +190,7 @@ class WasmSpawner(Spawner):
                 s = {"state": "unknown"}
             state = s.get("state")
             if state == "ready":
-                return f"http://{s['host']}:{s['port']}"
+                return f"http://{_url_host(s['host'])}:{s['port']}"
             if state in ("failed", "stopped"):
                 raise SpawnException(s.get("reason") or f"the job {state}")
             await asyncio.sleep(delay)
@@ -190,6 +209,8 @@ class WasmSpawner(Spawner):
             return 0
         if s.get("state") in LIVE_STATES:
             return None
+        if s.get("exit_code") is not None:
+            return int(s["exit_code"])
         return 1 if s.get("state") == "failed" else 0
 
     async def stop(self, now: bool = False):
@@ -206,23 +227,45 @@ class WasmSpawner(Spawner):
         self.log.warning("spawn %s is still stopping", self.spawn_id)
 
     async def progress(self) -> AsyncIterator[dict]:
-        """Relays the host's events: queue reason, expected start, node."""
+        """Relays the host's event stream: queue reason, expected start, node."""
         if not self.spawn_id:
             return
-        seen = 0
-        while True:
-            try:
-                _, s = await self._api("GET", f"/v1/spawns/{quote(self.spawn_id)}")
-            except (HostUnavailable, HostError):
-                await asyncio.sleep(1)
-                continue
-            events = s.get("events") or []
-            for ev in events[seen:]:
-                yield {"progress": int(ev.get("progress", 0)), "message": ev.get("message", "")}
-            seen = len(events)
-            if s.get("state") in ("ready", "failed", "stopped"):
-                return
-            await asyncio.sleep(1)
+        queue: asyncio.Queue = asyncio.Queue()
+        buf = b""
+
+        def on_chunk(chunk: bytes):
+            nonlocal buf
+            buf += chunk
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                for line in block.split(b"\n"):
+                    if line.startswith(b"data:"):
+                        queue.put_nowait(json.loads(line[5:].strip()))
+
+        req = HTTPRequest(
+            self.host_url.rstrip("/") + f"/v1/spawns/{quote(self.spawn_id)}/events",
+            headers={"Authorization": f"Bearer {self._token()}", "Accept": "text/event-stream"},
+            streaming_callback=on_chunk,
+            request_timeout=0,
+        )
+        fetch = asyncio.ensure_future(AsyncHTTPClient().fetch(req, raise_error=False))
+        try:
+            while True:
+                get = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({get, fetch}, return_when=asyncio.FIRST_COMPLETED)
+                if get in done:
+                    ev = get.result()
+                    yield {"progress": int(ev.get("progress", 0)), "message": ev.get("message", "")}
+                    if ev.get("final"):
+                        return
+                else:
+                    get.cancel()
+                    while not queue.empty():
+                        ev = queue.get_nowait()
+                        yield {"progress": int(ev.get("progress", 0)), "message": ev.get("message", "")}
+                    return
+        finally:
+            fetch.cancel()
 
     def get_state(self):
         state = super().get_state()
@@ -279,9 +322,18 @@ async def _fetch_options_form(spawner: WasmSpawner) -> str:
             f'<select class="form-control" name="__instance" id="wasm-instance">{opts}</select></div>'
         )
     query = urlencode({"user": spawner.user.name, "groups": groups, "admin": str(bool(spawner.user.admin)).lower(), "format": "html"})
-    _, data = await spawner._api("GET", f"/v1/plugins/{quote(allowed[0])}/form?{query}")
-    parts.append(data.get("html", ""))
+    req = HTTPRequest(
+        spawner.host_url.rstrip("/") + f"/v1/plugins/{quote(allowed[0])}/form?{query}",
+        headers={"Authorization": f"Bearer {spawner._token()}"},
+        request_timeout=spawner.request_timeout,
+    )
+    resp = await AsyncHTTPClient().fetch(req)
+    parts.append(resp.body.decode())
     return "\n".join(parts)
+
+
+def _url_host(h: str) -> str:
+    return f"[{h}]" if ":" in h else h
 
 
 def _esc(s: str) -> str:
