@@ -21,13 +21,15 @@ fn main() -> ExitCode {
         Some("plugins") => build_plugins().map(|_| ()),
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
+        Some("pyenv") => pyenv().map(|_| ()),
         _ => {
             eprintln!(
                 "usage: cargo xtask <build|plugins|demo|test [cargo test args]>\n\
                  \n  build    build the plugins (wasm32-wasip2) and the host\
                  \n  plugins  build the plugins only, into target/plugins/\
                  \n  demo     build, then run a host with the local plugin (examples/local.toml)\
-                 \n  test     build the plugins, then run all tests"
+                 \n  test     build the plugins, then run all tests (Rust, then Python with a real JupyterHub)\
+                 \n  pyenv    create the Python venv for the JupyterHub tests ($WASMSPAWNER_VENV, default target/venv)"
             );
             return ExitCode::from(2);
         }
@@ -198,5 +200,49 @@ fn test(extra: &[String]) -> Result<()> {
     build_plugins()?;
     let mut c = cargo();
     c.args(["test", "--workspace"]).args(extra);
+    run(c)?;
+    // The host binary the Python tests start.
+    let mut c = cargo();
+    c.args(["build", "-p", "wasmspawner"]);
+    run(c)?;
+    let venv = pyenv()?;
+    let mut c = Command::new(venv.join("bin/python"));
+    c.current_dir(root().join("jupyterhub-spawner"))
+        .args(["-m", "pytest", "-ra", "tests"])
+        .env("WASMSPAWNER_VENV", &venv)
+        .env("WASMSPAWNER_BIN", target_dir().join("debug/wasmspawner"))
+        .env("WASMSPAWNER_PLUGIN_DIR", target_dir().join("plugins"));
     run(c)
+}
+
+/// The Python environment for the JupyterHub package and its tests: a venv
+/// from the system's `/usr/bin/python3` (so other users can run it), with
+/// JupyterHub 6.1, JupyterLab, the package itself, and configurable-http-proxy
+/// from npm inside it. Made once; reused while its stamp matches.
+fn pyenv() -> Result<PathBuf> {
+    let venv = std::env::var_os("WASMSPAWNER_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("venv"));
+    let stamp = venv.join(".wasmspawner-stamp");
+    let want = "jupyterhub==6.1.1 jupyterlab pytest pytest-asyncio requests playwright==1.55.0 v3";
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        return Ok(venv);
+    }
+    eprintln!("xtask: creating the Python venv {} (JupyterHub 6.1, JupyterLab, configurable-http-proxy)", venv.display());
+    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let mut c = Command::new(python);
+    c.args(["-m", "venv"]).arg(&venv);
+    run(c).context("creating the venv needs Python's venv module (Debian: apt-get install python3-venv)")?;
+    let pip = venv.join("bin/pip");
+    let mut c = Command::new(&pip);
+    c.args(["install", "-q", "--disable-pip-version-check"]).args(want.split(' ').filter(|w| *w != "v3"));
+    run(c)?;
+    let mut c = Command::new(&pip);
+    c.args(["install", "-q", "--disable-pip-version-check", "-e"]).arg(root().join("jupyterhub-spawner"));
+    run(c)?;
+    let mut c = Command::new("npm");
+    c.args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"]).arg(venv.join("chp")).arg("configurable-http-proxy@5");
+    run(c).context("configurable-http-proxy comes from npm")?;
+    std::fs::write(&stamp, want)?;
+    Ok(venv)
 }

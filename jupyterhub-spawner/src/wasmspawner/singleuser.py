@@ -10,7 +10,9 @@ Environment it reads (set by the host):
   WASMSPAWNER_CALLBACK_URL    where to POST {"port": N, "host": H}
   WASMSPAWNER_CALLBACK_TOKEN  the per-spawn bearer token (never in argv)
   WASMSPAWNER_PORT_RANGE      optional "LOW-HIGH"
-  WASMSPAWNER_REPORT_HOST     optional host name to report (default: this node's)
+  WASMSPAWNER_REPORT_HOST     optional host name to report; by default none is
+                              sent and the host uses the scheduler's execution
+                              host (or the caller's address)
 
 Only the standard library is used, so it runs in any Python 3 of a job.
 """
@@ -50,12 +52,12 @@ def pick_port(port_range: str | None) -> int:
         return s.getsockname()[1]
 
 
-def report(url: str, token: str, port: int, host: str, retries: int = RETRIES) -> None:
+def report(url: str, token: str, port: int, host: str | None, retries: int = RETRIES) -> None:
     """POSTs the port to the host, retrying transient failures with backoff.
 
     A 4xx answer (wrong token, spawn no longer waiting) is final.
     """
-    body = json.dumps({"port": port, "host": host}).encode()
+    body = json.dumps({"port": port, **({"host": host} if host else {})}).encode()
     delay = 0.5
     for attempt in range(1, retries + 1):
         req = urllib.request.Request(
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     if not url or not token:
         raise SystemExit("wasmspawner-singleuser: WASMSPAWNER_CALLBACK_URL and WASMSPAWNER_CALLBACK_TOKEN must be set (by the Wasmspawner host)")
     port = pick_port(env.get("WASMSPAWNER_PORT_RANGE"))
-    host = env.get("WASMSPAWNER_REPORT_HOST") or socket.gethostname()
+    host = env.get("WASMSPAWNER_REPORT_HOST") or None
     if "JUPYTERHUB_SERVICE_URL" in env:
         env["JUPYTERHUB_SERVICE_URL"] = with_port(env["JUPYTERHUB_SERVICE_URL"], port)
     env["WASMSPAWNER_PORT"] = str(port)

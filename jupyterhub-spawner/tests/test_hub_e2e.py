@@ -1,0 +1,110 @@
+"""A real JupyterHub 6 with WasmSpawner, a real Wasmspawner host and the
+`local` plugin: what a hub admin and a user see."""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+from conftest import USER
+
+
+def test_spawn_through_rest_reaches_the_server_through_the_proxy_and_stops(stack):
+    host, hub = stack
+    t0 = time.time()
+    r = hub.api("POST", f"/users/{USER}/server", json={"interface": "lab"})
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("")
+    ready_after = time.time() - t0
+    print(f"\nlocal plugin: hub start request → ready in {ready_after:.1f} s")
+
+    # The server answers through the hub's proxy.
+    r = requests.get(f"{hub.url}/user/{USER}/api", headers={"Authorization": f"token {hub.token}"}, timeout=10)
+    assert r.status_code == 200 and "version" in r.json(), r.text
+
+    # The host knows it as ready, running as the user.
+    spawns = host.api("GET", f"/v1/spawns?user={USER}").json()
+    live = [s for s in spawns if s["state"] == "ready" and s["server_name"] == ""]
+    assert len(live) == 1, spawns
+    assert live[0]["instance"] == "local"
+    assert live[0]["options"]["interface"] == "lab"
+
+    r = hub.api("DELETE", f"/users/{USER}/server")
+    assert r.status_code in (202, 204), r.text
+    hub.wait_gone("")
+    s = host.api("GET", f"/v1/spawns/{live[0]['id']}").json()
+    assert s["state"] == "stopped", s
+
+
+def test_invalid_options_are_refused_with_the_field_named(stack):
+    host, hub = stack
+    r = hub.api("POST", f"/users/{USER}/servers/bad", json={"interface": "emacs"})
+    if r.status_code in (201, 202):
+        # The hub reports spawn failures asynchronously: read the pending state.
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            u = hub.api("GET", f"/users/{USER}").json()
+            if "bad" not in u.get("servers", {}):
+                break
+            time.sleep(0.3)
+        log = hub.log.read_text()
+        assert "interface" in log and "emacs" in log, log[-2000:]
+    else:
+        assert r.status_code >= 400
+        assert "interface" in r.text, r.text
+    # Nothing was submitted for it.
+    assert not [s for s in host.api("GET", f"/v1/spawns?user={USER}").json() if s["server_name"] == "bad" and s.get("job_id")]
+
+
+def test_named_servers_and_hub_restart_while_running(stack):
+    host, hub = stack
+    r = hub.api("POST", f"/users/{USER}/servers/second", json={"interface": "notebook"})
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("second")
+    url = f"{hub.url}/user/{USER}/second/api"
+    assert requests.get(url, headers={"Authorization": f"token {hub.token}"}, timeout=10).status_code == 200
+
+    # Restart the hub (cleanup_servers = False): the server survives, and the
+    # hub's poll through the host keeps it.
+    hub.stop()
+    hub.start()
+    time.sleep(3)
+    u = hub.api("GET", f"/users/{USER}").json()
+    assert u["servers"]["second"]["ready"], u
+    assert requests.get(url, headers={"Authorization": f"token {hub.token}"}, timeout=10).status_code == 200
+
+    hub.api("DELETE", f"/users/{USER}/servers/second")
+    hub.wait_gone("second")
+
+
+def test_hub_restart_while_the_job_is_queued_keeps_the_job(stack):
+    host, hub = stack
+    r = hub.api("POST", f"/users/{USER}/servers/queued", json={"__instance": "queue", "cores": "2"})
+    assert r.status_code in (201, 202), r.text
+    deadline = time.time() + 30
+    spawn = None
+    while time.time() < deadline:
+        for s in host.api("GET", f"/v1/spawns?user={USER}").json():
+            if s["server_name"] == "queued" and s["state"] == "queued":
+                spawn = s
+        if spawn:
+            break
+        time.sleep(0.3)
+    assert spawn, "the spawn never queued"
+
+    hub.stop()
+    hub.start()
+    time.sleep(3)
+    # The host kept the job queued: not cancelled, not submitted again.
+    s = host.api("GET", f"/v1/spawns/{spawn['id']}").json()
+    assert s["state"] == "queued" and s["job_id"] == spawn["job_id"], s
+    same_server = [x for x in host.api("GET", f"/v1/spawns?user={USER}").json() if x["server_name"] == "queued"]
+    assert len(same_server) == 1, same_server
+
+    # Stopping through the host ends it.
+    host.api("DELETE", f"/v1/spawns/{spawn['id']}")
+    deadline = time.time() + 30
+    while time.time() < deadline and host.api("GET", f"/v1/spawns/{spawn['id']}").json()["state"] != "stopped":
+        time.sleep(0.3)
+    assert host.api("GET", f"/v1/spawns/{spawn['id']}").json()["state"] == "stopped"
