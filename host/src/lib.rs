@@ -9,3 +9,6 @@ pub mod http;
 pub mod model;
 pub mod registry;
 pub mod runtime;
+pub mod service;
+pub mod store;
+pub mod users;
