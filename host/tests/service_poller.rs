@@ -210,7 +210,7 @@ async fn stop_while_validating_or_submitting() {
             .json()["state"],
         "stopping"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
     loop {
         let ev = events_of(&h, &id).await;
         if ev.iter().any(|m| m.contains("cancel sent")) {

@@ -236,12 +236,15 @@ impl Service {
         }
         let now = Utc::now();
         let state_changed = next.spawn.state != current.spawn.state;
-        next.spawn.updated_at = now;
+        // Flags kept only in memory (cancel bookkeeping) are not written.
+        let persist = next.spawn != current.spawn || next.callback_hash != current.callback_hash;
+        if persist {
+            next.spawn.updated_at = now;
+        }
         if state_changed {
             next.spawn.state_since = now;
             next.spawn.progress = next.spawn.state.progress();
         }
-        let persist = next.spawn != current.spawn || next.callback_hash != current.callback_hash;
         if persist {
             self.store
                 .save(&next.spawn, next.callback_hash.as_deref())?;
