@@ -228,3 +228,50 @@ async fn stop_while_validating_or_submitting() {
     assert_eq!(s.job_id.as_deref(), Some(format!("probe-{id}").as_str()));
     assert_eq!(s.state.as_str(), "stopping");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_reports_fails_after_the_start_timeout() {
+    // ok: every job runs at once; nobody calls back.
+    let h = start_host(&probe(
+        "ok",
+        "poll_interval_secs = 0.1\nfast_poll_secs = 0.1\nstart_timeout_secs = 1",
+    ))
+    .await;
+    let id = h
+        .api("POST", "/v1/spawns", Some(&body("alice", "r")))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let events = read_events(
+        &format!("{}/v1/spawns/{id}/events", h.url),
+        &["failed", "ready"],
+        15,
+    )
+    .await;
+    assert!(
+        events.iter().any(|(_, e)| e["state"] == "running"),
+        "{events:?}"
+    );
+    let (name, last) = events.last().unwrap();
+    assert_eq!(name, "failed");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("start_timeout_secs"),
+        "{last}"
+    );
+    // The job is cancelled, not left running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let sent = format!("cancel of job probe-{id} sent");
+    while !events_of(&h, &id).await.iter().any(|m| *m == sent) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            events_of(&h, &id).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

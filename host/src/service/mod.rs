@@ -588,8 +588,11 @@ impl Service {
             match &r {
                 Ok(()) => {
                     e.cancel_due = false;
-                    (e.spawn.state == SpawnState::Stopping)
-                        .then(|| "cancel sent; waiting for the scheduler to confirm".into())
+                    Some(if e.spawn.state == SpawnState::Stopping {
+                        "cancel sent; waiting for the scheduler to confirm".into()
+                    } else {
+                        format!("cancel of job {} sent", job.job_id)
+                    })
                 }
                 Err(err) => {
                     if e.cancel_attempts >= MAX_CANCEL_ATTEMPTS

@@ -230,10 +230,8 @@ impl Service {
                     s.reason = Some(reason.clone());
                     return Some(format!("the job is pending again: {reason}"));
                 }
-                (SpawnState::Ready, JobState::Running { host }) => {
-                    if host.is_some() {
-                        s.exec_host = host;
-                    }
+                (SpawnState::Ready, JobState::Running { host: Some(h) }) => {
+                    s.exec_host = Some(h);
                 }
                 (SpawnState::Queued | SpawnState::Running, JobState::Done { exit_code, reason }) => {
                     s.state = SpawnState::Failed;
@@ -260,10 +258,9 @@ impl Service {
                     e.cancel_due = false;
                     return Some("the job is gone: stopped".into());
                 }
-                (SpawnState::Stopping, _) => {
-                    if e.cancel_due && !e.cancel_in_flight && e.cancel_attempts < 1000 {
-                        cancel = true;
-                    }
+                // Not gone yet: a cancel that failed is sent again.
+                (SpawnState::Stopping, _) if e.cancel_due && !e.cancel_in_flight => {
+                    cancel = true;
                 }
                 _ => {}
             }
