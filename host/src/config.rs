@@ -56,6 +56,8 @@ pub struct InstanceConfig {
     /// When set, every program of `grants.programs` runs on this host over
     /// SSH (the site's login node), without any change to the plugin.
     pub submit_host: Option<String>,
+    /// How the spawn service drives this instance's jobs.
+    pub lifecycle: Lifecycle,
 }
 
 /// Connection settings for SSH.
@@ -88,6 +90,42 @@ pub struct SshGrant {
     pub args: Vec<String>,
     #[serde(default)]
     pub spawn_env: bool,
+}
+
+/// Per-instance lifecycle settings of the spawn service
+/// (`[instances.NAME.lifecycle]`).
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    /// Time between two batched `status` calls (a jitter of up to 10% is added).
+    pub poll_interval: Duration,
+    /// Interval used while a spawn is fresh (submitted, not yet ready) or stopping.
+    pub fast_poll: Duration,
+    /// How long after submit a pending spawn counts as fresh.
+    pub fast_window: Duration,
+    /// Longest wait in the queue before the job is cancelled and the spawn fails.
+    pub queue_timeout: Duration,
+    /// Longest time from "running" to the server's callback.
+    pub start_timeout: Duration,
+    /// Consecutive `unknown` answers after which a spawn is flagged.
+    pub unknown_grace_polls: u32,
+    /// Extra hosts a callback may name when the scheduler reports another
+    /// execution host: an exact name, or a suffix starting with `.`
+    /// (e.g. `.cluster.example.org`).
+    pub callback_hosts: Vec<String>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            poll_interval: Duration::from_secs(10),
+            fast_poll: Duration::from_secs(1),
+            fast_window: Duration::from_secs(120),
+            queue_timeout: Duration::from_secs(24 * 3600),
+            start_timeout: Duration::from_secs(300),
+            unknown_grace_polls: 5,
+            callback_hosts: Vec::new(),
+        }
+    }
 }
 
 /// What the operator allows an instance to do.
@@ -198,6 +236,21 @@ struct RawInstance {
     run_as: Vec<String>,
     ssh: Option<RawSsh>,
     submit_host: Option<String>,
+    #[serde(default)]
+    lifecycle: RawLifecycle,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLifecycle {
+    poll_interval_secs: Option<f64>,
+    fast_poll_secs: Option<f64>,
+    fast_window_secs: Option<f64>,
+    queue_timeout_secs: Option<f64>,
+    start_timeout_secs: Option<f64>,
+    unknown_grace_polls: Option<u32>,
+    #[serde(default)]
+    callback_hosts: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -277,7 +330,13 @@ impl Config {
                 .http
                 .token_env
                 .unwrap_or_else(|| "WASMSPAWNER_TOKEN".into()),
-            public_url: raw.http.public_url,
+            public_url: match raw.http.public_url {
+                None => None,
+                Some(u) if (u.starts_with("http://") || u.starts_with("https://")) && !u.contains(char::is_whitespace) => {
+                    Some(u.trim_end_matches('/').to_string())
+                }
+                Some(u) => bail!("{file}: http.public_url: {u:?} is not an http:// or https:// URL; give the base URL jobs use to reach this host, e.g. \"http://hub-node:8765\""),
+            },
         };
 
         let mut instances = BTreeMap::new();
@@ -489,6 +548,7 @@ fn resolve_instance(
     if !ri.grants.ssh.is_empty() && ssh.is_none() {
         bail!("grants.ssh needs [instances.{name}.ssh] with at least known_hosts");
     }
+    let lifecycle = resolve_lifecycle(&ri.lifecycle)?;
     let config = serde_json::to_value(&ri.config).context("config: cannot be expressed as JSON")?;
     Ok(InstanceConfig {
         name: name.to_string(),
@@ -506,7 +566,79 @@ fn resolve_instance(
         run_as: ri.run_as,
         ssh,
         submit_host: ri.submit_host,
+        lifecycle,
     })
+}
+
+fn resolve_lifecycle(r: &RawLifecycle) -> Result<Lifecycle> {
+    let d = Lifecycle::default();
+    let secs =
+        |v: Option<f64>, key: &str, min: f64, max: f64, default: Duration| -> Result<Duration> {
+            match v {
+                None => Ok(default),
+                Some(s) if s >= min && s <= max => Ok(Duration::from_secs_f64(s)),
+                Some(s) => bail!(
+                    "lifecycle.{key}: {s} is out of range; give seconds between {min} and {max}"
+                ),
+            }
+        };
+    let l = Lifecycle {
+        poll_interval: secs(
+            r.poll_interval_secs,
+            "poll_interval_secs",
+            0.05,
+            3600.0,
+            d.poll_interval,
+        )?,
+        fast_poll: secs(
+            r.fast_poll_secs,
+            "fast_poll_secs",
+            0.05,
+            3600.0,
+            d.fast_poll,
+        )?,
+        fast_window: secs(
+            r.fast_window_secs,
+            "fast_window_secs",
+            0.0,
+            86_400.0,
+            d.fast_window,
+        )?,
+        queue_timeout: secs(
+            r.queue_timeout_secs,
+            "queue_timeout_secs",
+            1.0,
+            30.0 * 86_400.0,
+            d.queue_timeout,
+        )?,
+        start_timeout: secs(
+            r.start_timeout_secs,
+            "start_timeout_secs",
+            1.0,
+            86_400.0,
+            d.start_timeout,
+        )?,
+        unknown_grace_polls: match r.unknown_grace_polls {
+            None => d.unknown_grace_polls,
+            Some(n) if (1..=10_000).contains(&n) => n,
+            Some(n) => bail!("lifecycle.unknown_grace_polls: {n} is out of range; give 1 to 10000"),
+        },
+        callback_hosts: r.callback_hosts.clone(),
+    };
+    if l.fast_poll > l.poll_interval {
+        bail!(
+            "lifecycle.fast_poll_secs: {} is longer than poll_interval_secs ({}); the fast interval must not be slower",
+            l.fast_poll.as_secs_f64(),
+            l.poll_interval.as_secs_f64()
+        );
+    }
+    for (i, h) in l.callback_hosts.iter().enumerate() {
+        let name = h.strip_prefix('.').unwrap_or(h);
+        if !crate::model::valid_host(name) {
+            bail!("lifecycle.callback_hosts[{i}]: {h:?} is not a host name or a suffix like \".cluster.example.org\"");
+        }
+    }
+    Ok(l)
 }
 
 fn check_program_name(p: &str) -> Result<(), String> {
@@ -581,6 +713,24 @@ mod tests {
 
         let e = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\nrun_as = [\"runuser\", \"-u\", \"{user}\"]\n").unwrap_err().to_string();
         assert!(e.contains("run_as[0]"), "{e}");
+    }
+
+    #[test]
+    fn lifecycle_defaults_and_errors_name_the_key() {
+        let c = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.lifecycle]\npoll_interval_secs = 30\nunknown_grace_polls = 3\n").unwrap();
+        let l = &c.instance("a").unwrap().lifecycle;
+        assert_eq!(l.poll_interval, Duration::from_secs(30));
+        assert_eq!(l.unknown_grace_polls, 3);
+        assert_eq!(l.start_timeout, Duration::from_secs(300));
+        let e = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.lifecycle]\nstart_timeout_secs = 0\n").unwrap_err().to_string();
+        assert!(
+            e.contains("host.toml") && e.contains("[instances.a] lifecycle.start_timeout_secs"),
+            "{e}"
+        );
+        let e = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.lifecycle]\ncallback_hosts = [\"bad host\"]\n").unwrap_err().to_string();
+        assert!(e.contains("lifecycle.callback_hosts[0]"), "{e}");
+        let e = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.lifecycle]\npoll_secs = 1\n").unwrap_err().to_string();
+        assert!(e.contains("poll_secs"), "{e}");
     }
 
     #[test]

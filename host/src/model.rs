@@ -229,3 +229,158 @@ pub enum PluginError {
     #[error("{0}")]
     Other(String),
 }
+
+/// Host syntax accepted from job callbacks and config: a DNS name
+/// (labels of a-z, A-Z, 0-9 and `-`, at most 253 bytes) or an IP address.
+pub fn valid_host(h: &str) -> bool {
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Where a spawn is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpawnState {
+    Validating,
+    Submitting,
+    Queued,
+    Running,
+    Ready,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl SpawnState {
+    pub const ALL: [SpawnState; 8] = [
+        SpawnState::Validating,
+        SpawnState::Submitting,
+        SpawnState::Queued,
+        SpawnState::Running,
+        SpawnState::Ready,
+        SpawnState::Stopping,
+        SpawnState::Stopped,
+        SpawnState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpawnState::Validating => "validating",
+            SpawnState::Submitting => "submitting",
+            SpawnState::Queued => "queued",
+            SpawnState::Running => "running",
+            SpawnState::Ready => "ready",
+            SpawnState::Stopping => "stopping",
+            SpawnState::Stopped => "stopped",
+            SpawnState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SpawnState> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Stopped or failed: nothing more happens to the spawn.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SpawnState::Stopped | SpawnState::Failed)
+    }
+
+    /// A job exists (or may exist) that the poller follows.
+    pub fn is_polled(self) -> bool {
+        matches!(
+            self,
+            SpawnState::Queued | SpawnState::Running | SpawnState::Ready | SpawnState::Stopping
+        )
+    }
+
+    /// The rough share of the way to a ready server, for progress bars.
+    pub fn progress(self) -> u8 {
+        match self {
+            SpawnState::Validating => 5,
+            SpawnState::Submitting => 10,
+            SpawnState::Queued => 30,
+            SpawnState::Running => 70,
+            SpawnState::Ready | SpawnState::Stopping | SpawnState::Stopped | SpawnState::Failed => {
+                100
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for SpawnState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One spawn as the service keeps it and the API shows it. The callback
+/// token is never part of it; its hash is stored apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spawn {
+    pub id: String,
+    pub user: User,
+    pub server_name: String,
+    pub request_id: String,
+    pub instance: String,
+    pub state: SpawnState,
+    /// The latest word on the spawn a person can read: the scheduler's queue
+    /// reason, or why it failed or stopped.
+    pub reason: Option<String>,
+    /// 0-100.
+    pub progress: u8,
+    pub raw_options: RawOptions,
+    /// The validated options (after validation).
+    pub options: Option<Options>,
+    pub cmd: Vec<String>,
+    /// Names (never values) of the variables the job receives.
+    pub env_names: Vec<String>,
+    pub job_id: Option<String>,
+    /// The plugin's opaque state for the job.
+    pub plugin_state: String,
+    /// Where the scheduler says the job runs.
+    pub exec_host: Option<String>,
+    /// When the scheduler expects the job to start (Unix seconds).
+    pub expected_start: Option<u64>,
+    /// Where the single-user server listens (after the callback).
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub exit_code: Option<i32>,
+    /// Consecutive polls the scheduler answered `unknown` for this job.
+    pub unknown_polls: u32,
+    /// Set when `unknown_polls` reached the instance's grace: the job is kept
+    /// and still polled, but someone should look.
+    pub flagged: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// When the spawn entered its current state (timeouts count from it).
+    pub state_since: chrono::DateTime<chrono::Utc>,
+    /// sha256 of what made the request (instance, options, command): a
+    /// repeated request id with another fingerprint is a conflict.
+    #[serde(skip)]
+    pub fingerprint: String,
+}
+
+/// One entry of a spawn's event stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpawnEvent {
+    pub seq: i64,
+    pub spawn_id: String,
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub state: SpawnState,
+    /// 0-100.
+    pub progress: u8,
+    pub message: String,
+    /// The last event of the stream (ready, failed or stopped).
+    #[serde(rename = "final")]
+    pub is_final: bool,
+}

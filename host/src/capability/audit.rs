@@ -41,6 +41,8 @@ pub struct AuditRecord {
 pub struct AuditLog {
     path: Option<PathBuf>,
     file: Mutex<Option<File>>,
+    /// Programs run (allowed and finished), by instance.
+    programs: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl AuditLog {
@@ -55,6 +57,7 @@ impl AuditLog {
         Ok(AuditLog {
             path: Some(path.to_path_buf()),
             file: Mutex::new(Some(file)),
+            programs: Default::default(),
         })
     }
 
@@ -64,6 +67,7 @@ impl AuditLog {
         AuditLog {
             path: None,
             file: Mutex::new(None),
+            programs: Default::default(),
         }
     }
 
@@ -71,7 +75,24 @@ impl AuditLog {
         self.path.as_deref()
     }
 
+    /// How many programs each instance has run (scheduler commands,
+    /// detached starts, SSH commands) since the host started.
+    pub fn programs_run(&self) -> std::collections::HashMap<String, u64> {
+        self.programs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn write(&self, mut record: AuditRecord) {
+        if record.decision == "allow" && record.capability != "detached.signal" {
+            *self
+                .programs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(record.instance.clone())
+                .or_default() += 1;
+        }
         if record.time.is_empty() {
             record.time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         }

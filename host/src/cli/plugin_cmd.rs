@@ -105,7 +105,7 @@ pub async fn run(cmd: PluginCommand) -> Result<i32> {
             }
             let job = JobSpec {
                 spawn_id: spawn_id.clone(),
-                home: home_of(&user.name),
+                home: crate::users::home_of(&user.name),
                 user: user.clone(),
                 options,
                 cmd,
@@ -177,22 +177,4 @@ pub async fn run(cmd: PluginCommand) -> Result<i32> {
         }
     }
     Ok(0)
-}
-
-/// The user's home directory from the password database, if any.
-pub fn home_of(user: &str) -> Option<String> {
-    let name = std::ffi::CString::new(user).ok()?;
-    // SAFETY: getpwnam returns a pointer into static storage or null; we copy
-    // the field out at once. The CLI is single-threaded at this point.
-    unsafe {
-        let pw = libc::getpwnam(name.as_ptr());
-        if pw.is_null() || (*pw).pw_dir.is_null() {
-            return None;
-        }
-        Some(
-            std::ffi::CStr::from_ptr((*pw).pw_dir)
-                .to_string_lossy()
-                .into_owned(),
-        )
-    }
 }

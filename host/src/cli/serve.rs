@@ -1,5 +1,7 @@
-//! `wasmspawner serve`.
+//! `wasmspawner serve`: load the plugins, open the spawn service (recovering
+//! every stored spawn), start one poller per instance, serve the HTTP API.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -9,12 +11,28 @@ use crate::config::Config;
 use crate::http::{self, auth::Token, AppState};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
+use crate::service::Service;
 
 pub async fn run(config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
     let token = Token::load(&config.http, &config.path)?;
-    let runtime = Runtime::new(&config.state_dir)?;
+    let runtime = Runtime::for_config(&config)?;
     let listen = config.http.listen.clone();
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
+    let local = listener.local_addr()?;
+    let public_url = match &config.http.public_url {
+        Some(u) => u.clone(),
+        None => {
+            if local.ip().is_unspecified() {
+                tracing::warn!(
+                    "http.listen is {local} and http.public_url is not set: jobs are told to call back to {local}, which only works on this machine; set http.public_url"
+                );
+            }
+            format!("http://{local}")
+        }
+    };
     let registry = Arc::new(Registry::load(runtime, config).await?);
     for i in registry.instances() {
         let l = i.current();
@@ -28,14 +46,20 @@ pub async fn run(config_path: &Path) -> Result<()> {
         );
     }
     let _watch = registry.watch()?;
-    let app = http::router(Arc::new(AppState { registry, token }));
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
-    tracing::info!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    let service = Service::open(registry.clone(), &public_url)?;
+    let _pollers = service.start_pollers();
+    let app = http::router(Arc::new(AppState {
+        registry,
+        token,
+        service,
+    }));
+    tracing::info!("listening on http://{local} (callbacks to {public_url})");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await?;
     Ok(())
 }
 

@@ -13,6 +13,9 @@ pub struct ApiError {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fields: Option<Vec<crate::model::FieldError>>,
+    /// The spawn a conflict is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spawn_id: Option<String>,
 }
 
 impl ApiError {
@@ -22,6 +25,7 @@ impl ApiError {
             error,
             message: message.into(),
             fields: None,
+            spawn_id: None,
         }
     }
     pub fn unauthorized() -> Self {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
@@ -55,13 +56,16 @@ pub struct FormQuery {
     pub groups: String,
     #[serde(default)]
     pub admin: bool,
+    /// `json` (the typed schema, default) or `html` (a form fragment).
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 pub async fn form(
     State(state): State<Arc<AppState>>,
     Path(instance): Path<String>,
     Query(q): Query<FormQuery>,
-) -> Result<Json<FormSchema>, ApiError> {
+) -> Result<Response, ApiError> {
     let inst = state
         .registry
         .get(&instance)
@@ -77,5 +81,23 @@ pub async fn form(
         admin: q.admin,
     };
     user.check().map_err(ApiError::bad_request)?;
-    Ok(Json(inst.form(&user).await?))
+    let html = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("html") => true,
+        Some(f) => {
+            return Err(ApiError::bad_request(format!(
+                "format: {f:?} is neither \"json\" nor \"html\""
+            )))
+        }
+    };
+    let schema: FormSchema = inst.form(&user).await?;
+    Ok(if html {
+        (
+            [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            super::form_html::render(&schema),
+        )
+            .into_response()
+    } else {
+        Json(schema).into_response()
+    })
 }

@@ -1,0 +1,302 @@
+//! Spawn service numbers, printed (not asserted):
+//! 1. time from a burst of 1 000 `POST /v1/spawns` to all queued;
+//! 2. scheduler commands per poll interval at 1 000 running spawns;
+//! 3. with 10 000 tracked spawns: recovery time at startup, API latency
+//!    p50/p99 (`GET /v1/spawns/{id}`, `GET /v1/spawns?user=`), process RSS.
+//!
+//! The scheduler is the `probe` test plugin in `run` mode: every submit and
+//! every `status` call runs one real program (`echo`) through the gate, like a
+//! scheduler plugin running `sbatch` / one `squeue` for all jobs.
+//!
+//! Run: `cargo xtask plugins && cargo bench -p wasmspawner --bench service`
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wasmspawner_host::config::Config;
+use wasmspawner_host::http::{self, auth::Token, AppState};
+use wasmspawner_host::model::{Spawn, SpawnState};
+use wasmspawner_host::registry::Registry;
+use wasmspawner_host::runtime::Runtime;
+use wasmspawner_host::service::Service;
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+const BURST: usize = 1000;
+const TRACKED: usize = 10_000;
+const POLL_SECS: f64 = 1.0;
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+async fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+        payload.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+struct Host {
+    addr: String,
+    service: Arc<Service>,
+    server: tokio::task::JoinHandle<()>,
+    pollers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Host {
+    fn stop(self) {
+        self.server.abort();
+        for p in self.pollers {
+            p.abort();
+        }
+    }
+    fn count(&self, st: SpawnState) -> u64 {
+        self.service.metrics()["spawns"][st.as_str()]
+            .as_u64()
+            .unwrap()
+    }
+    fn counter(&self, key: &str) -> u64 {
+        self.service.metrics()["instances"]["sched"][key]
+            .as_u64()
+            .unwrap_or(0)
+    }
+}
+
+async fn start(config: &Config) -> (Host, Duration) {
+    let runtime = Runtime::new(&config.state_dir).unwrap();
+    let registry = Arc::new(Registry::load(runtime, config.clone()).await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let t = Instant::now();
+    let service = Service::open(registry.clone(), &format!("http://{addr}")).unwrap();
+    let recovery = t.elapsed();
+    let pollers = service.start_pollers();
+    let app = http::router(Arc::new(AppState {
+        registry,
+        token: Token::from_value(TOKEN),
+        service: service.clone(),
+    }));
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    (
+        Host {
+            addr,
+            service,
+            server,
+            pollers,
+        },
+        recovery,
+    )
+}
+
+/// Waits until `n` spawns are in state `st` or a later one of the way to ready.
+async fn wait_all(h: &Host, st: SpawnState, n: u64, limit: Duration) -> Duration {
+    let t = Instant::now();
+    let at_least = |h: &Host| {
+        let order = [SpawnState::Queued, SpawnState::Running, SpawnState::Ready];
+        let from = order.iter().position(|s| *s == st).unwrap();
+        order[from..].iter().map(|s| h.count(*s)).sum::<u64>()
+    };
+    while at_least(h) < n {
+        assert!(
+            t.elapsed() < limit,
+            "only {} of {n} {st} after {limit:?}",
+            at_least(h)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    t.elapsed()
+}
+
+fn main() {
+    let probe =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/probe.wasm");
+    assert!(
+        probe.exists(),
+        "build the plugins first: cargo xtask plugins"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("host.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            r#"state_dir = "{}"
+[instances.sched]
+plugin = "{}"
+[instances.sched.config]
+behavior = "run"
+argv = ["echo", "ok"]
+[[instances.sched.grants.programs]]
+program = "echo"
+args = ["**"]
+[instances.sched.limits]
+concurrent_calls = 64
+[instances.sched.lifecycle]
+poll_interval_secs = {POLL_SECS}
+fast_poll_secs = {POLL_SECS}
+start_timeout_secs = 86400
+"#,
+            dir.path().join("state").display(),
+            probe.display()
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&cfg_path).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let rss0 = rss_mib();
+        let (h, _) = start(&config).await;
+        let rss_started = rss_mib();
+
+        // 1. Burst.
+        let t0 = Instant::now();
+        let addr = Arc::new(h.addr.clone());
+        let sem = Arc::new(tokio::sync::Semaphore::new(64));
+        let mut tasks = Vec::new();
+        for i in 0..BURST {
+            let addr = addr.clone();
+            let sem = sem.clone();
+            tasks.push(tokio::spawn(async move {
+                let _p = sem.acquire().await.unwrap();
+                let body = json!({
+                    "user": {"name": format!("user{i}")},
+                    "instance": "sched",
+                    "request_id": "r",
+                    "options": {"cores": ["2"]},
+                    "env": {"JUPYTERHUB_API_TOKEN": "secret-secret"},
+                    "cmd": ["jupyterhub-singleuser"],
+                });
+                let (st, text) = request(&addr, "POST", "/v1/spawns", Some(&body)).await;
+                assert_eq!(st, 201, "{text}");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let accepted = t0.elapsed();
+        wait_all(&h, SpawnState::Queued, BURST as u64, Duration::from_secs(600))
+            .await;
+        let queued = t0.elapsed();
+        assert_eq!(h.count(SpawnState::Failed), 0);
+        println!("burst of {BURST} spawns: all accepted (201) after {:.2} s, all queued after {:.2} s", accepted.as_secs_f64(), queued.as_secs_f64());
+
+        // 2. Scheduler commands per interval at 1 000 running.
+        wait_all(&h, SpawnState::Running, BURST as u64, Duration::from_secs(60)).await;
+        let (c0, s0, j0) = (
+            h.counter("scheduler_commands"),
+            h.counter("status_calls"),
+            h.counter("jobs_polled"),
+        );
+        tokio::time::sleep(Duration::from_secs_f64(POLL_SECS * 10.0)).await;
+        let (c1, s1, j1) = (
+            h.counter("scheduler_commands"),
+            h.counter("status_calls"),
+            h.counter("jobs_polled"),
+        );
+        println!(
+            "{BURST} running spawns, {POLL_SECS} s interval, 10 s: {} status calls, {} scheduler commands ({:.2} per interval), {} jobs per call",
+            s1 - s0,
+            c1 - c0,
+            (c1 - c0) as f64 / (s1 - s0).max(1) as f64,
+            (j1 - j0) / (s1 - s0).max(1)
+        );
+        let rss_burst = rss_mib();
+        h.stop();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        // 3. 10 000 tracked: seed the rest as running jobs, restart.
+        {
+            let store = wasmspawner_host::store::Store::open(&config.state_dir).unwrap();
+            let now = chrono::Utc::now();
+            for i in BURST..TRACKED {
+                let s: Spawn = serde_json::from_value(json!({
+                    "id": format!("sp-seed{i:06}"), "user": {"name": format!("user{i}"), "groups": [], "admin": false},
+                    "server_name": "", "request_id": "r", "instance": "sched", "state": "running",
+                    "reason": null, "progress": 70, "raw_options": {"cores": ["2"]}, "options": {"cores": 2},
+                    "cmd": ["jupyterhub-singleuser"], "env_names": ["JUPYTERHUB_API_TOKEN"],
+                    "job_id": format!("probe-sp-seed{i:06}"), "plugin_state": "", "exec_host": "127.0.0.1",
+                    "expected_start": null, "host": null, "port": null, "exit_code": null,
+                    "unknown_polls": 0, "flagged": null, "created_at": now, "updated_at": now, "state_since": now
+                }))
+                .unwrap();
+                store.save(&s, Some(&"ab".repeat(32))).unwrap();
+            }
+        }
+        let (h, recovery) = start(&config).await;
+        println!(
+            "restart with {TRACKED} stored spawns: recovered in {:.0} ms",
+            recovery.as_secs_f64() * 1000.0
+        );
+        wait_all(&h, SpawnState::Running, TRACKED as u64, Duration::from_secs(60)).await;
+        let ids: Vec<String> = h.service.list(None).into_iter().map(|s| s.id).collect();
+        assert_eq!(ids.len(), TRACKED);
+
+        for (name, path_of) in [
+            ("GET /v1/spawns/{id}", Box::new(|i: usize| format!("/v1/spawns/{}", ids[(i * 7919) % ids.len()])) as Box<dyn Fn(usize) -> String>),
+            ("GET /v1/spawns?user=", Box::new(|i: usize| format!("/v1/spawns?user=user{}", (i * 7919) % TRACKED))),
+        ] {
+            let mut lat = Vec::new();
+            for i in 0..2000 {
+                let p = path_of(i);
+                let t = Instant::now();
+                let (st, _) = request(&h.addr, "GET", &p, None).await;
+                lat.push(t.elapsed());
+                assert_eq!(st, 200);
+            }
+            println!(
+                "{name} with {TRACKED} tracked spawns (new connection per request): p50 {:.2} ms, p99 {:.2} ms",
+                pct(&mut lat, 0.5).as_secs_f64() * 1000.0,
+                pct(&mut lat, 0.99).as_secs_f64() * 1000.0
+            );
+        }
+        let (s0, j0) = (h.counter("status_calls"), h.counter("jobs_polled"));
+        tokio::time::sleep(Duration::from_secs_f64(POLL_SECS * 5.0)).await;
+        let (s1, j1) = (h.counter("status_calls"), h.counter("jobs_polled"));
+        println!(
+            "{TRACKED} running spawns: {} status calls in 5 s, {} jobs per call",
+            s1 - s0,
+            (j1 - j0) / (s1 - s0).max(1)
+        );
+        println!(
+            "RSS (host and bench client, one process): {rss0:.1} MiB at start, {rss_started:.1} MiB with the plugin loaded, {rss_burst:.1} MiB at {BURST} spawns, {:.1} MiB at {TRACKED} tracked spawns",
+            rss_mib()
+        );
+        h.stop();
+    });
+}

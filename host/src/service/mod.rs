@@ -1,0 +1,840 @@
+//! The spawn service: takes a spawn request, drives the job to a reachable
+//! single-user server, answers polls from a cached view, stops it, and never
+//! loses track of a job.
+//!
+//! | module | what it does |
+//! |---|---|
+//! | this one | the spawn records, start, stop, the callback, recovery |
+//! | [`poller`] | one poller per plugin instance: batched `status` calls |
+//! | [`events`] | a spawn's event stream (for Server-Sent Events) |
+//! | [`token`] | callback tokens (stored hashed) and the callback host rule |
+//!
+//! Every change is written to the [`Store`] before anything acts on it. The
+//! records are also kept in memory: reads never touch the database or the
+//! scheduler.
+
+pub mod events;
+pub mod poller;
+pub mod token;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+
+use crate::capability::gate::CallContext;
+use crate::config::valid_env_name;
+use crate::model::{FieldError, Job, JobSpec, RawOptions, Spawn, SpawnEvent, SpawnState, User};
+use crate::registry::Registry;
+use crate::runtime::plugin::{CallError, ValidateError};
+use crate::store::Store;
+
+/// The variables the host adds to every job's environment. The in-job
+/// wrapper depends on these names.
+pub const ENV_CALLBACK_URL: &str = "WASMSPAWNER_CALLBACK_URL";
+pub const ENV_CALLBACK_TOKEN: &str = "WASMSPAWNER_CALLBACK_TOKEN";
+pub const ENV_SPAWN_ID: &str = "WASMSPAWNER_SPAWN_ID";
+
+/// `POST /v1/spawns`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    pub user: User,
+    #[serde(default)]
+    pub server_name: String,
+    pub instance: String,
+    /// The hub's id for this start; a retry with the same id never makes a
+    /// second job.
+    pub request_id: String,
+    #[serde(default)]
+    pub options: RawOptions,
+    /// The job's environment from the hub (JUPYTERHUB_API_TOKEN, …). Never
+    /// stored, logged or put in argv.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The single-user server command and its arguments.
+    pub cmd: Vec<String>,
+}
+
+/// `POST /v1/spawns/{id}/ready`: all a job may say.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackBody {
+    pub port: u32,
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no plugin instance {0:?} on this host")]
+    UnknownInstance(String),
+    #[error("no spawn {0:?}")]
+    NotFound(String),
+    #[error("invalid options: {}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
+    InvalidOptions(Vec<FieldError>),
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: String,
+        spawn_id: String,
+    },
+    #[error(transparent)]
+    Plugin(#[from] CallError),
+    /// The job's callback was refused.
+    #[error("{message}")]
+    Callback {
+        status: u16,
+        code: &'static str,
+        message: String,
+    },
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// A spawn in memory: its record plus what is not part of the record.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    spawn: Spawn,
+    callback_hash: Option<String>,
+    /// A cancel must (still) be sent.
+    cancel_due: bool,
+    cancel_in_flight: bool,
+    cancel_attempts: u32,
+}
+
+#[derive(Default)]
+struct Inner {
+    spawns: HashMap<String, Entry>,
+    by_request: HashMap<(String, String, String), String>,
+}
+
+pub struct Service {
+    pub(crate) store: Store,
+    registry: Arc<Registry>,
+    inner: Mutex<Inner>,
+    pub(crate) events: broadcast::Sender<SpawnEvent>,
+    public_url: String,
+    pollers: BTreeMap<String, Arc<poller::PollerState>>,
+}
+
+/// Cancels of a job that failed by timeout are retried this often.
+const MAX_CANCEL_ATTEMPTS: u32 = 5;
+
+impl Service {
+    /// Opens the store in the registry's state directory and recovers every
+    /// spawn in it. `public_url` is the base of the callback URL jobs get.
+    pub fn open(registry: Arc<Registry>, public_url: &str) -> Result<Arc<Service>> {
+        let store = Store::open(&registry.config.state_dir)?;
+        let pollers = registry
+            .config
+            .instances
+            .iter()
+            .map(|(name, ic)| {
+                (
+                    name.clone(),
+                    Arc::new(poller::PollerState::new(ic.lifecycle.clone())),
+                )
+            })
+            .collect();
+        let (events, _) = broadcast::channel(8192);
+        let svc = Service {
+            store,
+            registry,
+            inner: Mutex::new(Inner::default()),
+            events,
+            public_url: public_url.trim_end_matches('/').to_string(),
+            pollers,
+        };
+        svc.recover()?;
+        Ok(Arc::new(svc))
+    }
+
+    /// Starts one poller task per plugin instance. They stop when the
+    /// service is dropped.
+    pub fn start_pollers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        self.pollers
+            .keys()
+            .map(|name| tokio::spawn(poller::run(Arc::downgrade(self), name.clone())))
+            .collect()
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads every stored spawn. Spawns caught before their job was
+    /// submitted fail (see `recover_one`); the rest are polled again.
+    fn recover(&self) -> Result<()> {
+        let stored = self.store.load_all()?;
+        let n = stored.len();
+        let mut failed = 0;
+        for st in stored {
+            let mut e = Entry {
+                cancel_due: st.spawn.state == SpawnState::Stopping,
+                spawn: st.spawn,
+                callback_hash: st.callback_hash,
+                cancel_in_flight: false,
+                cancel_attempts: 0,
+            };
+            let id = e.spawn.id.clone();
+            let key = (
+                e.spawn.user.name.clone(),
+                e.spawn.server_name.clone(),
+                e.spawn.request_id.clone(),
+            );
+            let change = recover_one(&mut e);
+            {
+                let mut inner = self.lock();
+                inner.by_request.insert(key, id.clone());
+                inner.spawns.insert(id.clone(), e.clone());
+            }
+            if let Some((state, message)) = change {
+                failed += 1;
+                self.update(&id, |e| {
+                    e.spawn.state = state;
+                    e.spawn.reason = Some(message.clone());
+                    e.callback_hash = None;
+                    Some(message)
+                })?;
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                "recovered {n} spawns from {} ({failed} caught before submit were ended)",
+                self.store.path().display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Applies `f` to a copy of spawn `id`; when it changed, persists it,
+    /// then records the event `f` returned (or a state-change event), then
+    /// publishes both. Returns the spawn after the change.
+    fn update<F>(&self, id: &str, f: F) -> Result<Option<Spawn>>
+    where
+        F: FnOnce(&mut Entry) -> Option<String>,
+    {
+        let mut inner = self.lock();
+        let Some(current) = inner.spawns.get(id) else {
+            return Ok(None);
+        };
+        let mut next = current.clone();
+        let message = f(&mut next);
+        if next == *current && message.is_none() {
+            return Ok(Some(next.spawn));
+        }
+        let now = Utc::now();
+        let state_changed = next.spawn.state != current.spawn.state;
+        // Flags kept only in memory (cancel bookkeeping) are not written.
+        let persist = next.spawn != current.spawn || next.callback_hash != current.callback_hash;
+        if persist {
+            next.spawn.updated_at = now;
+        }
+        if state_changed {
+            next.spawn.state_since = now;
+            next.spawn.progress = next.spawn.state.progress();
+        }
+        if persist {
+            self.store
+                .save(&next.spawn, next.callback_hash.as_deref())?;
+        }
+        let mut event = None;
+        if state_changed || message.is_some() {
+            let st = next.spawn.state;
+            let e = self.store.add_event(SpawnEvent {
+                seq: 0,
+                spawn_id: id.to_string(),
+                time: now,
+                state: st,
+                progress: next.spawn.progress,
+                message: message.unwrap_or_else(|| format!("the spawn is {st}")),
+                is_final: matches!(
+                    st,
+                    SpawnState::Ready | SpawnState::Failed | SpawnState::Stopped
+                ) && state_changed,
+            })?;
+            event = Some(e);
+        }
+        let out = next.spawn.clone();
+        inner.spawns.insert(id.to_string(), next);
+        drop(inner);
+        if let Some(e) = event {
+            tracing::info!(spawn_id = id, state = %e.state, "{}", e.message);
+            let _ = self.events.send(e);
+        }
+        Ok(Some(out))
+    }
+
+    /// One spawn as last seen (no scheduler call).
+    pub fn get(&self, id: &str) -> Result<Spawn, ServiceError> {
+        self.lock()
+            .spawns
+            .get(id)
+            .map(|e| e.spawn.clone())
+            .ok_or_else(|| ServiceError::NotFound(id.to_string()))
+    }
+
+    /// Spawns of a user (all when `None`), oldest first.
+    pub fn list(&self, user: Option<&str>) -> Vec<Spawn> {
+        let mut v: Vec<Spawn> = self
+            .lock()
+            .spawns
+            .values()
+            .filter(|e| user.is_none_or(|u| e.spawn.user.name == u))
+            .map(|e| e.spawn.clone())
+            .collect();
+        v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    /// Events of a spawn so far.
+    pub fn events(&self, id: &str) -> Result<Vec<SpawnEvent>, ServiceError> {
+        self.get(id)?;
+        Ok(self.store.events(id, 0)?)
+    }
+
+    /// Starts a spawn. Returns it and whether it was created (`false`: the
+    /// same request was made before; no second job). Validation runs before
+    /// this returns; the job is submitted in the background.
+    pub async fn start(self: &Arc<Self>, req: StartRequest) -> Result<(Spawn, bool), ServiceError> {
+        check_request(&req)?;
+        let inst = self
+            .registry
+            .get(&req.instance)
+            .cloned()
+            .ok_or_else(|| ServiceError::UnknownInstance(req.instance.clone()))?;
+        let fingerprint = {
+            let j = serde_json::json!([req.instance, req.options, req.cmd]);
+            hex::encode(Sha256::digest(j.to_string().as_bytes()))
+        };
+        let key = (
+            req.user.name.clone(),
+            req.server_name.clone(),
+            req.request_id.clone(),
+        );
+        let id = format!("sp-{}", hex::encode(rand::random::<[u8; 12]>()));
+        let now = Utc::now();
+        {
+            let mut inner = self.lock();
+            if let Some(existing) = inner.by_request.get(&key).and_then(|i| inner.spawns.get(i)) {
+                if existing.spawn.fingerprint == fingerprint {
+                    return Ok((existing.spawn.clone(), false));
+                }
+                return Err(ServiceError::Conflict {
+                    code: "request_conflict",
+                    message: format!(
+                        "request id {:?} was already used for spawn {} with other options or command; use a new request id for a new start",
+                        req.request_id, existing.spawn.id
+                    ),
+                    spawn_id: existing.spawn.id.clone(),
+                });
+            }
+            if let Some(active) = inner.spawns.values().find(|e| {
+                e.spawn.user.name == req.user.name
+                    && e.spawn.server_name == req.server_name
+                    && !e.spawn.state.is_terminal()
+            }) {
+                return Err(ServiceError::Conflict {
+                    code: "server_active",
+                    message: format!(
+                        "server {:?} of {} is already {} as spawn {}; stop it first",
+                        req.server_name, req.user.name, active.spawn.state, active.spawn.id
+                    ),
+                    spawn_id: active.spawn.id.clone(),
+                });
+            }
+            let spawn = Spawn {
+                id: id.clone(),
+                user: req.user.clone(),
+                server_name: req.server_name.clone(),
+                request_id: req.request_id.clone(),
+                instance: req.instance.clone(),
+                state: SpawnState::Validating,
+                reason: None,
+                progress: SpawnState::Validating.progress(),
+                raw_options: req.options.clone(),
+                options: None,
+                cmd: req.cmd.clone(),
+                env_names: Vec::new(),
+                job_id: None,
+                plugin_state: String::new(),
+                exec_host: None,
+                expected_start: None,
+                host: None,
+                port: None,
+                exit_code: None,
+                unknown_polls: 0,
+                flagged: None,
+                created_at: now,
+                updated_at: now,
+                state_since: now,
+                fingerprint,
+            };
+            self.store.save(&spawn, None)?;
+            inner.by_request.insert(key.clone(), id.clone());
+            inner.spawns.insert(
+                id.clone(),
+                Entry {
+                    spawn,
+                    callback_hash: None,
+                    cancel_due: false,
+                    cancel_in_flight: false,
+                    cancel_attempts: 0,
+                },
+            );
+        }
+        self.update(&id, |_| Some("checking the options".into()))?;
+
+        let validated = inst.validate(&req.user, &req.options).await;
+        let options = match validated {
+            Ok(o) => o,
+            Err(e) => {
+                // Nothing happened: forget the request, so a corrected
+                // retry may use the same request id.
+                {
+                    let mut inner = self.lock();
+                    inner.spawns.remove(&id);
+                    inner.by_request.remove(&key);
+                    self.store.delete(&id)?;
+                }
+                return Err(match e {
+                    ValidateError::Fields(f) => ServiceError::InvalidOptions(f),
+                    ValidateError::Call(c) => ServiceError::Plugin(c),
+                });
+            }
+        };
+
+        let (tok, hash) = token::new_token();
+        let mut env: Vec<(String, String)> = req.env.into_iter().collect();
+        env.push((
+            ENV_CALLBACK_URL.into(),
+            format!("{}/v1/spawns/{id}/ready", self.public_url),
+        ));
+        env.push((ENV_CALLBACK_TOKEN.into(), tok));
+        env.push((ENV_SPAWN_ID.into(), id.clone()));
+        let names: Vec<String> = env.iter().map(|(k, _)| k.clone()).collect();
+        let mut submit = false;
+        let spawn = self
+            .update(&id, |e| {
+                e.spawn.options = Some(options);
+                e.spawn.env_names = names;
+                if e.spawn.state == SpawnState::Stopping {
+                    e.spawn.state = SpawnState::Stopped;
+                    e.spawn.reason = Some("stopped before the job was submitted".into());
+                    return Some("stopped before the job was submitted".into());
+                }
+                submit = true;
+                e.spawn.state = SpawnState::Submitting;
+                e.callback_hash = Some(hash);
+                Some("options accepted; submitting the job".into())
+            })?
+            .ok_or_else(|| ServiceError::NotFound(id.clone()))?;
+        if submit {
+            let me = self.clone();
+            tokio::spawn(async move { me.submit_job(id, env).await });
+        }
+        Ok((spawn, true))
+    }
+
+    /// Submits the job of a spawn in `submitting` (its state was persisted
+    /// before this runs; see `recover_one` for a crash in between).
+    async fn submit_job(self: Arc<Self>, id: String, env: Vec<(String, String)>) {
+        let Ok(spawn) = self.get(&id) else { return };
+        if spawn.state == SpawnState::Stopping {
+            let _ = self.update(&id, |e| {
+                e.spawn.state = SpawnState::Stopped;
+                e.callback_hash = None;
+                e.spawn.reason = Some("stopped before the job was submitted".into());
+                None
+            });
+            return;
+        }
+        let Some(inst) = self.registry.get(&spawn.instance).cloned() else {
+            return;
+        };
+        let user = spawn.user.name.clone();
+        let home = tokio::task::spawn_blocking(move || crate::users::home_of(&user))
+            .await
+            .ok()
+            .flatten();
+        let job = JobSpec {
+            spawn_id: id.clone(),
+            user: spawn.user.clone(),
+            options: spawn.options.clone().unwrap_or_default(),
+            cmd: spawn.cmd.clone(),
+            env_names: spawn.env_names.clone(),
+            callback_url: format!("{}/v1/spawns/{id}/ready", self.public_url),
+            home,
+        };
+        let ctx = CallContext {
+            spawn_id: Some(id.clone()),
+            user: Some(spawn.user.name.clone()),
+            spawn_env: Arc::new(env),
+        };
+        let result = inst.submit(ctx, &job).await;
+        let mut cancel = false;
+        let r = self.update(&id, |e| match result {
+            Ok(sub) => {
+                e.spawn.job_id = Some(sub.job_id.clone());
+                e.spawn.plugin_state = sub.state;
+                if e.spawn.state == SpawnState::Stopping {
+                    e.cancel_due = true;
+                    cancel = true;
+                    Some(format!(
+                        "job {} submitted while a stop was requested; cancelling it",
+                        sub.job_id
+                    ))
+                } else {
+                    e.spawn.state = SpawnState::Queued;
+                    e.spawn.reason = Some("submitted".into());
+                    Some(format!("job {} submitted", sub.job_id))
+                }
+            }
+            Err(err) => {
+                e.callback_hash = None;
+                let stopping = e.spawn.state == SpawnState::Stopping;
+                e.spawn.state = if stopping {
+                    SpawnState::Stopped
+                } else {
+                    SpawnState::Failed
+                };
+                let m = format!("the job could not be submitted: {err}");
+                e.spawn.reason = Some(m.clone());
+                Some(m)
+            }
+        });
+        if let Err(e) = r {
+            tracing::error!(spawn_id = %id, "cannot record the submitted job: {e:#}");
+        }
+        if cancel {
+            self.clone().cancel_job(id.clone()).await;
+        }
+        self.wake(&spawn.instance);
+    }
+
+    /// Stops a spawn: cancels its job through the plugin; the poller
+    /// confirms it through `status`. A spawn still validating or submitting
+    /// stops before (or right after) its job is submitted.
+    pub async fn stop(self: &Arc<Self>, id: &str) -> Result<Spawn, ServiceError> {
+        let mut cancel = false;
+        let spawn = self
+            .update(id, |e| match e.spawn.state {
+                SpawnState::Validating | SpawnState::Submitting => {
+                    e.spawn.state = SpawnState::Stopping;
+                    Some("stop requested before the job was submitted".into())
+                }
+                SpawnState::Queued | SpawnState::Running | SpawnState::Ready => {
+                    e.spawn.state = SpawnState::Stopping;
+                    e.callback_hash = None;
+                    e.cancel_due = true;
+                    cancel = true;
+                    Some("stop requested; cancelling the job".into())
+                }
+                SpawnState::Stopping | SpawnState::Stopped | SpawnState::Failed => None,
+            })?
+            .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        if cancel {
+            let me = self.clone();
+            let id = id.to_string();
+            tokio::spawn(async move { me.cancel_job(id).await });
+        }
+        Ok(spawn)
+    }
+
+    /// Sends the plugin's cancel for spawn `id` once (unless one is in
+    /// flight); failures are retried by the poller.
+    async fn cancel_job(self: Arc<Self>, id: String) {
+        let mut go = false;
+        let _ = self.update(&id, |e| {
+            if e.cancel_in_flight || !e.cancel_due || e.spawn.job_id.is_none() {
+                return None;
+            }
+            e.cancel_in_flight = true;
+            e.cancel_attempts += 1;
+            go = true;
+            None
+        });
+        if !go {
+            return;
+        }
+        let Ok(spawn) = self.get(&id) else { return };
+        let Some(inst) = self.registry.get(&spawn.instance).cloned() else {
+            return;
+        };
+        let job = Job {
+            job_id: spawn.job_id.clone().unwrap_or_default(),
+            user: spawn.user.name.clone(),
+            state: spawn.plugin_state.clone(),
+        };
+        let ctx = CallContext {
+            spawn_id: Some(id.clone()),
+            user: Some(spawn.user.name.clone()),
+            spawn_env: Default::default(),
+        };
+        let r = inst.cancel(ctx, &job).await;
+        let _ = self.update(&id, |e| {
+            e.cancel_in_flight = false;
+            match &r {
+                Ok(()) => {
+                    e.cancel_due = false;
+                    Some(if e.spawn.state == SpawnState::Stopping {
+                        "cancel sent; waiting for the scheduler to confirm".into()
+                    } else {
+                        format!("cancel of job {} sent", job.job_id)
+                    })
+                }
+                Err(err) => {
+                    if e.cancel_attempts >= MAX_CANCEL_ATTEMPTS
+                        && e.spawn.state != SpawnState::Stopping
+                    {
+                        e.cancel_due = false;
+                    }
+                    Some(format!(
+                        "cancelling job {} failed: {err}; retrying at the next poll",
+                        job.job_id
+                    ))
+                }
+            }
+        });
+        self.wake(&spawn.instance);
+    }
+
+    /// The job reports where its server listens. `token` is the bearer
+    /// token it presented; `peer` the address the request came from.
+    pub fn callback(
+        &self,
+        id: &str,
+        presented: Option<&str>,
+        body: &CallbackBody,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Spawn, ServiceError> {
+        let refuse = |status: u16, code: &'static str, message: String| ServiceError::Callback {
+            status,
+            code,
+            message,
+        };
+        let bad_token = || {
+            refuse(
+                401,
+                "invalid_callback_token",
+                "the callback token is missing, wrong, already used, or not for this spawn".into(),
+            )
+        };
+        if !(1..=65535).contains(&body.port) {
+            return Err(refuse(
+                422,
+                "invalid_callback",
+                format!("port {} is not in 1-65535", body.port),
+            ));
+        }
+        if let Some(h) = &body.host {
+            if !crate::model::valid_host(h) {
+                return Err(refuse(
+                    422,
+                    "invalid_callback",
+                    format!("host {h:?} is not a host name or an IP address"),
+                ));
+            }
+        }
+        let presented = presented.ok_or_else(bad_token)?;
+        let (spawn, hash) = {
+            let inner = self.lock();
+            let e = inner.spawns.get(id).ok_or_else(bad_token)?;
+            (e.spawn.clone(), e.callback_hash.clone())
+        };
+        match hash {
+            Some(h) if token::matches(&h, presented) => {}
+            _ => return Err(bad_token()),
+        }
+        if !matches!(spawn.state, SpawnState::Queued | SpawnState::Running) {
+            return Err(refuse(
+                409,
+                "callback_not_accepted",
+                format!(
+                    "spawn {id} is {}; a server may report its port only while the spawn is queued or running",
+                    spawn.state
+                ),
+            ));
+        }
+        let rules = self
+            .registry
+            .config
+            .instances
+            .get(&spawn.instance)
+            .map(|i| i.lifecycle.callback_hosts.clone())
+            .unwrap_or_default();
+        let host = match &body.host {
+            Some(given) => {
+                if !token::host_allowed(given, spawn.exec_host.as_deref(), &rules) {
+                    return Err(refuse(
+                        403,
+                        "callback_host_mismatch",
+                        format!(
+                            "the callback names host {given:?}, but {}; an operator may allow it in lifecycle.callback_hosts of instance `{}`",
+                            match &spawn.exec_host {
+                                Some(x) => format!("the scheduler runs the job on {x:?}"),
+                                None => "it matches no lifecycle.callback_hosts rule".into(),
+                            },
+                            spawn.instance
+                        ),
+                    ));
+                }
+                given.clone()
+            }
+            None => match (&spawn.exec_host, peer) {
+                (Some(x), _) => x.clone(),
+                (None, Some(ip)) => ip.to_string(),
+                (None, None) => {
+                    return Err(refuse(
+                        422,
+                        "invalid_callback",
+                        "the callback names no host and the scheduler has not reported one".into(),
+                    ))
+                }
+            },
+        };
+        let port = body.port as u16;
+        let mut accepted = false;
+        let out = self.update(id, |e| {
+            // Checked again under the lock: once only.
+            let same = e
+                .callback_hash
+                .as_deref()
+                .is_some_and(|h| token::matches(h, presented));
+            if !same || !matches!(e.spawn.state, SpawnState::Queued | SpawnState::Running) {
+                return None;
+            }
+            accepted = true;
+            e.callback_hash = None;
+            e.spawn.state = SpawnState::Ready;
+            e.spawn.host = Some(host.clone());
+            e.spawn.port = Some(port);
+            e.spawn.reason = None;
+            Some(format!("server ready at {host}:{port}"))
+        })?;
+        if !accepted {
+            return Err(bad_token());
+        }
+        out.ok_or_else(|| ServiceError::NotFound(id.to_string()))
+    }
+
+    fn wake(&self, instance: &str) {
+        if let Some(p) = self.pollers.get(instance) {
+            p.wake.notify_one();
+        }
+    }
+
+    /// Counters for `GET /v1/metrics`.
+    pub fn metrics(&self) -> serde_json::Value {
+        let mut by_instance: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        let mut totals: BTreeMap<&'static str, u64> =
+            SpawnState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        {
+            let inner = self.lock();
+            for e in inner.spawns.values() {
+                *totals.entry(e.spawn.state.as_str()).or_default() += 1;
+                *by_instance
+                    .entry(e.spawn.instance.clone())
+                    .or_default()
+                    .entry(e.spawn.state.as_str())
+                    .or_default() += 1;
+            }
+        }
+        let commands = self.registry.runtime.audit.programs_run();
+        let instances: serde_json::Map<String, serde_json::Value> = self
+            .pollers
+            .iter()
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    serde_json::json!({
+                        "status_calls": p.status_calls.load(std::sync::atomic::Ordering::Relaxed),
+                        "jobs_polled": p.jobs_polled.load(std::sync::atomic::Ordering::Relaxed),
+                        "last_poll": *p.last_poll.lock().unwrap(),
+                        "scheduler_commands": commands.get(name).copied().unwrap_or(0),
+                        "spawns": by_instance.get(name).cloned().unwrap_or_default(),
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({ "spawns": totals, "instances": instances })
+    }
+}
+
+/// What a spawn found at startup needs: spawns caught before their job was
+/// submitted end, because the hub's environment (which the job needs) is
+/// never stored, and because a spawn in `submitting` may or may not have a
+/// job: submitting again could start a second one. It fails with a reason
+/// that says so; if the scheduler did accept a job, that job's callback is
+/// refused (the spawn is no longer queued or running).
+fn recover_one(e: &mut Entry) -> Option<(SpawnState, String)> {
+    match (e.spawn.state, &e.spawn.job_id) {
+        (SpawnState::Validating, _) => Some((
+            SpawnState::Failed,
+            "the host restarted while checking the options; nothing was submitted; start the server again".into(),
+        )),
+        (SpawnState::Submitting, _) => Some((
+            SpawnState::Failed,
+            format!(
+                "the host restarted while submitting the job; it is not submitted again so that no second job can start. If the scheduler did accept it, the job (spawn {}) cannot report to the host; start the server again",
+                e.spawn.id
+            ),
+        )),
+        (SpawnState::Stopping, None) => Some((
+            SpawnState::Stopped,
+            "stopped (the host restarted before the job was submitted)".into(),
+        )),
+        _ => None,
+    }
+}
+
+fn check_request(req: &StartRequest) -> Result<(), ServiceError> {
+    let bad = |m: String| Err(ServiceError::BadRequest(m));
+    req.user.check().or_else(bad)?;
+    if req.server_name.len() > 255 || req.server_name.chars().any(char::is_control) {
+        return bad("server_name: at most 255 characters, no control characters".into());
+    }
+    if req.request_id.is_empty()
+        || req.request_id.len() > 200
+        || req.request_id.chars().any(char::is_control)
+    {
+        return bad(
+            "request_id: give 1-200 characters without control characters (e.g. a UUID)".into(),
+        );
+    }
+    if req.cmd.is_empty() || req.cmd[0].is_empty() {
+        return bad(
+            "cmd: give the single-user server command, e.g. [\"jupyterhub-singleuser\"]".into(),
+        );
+    }
+    if req.cmd.iter().any(|a| a.contains('\0')) {
+        return bad("cmd: an argument has a NUL byte".into());
+    }
+    for (k, v) in &req.env {
+        if !valid_env_name(k) {
+            return bad(format!(
+                "env: {k:?} is not a variable name (A-Z, a-z, 0-9, _)"
+            ));
+        }
+        if k.starts_with("WASMSPAWNER_") {
+            return bad(format!(
+                "env: {k} is set by the host; the hub may not set WASMSPAWNER_* variables"
+            ));
+        }
+        if v.contains('\0') {
+            return bad(format!("env: the value of {k} has a NUL byte"));
+        }
+    }
+    Ok(())
+}

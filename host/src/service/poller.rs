@@ -1,0 +1,271 @@
+//! One poller per plugin instance. Every interval (plus up to 10% jitter) it
+//! makes **one** `status` call with all live jobs of the instance and applies
+//! the answers; hub polls read the result from memory. While a spawn is
+//! fresh (submitted, not yet ready, within `fast_window`) or stopping, the
+//! poller uses the shorter `fast_poll` interval — still one call for all.
+//! A submit or a stop wakes it early, but never sooner than `fast_poll`
+//! after the previous call, so a burst of spawns is still one call.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::Service;
+use crate::config::Lifecycle;
+use crate::model::{Job, JobState, SpawnState};
+
+pub struct PollerState {
+    pub lifecycle: Lifecycle,
+    pub wake: Notify,
+    /// `status` calls made.
+    pub status_calls: AtomicU64,
+    /// Jobs asked about, summed over all calls.
+    pub jobs_polled: AtomicU64,
+    pub last_poll: Mutex<Option<chrono::DateTime<Utc>>>,
+}
+
+impl PollerState {
+    pub fn new(lifecycle: Lifecycle) -> PollerState {
+        PollerState {
+            lifecycle,
+            wake: Notify::new(),
+            status_calls: AtomicU64::new(0),
+            jobs_polled: AtomicU64::new(0),
+            last_poll: Mutex::new(None),
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    d + d.mul_f64(rand::random::<f64>() * 0.1)
+}
+
+/// The poller task of `instance`; ends when the service is gone.
+pub async fn run(svc: Weak<Service>, instance: String) {
+    let Some(state) = svc
+        .upgrade()
+        .and_then(|s| s.pollers.get(&instance).cloned())
+    else {
+        return;
+    };
+    let lc = state.lifecycle.clone();
+    let mut last = Instant::now();
+    // The first poll comes soon after start: recovered jobs are looked at
+    // again at once.
+    let mut due = last + lc.fast_poll;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {}
+            _ = state.wake.notified() => {
+                // Something new: poll at the fast pace, not before.
+                due = due.min(last + lc.fast_poll);
+                if Instant::now() < due {
+                    continue;
+                }
+            }
+        }
+        let Some(s) = svc.upgrade() else { return };
+        last = Instant::now();
+        s.poll_once(&instance, &state).await;
+        let fast = s.needs_fast_poll(&instance, &lc);
+        drop(s);
+        due = last + jitter(if fast { lc.fast_poll } else { lc.poll_interval });
+    }
+}
+
+impl Service {
+    fn needs_fast_poll(&self, instance: &str, lc: &Lifecycle) -> bool {
+        let now = Utc::now();
+        let window = chrono::Duration::from_std(lc.fast_window).unwrap_or_default();
+        self.lock().spawns.values().any(|e| {
+            e.spawn.instance == instance
+                && match e.spawn.state {
+                    SpawnState::Submitting | SpawnState::Queued | SpawnState::Running => {
+                        now - e.spawn.state_since < window
+                    }
+                    SpawnState::Stopping => true,
+                    _ => false,
+                }
+        })
+    }
+
+    /// One batched `status` call for every live job of `instance`.
+    pub(crate) async fn poll_once(self: &Arc<Self>, instance: &str, ps: &PollerState) {
+        let live: Vec<(String, Job)> = self
+            .lock()
+            .spawns
+            .values()
+            .filter(|e| e.spawn.instance == instance && e.spawn.state.is_polled())
+            .filter_map(|e| {
+                Some((
+                    e.spawn.id.clone(),
+                    Job {
+                        job_id: e.spawn.job_id.clone()?,
+                        user: e.spawn.user.name.clone(),
+                        state: e.spawn.plugin_state.clone(),
+                    },
+                ))
+            })
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let Some(inst) = self.registry.get(instance).cloned() else {
+            return;
+        };
+        let jobs: Vec<Job> = live.iter().map(|(_, j)| j.clone()).collect();
+        ps.status_calls.fetch_add(1, Ordering::Relaxed);
+        ps.jobs_polled
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        let states = match inst.status(&jobs).await {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = format!("the status call failed: {e}");
+                vec![JobState::Unknown { reason }; jobs.len()]
+            }
+        };
+        *ps.last_poll.lock().unwrap() = Some(Utc::now());
+        let mut cancels = Vec::new();
+        for ((id, _), st) in live.into_iter().zip(states) {
+            match self.apply(&id, st, &ps.lifecycle) {
+                Ok(true) => cancels.push(id),
+                Ok(false) => {}
+                Err(e) => tracing::error!(spawn_id = %id, "cannot record the job's state: {e:#}"),
+            }
+        }
+        for id in cancels {
+            let me = self.clone();
+            tokio::spawn(async move { me.cancel_job(id).await });
+        }
+    }
+
+    /// Applies one job state to its spawn. Returns whether a cancel must be
+    /// sent.
+    fn apply(&self, id: &str, st: JobState, lc: &Lifecycle) -> anyhow::Result<bool> {
+        let now = Utc::now();
+        let mut cancel = false;
+        self.update(id, |e| {
+            let s = &mut e.spawn;
+            if let JobState::Unknown { reason } = &st {
+                s.unknown_polls += 1;
+                if s.unknown_polls == lc.unknown_grace_polls {
+                    let m = format!(
+                        "the scheduler has not said how job {} is for {} polls in a row ({reason}); the job is kept and still polled",
+                        s.job_id.as_deref().unwrap_or("?"),
+                        s.unknown_polls
+                    );
+                    s.flagged = Some(m.clone());
+                    return Some(m);
+                }
+                return None;
+            }
+            let mut message = None;
+            s.unknown_polls = 0;
+            if s.flagged.take().is_some() {
+                message = Some("the scheduler answers again".to_string());
+            }
+            let waited = (now - s.state_since).to_std().unwrap_or_default();
+            match (s.state, st) {
+                (SpawnState::Queued, JobState::Pending { reason, expected_start }) => {
+                    if waited > lc.queue_timeout {
+                        s.state = SpawnState::Failed;
+                        let m = format!(
+                            "the job waited in the queue longer than {} s (lifecycle.queue_timeout_secs; last reason: {reason}); it is cancelled",
+                            lc.queue_timeout.as_secs()
+                        );
+                        s.reason = Some(m.clone());
+                        e.callback_hash = None;
+                        e.cancel_due = true;
+                        cancel = true;
+                        return Some(m);
+                    }
+                    if s.reason.as_deref() != Some(&reason) || s.expected_start != expected_start {
+                        let m = match expected_start {
+                            Some(t) => format!(
+                                "queued: {reason} (expected start {})",
+                                chrono::DateTime::from_timestamp(t as i64, 0)
+                                    .map(|d| d.to_rfc3339())
+                                    .unwrap_or_else(|| t.to_string())
+                            ),
+                            None => format!("queued: {reason}"),
+                        };
+                        s.reason = Some(reason);
+                        s.expected_start = expected_start;
+                        return Some(m);
+                    }
+                }
+                (SpawnState::Queued, JobState::Running { host }) => {
+                    s.state = SpawnState::Running;
+                    s.exec_host = host.clone();
+                    s.reason = None;
+                    return Some(match host {
+                        Some(h) => format!("job running on {h}; waiting for the server to start"),
+                        None => "job running; waiting for the server to start".into(),
+                    });
+                }
+                (SpawnState::Running, JobState::Running { host }) => {
+                    if host.is_some() {
+                        s.exec_host = host;
+                    }
+                    if waited > lc.start_timeout {
+                        s.state = SpawnState::Failed;
+                        let m = format!(
+                            "the server did not report its port within {} s of the job starting (lifecycle.start_timeout_secs); the job is cancelled",
+                            lc.start_timeout.as_secs()
+                        );
+                        s.reason = Some(m.clone());
+                        e.callback_hash = None;
+                        e.cancel_due = true;
+                        cancel = true;
+                        return Some(m);
+                    }
+                }
+                (SpawnState::Running, JobState::Pending { reason, expected_start }) => {
+                    s.state = SpawnState::Queued;
+                    s.expected_start = expected_start;
+                    s.reason = Some(reason.clone());
+                    return Some(format!("the job is pending again: {reason}"));
+                }
+                (SpawnState::Ready, JobState::Running { host: Some(h) }) => {
+                    s.exec_host = Some(h);
+                }
+                (SpawnState::Queued | SpawnState::Running, JobState::Done { exit_code, reason }) => {
+                    s.state = SpawnState::Failed;
+                    s.exit_code = exit_code;
+                    e.callback_hash = None;
+                    let m = format!(
+                        "the job ended before the server reported its port: {reason}{}",
+                        exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default()
+                    );
+                    s.reason = Some(m.clone());
+                    return Some(m);
+                }
+                (SpawnState::Ready, JobState::Done { exit_code, reason }) => {
+                    s.state = SpawnState::Stopped;
+                    s.exit_code = exit_code;
+                    let m = format!("the server's job ended: {reason}");
+                    s.reason = Some(m.clone());
+                    return Some(m);
+                }
+                (SpawnState::Stopping, JobState::Done { exit_code, .. }) => {
+                    s.state = SpawnState::Stopped;
+                    s.exit_code = exit_code;
+                    s.reason = Some("stopped".into());
+                    e.cancel_due = false;
+                    return Some("the job is gone: stopped".into());
+                }
+                // Not gone yet: a cancel that failed is sent again.
+                (SpawnState::Stopping, _) if e.cancel_due && !e.cancel_in_flight => {
+                    cancel = true;
+                }
+                _ => {}
+            }
+            message
+        })?;
+        Ok(cancel)
+    }
+}

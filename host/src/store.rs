@@ -1,0 +1,229 @@
+//! Durable spawn state: an embedded SQLite database (`<state_dir>/spawns.sqlite`,
+//! WAL mode) with one row per spawn and its events.
+//!
+//! The service writes a spawn's new state here *before* acting on it, so a
+//! host killed at any point finds every spawn again. `synchronous = NORMAL`
+//! in WAL mode keeps every committed transaction across a crash of the
+//! process (SIGKILL); only a power loss may drop the last commits.
+//!
+//! Secrets are never stored: the callback token only as its sha256, the
+//! hub's environment not at all (the job already has it once submitted).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::model::{Spawn, SpawnEvent, SpawnState};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS spawns (
+    id            TEXT PRIMARY KEY,
+    user          TEXT NOT NULL,
+    server_name   TEXT NOT NULL,
+    request_id    TEXT NOT NULL,
+    instance      TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    job_id        TEXT,
+    fingerprint   TEXT NOT NULL,
+    -- sha256 (hex) of the per-spawn callback token; NULL once used or void
+    callback_hash TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL,
+    -- the whole record as JSON (options, plugin state, host, port, reason, ...)
+    record        TEXT NOT NULL,
+    UNIQUE (user, server_name, request_id)
+);
+CREATE INDEX IF NOT EXISTS spawns_user ON spawns (user);
+CREATE TABLE IF NOT EXISTS events (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    spawn_id TEXT NOT NULL,
+    time     TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    progress INTEGER NOT NULL,
+    message  TEXT NOT NULL,
+    final    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_spawn ON events (spawn_id, seq);
+";
+
+/// A spawn as stored: the record and its callback-token hash.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub spawn: Spawn,
+    pub callback_hash: Option<String>,
+}
+
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (or creates, 0600) `<state_dir>/spawns.sqlite`.
+    pub fn open(state_dir: &Path) -> Result<Store> {
+        let path = state_dir.join("spawns.sqlite");
+        let conn = Connection::open(&path)
+            .with_context(|| format!("cannot open the spawn database {}", path.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)
+            .with_context(|| format!("cannot create the tables in {}", path.display()))?;
+        Ok(Store {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Inserts or updates a spawn.
+    pub fn save(&self, s: &Spawn, callback_hash: Option<&str>) -> Result<()> {
+        let record = serde_json::to_string(s)?;
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO spawns (id, user, server_name, request_id, instance, state, job_id,
+                    fingerprint, callback_hash, created_at, updated_at, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (id) DO UPDATE SET state = ?6, job_id = ?7, callback_hash = ?9,
+                    updated_at = ?11, record = ?12",
+            )?
+            .execute(params![
+                s.id,
+                s.user.name,
+                s.server_name,
+                s.request_id,
+                s.instance,
+                s.state.as_str(),
+                s.job_id,
+                s.fingerprint,
+                callback_hash,
+                s.created_at.to_rfc3339(),
+                s.updated_at.to_rfc3339(),
+                record
+            ])
+            .with_context(|| format!("cannot save spawn {} in {}", s.id, self.path.display()))?;
+        Ok(())
+    }
+
+    /// Removes a spawn and its events (a request refused by validation).
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        tx.execute("DELETE FROM events WHERE spawn_id = ?1", [id])?;
+        tx.execute("DELETE FROM spawns WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every spawn, oldest first.
+    pub fn load_all(&self) -> Result<Vec<Stored>> {
+        let c = self.conn();
+        let mut stmt = c.prepare(
+            "SELECT record, fingerprint, callback_hash, state FROM spawns ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (record, fingerprint, callback_hash, state) = row?;
+            let mut spawn: Spawn = serde_json::from_str(&record).with_context(|| {
+                format!("a spawn record in {} is unreadable", self.path.display())
+            })?;
+            spawn.fingerprint = fingerprint;
+            if let Some(st) = SpawnState::parse(&state) {
+                spawn.state = st;
+            }
+            out.push(Stored {
+                spawn,
+                callback_hash,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Appends an event; returns it with its sequence number.
+    pub fn add_event(&self, mut e: SpawnEvent) -> Result<SpawnEvent> {
+        let c = self.conn();
+        c.prepare_cached(
+            "INSERT INTO events (spawn_id, time, state, progress, message, final)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            e.spawn_id,
+            e.time.to_rfc3339(),
+            e.state.as_str(),
+            e.progress,
+            e.message,
+            e.is_final
+        ])?;
+        e.seq = c.last_insert_rowid();
+        Ok(e)
+    }
+
+    /// A spawn's events after `after` (0 for all), in order.
+    pub fn events(&self, spawn_id: &str, after: i64) -> Result<Vec<SpawnEvent>> {
+        let c = self.conn();
+        let mut stmt = c.prepare_cached(
+            "SELECT seq, time, state, progress, message, final FROM events
+             WHERE spawn_id = ?1 AND seq > ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![spawn_id, after], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, u8>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, bool>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, time, state, progress, message, is_final) = row?;
+            out.push(SpawnEvent {
+                seq,
+                spawn_id: spawn_id.to_string(),
+                time: chrono::DateTime::parse_from_rfc3339(&time)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .unwrap_or_default(),
+                state: SpawnState::parse(&state).unwrap_or(SpawnState::Failed),
+                progress,
+                message,
+                is_final,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The stored callback-token hash of a spawn.
+    pub fn callback_hash(&self, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT callback_hash FROM spawns WHERE id = ?1",
+                [id],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+}

@@ -1,0 +1,42 @@
+//! Looking up local accounts (thread-safe: `getpwnam_r`).
+
+/// The home directory of the local account `user`, if there is one.
+pub fn home_of(user: &str) -> Option<String> {
+    let name = std::ffi::CString::new(user).ok()?;
+    let mut buf: Vec<libc::c_char> = vec![0; 4096];
+    loop {
+        // SAFETY: all pointers are to live locals; getpwnam_r writes the
+        // entry's strings into `buf` and sets `result` to `&mut pwd` or null.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getpwnam_r(
+                name.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || result.is_null() || pwd.pw_dir.is_null() {
+            return None;
+        }
+        // SAFETY: pw_dir points into `buf`, NUL-terminated.
+        let dir = unsafe { std::ffi::CStr::from_ptr(pwd.pw_dir) };
+        return Some(dir.to_string_lossy().into_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn root_has_a_home_and_nobody_made_up_has_none() {
+        assert_eq!(super::home_of("root").as_deref(), Some("/root"));
+        assert_eq!(super::home_of("no-such-user-wasmspawner"), None);
+        assert_eq!(super::home_of("nul\0byte"), None);
+    }
+}

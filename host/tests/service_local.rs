@@ -1,0 +1,387 @@
+//! The spawn service end to end with the real `local` plugin and a real
+//! "single-user server" (a small Python HTTP server that reports its port
+//! through the job callback).
+
+mod common;
+mod service_common;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use service_common::*;
+
+fn detached_starts(h: &Host, spawn_id: &str) -> usize {
+    h.setup
+        .audit()
+        .iter()
+        .filter(|r| r["capability"] == "detached.start" && r["spawn_id"] == spawn_id)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_ready_server_answers_stop_stopped() {
+    let h = start_host(&local_config("")).await;
+    let script = server_script(h.setup.dir.path());
+    let r = h
+        .api(
+            "POST",
+            "/v1/spawns",
+            Some(&start_body("alice", "", "req-1", &["python3", &script])),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let spawn = r.json();
+    let id = spawn["id"].as_str().unwrap().to_string();
+    assert_eq!(spawn["state"], "submitting");
+    assert_eq!(spawn["options"]["interface"], "lab");
+
+    // The event stream ends with "ready", every state change on the way.
+    let events = read_events(
+        &format!("{}/v1/spawns/{id}/events", h.url),
+        &["ready", "failed"],
+        30,
+    )
+    .await;
+    let states: Vec<&str> = events
+        .iter()
+        .map(|(_, e)| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(events.last().unwrap().0, "ready", "{events:?}");
+    for s in ["validating", "submitting", "queued", "ready"] {
+        assert!(states.contains(&s), "no {s} event in {states:?}");
+    }
+    assert_eq!(events.last().unwrap().1["progress"], 100);
+    assert!(events
+        .iter()
+        .all(|(_, e)| e["progress"].as_u64().unwrap() <= 100));
+
+    let s = h.api("GET", &format!("/v1/spawns/{id}"), None).await.json();
+    assert_eq!(s["state"], "ready");
+    let (host, port) = (s["host"].as_str().unwrap(), s["port"].as_u64().unwrap());
+    assert_eq!(host, "127.0.0.1");
+
+    // The server answers on host:port and got the hub's env from the request.
+    let served = request("GET", &format!("http://{host}:{port}/"), None, None)
+        .await
+        .json();
+    assert_eq!(served["spawn_id"], id.as_str());
+    assert_eq!(served["api_token"], "hub-secret-token-for-tests");
+    // ...but never in argv, the audit log or the database.
+    let argv = served["argv"].to_string();
+    assert!(!argv.contains("hub-secret-token"), "{argv}");
+    let audit = std::fs::read_to_string(h.setup.config.state_dir.join("audit.jsonl")).unwrap();
+    assert!(!audit.contains("hub-secret-token"));
+    let pid = pid_of(s["job_id"].as_str().unwrap());
+    let cb_token = env_of(pid, "WASMSPAWNER_CALLBACK_TOKEN").unwrap();
+    assert_eq!(cb_token.len(), 64);
+    for f in ["spawns.sqlite", "spawns.sqlite-wal"] {
+        let p = h.setup.config.state_dir.join(f);
+        let bytes = std::fs::read(&p).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("hub-secret-token"),
+            "{f} holds the hub token"
+        );
+        assert!(!text.contains(&cb_token), "{f} holds the callback token");
+    }
+    assert_eq!(
+        env_of(pid, "WASMSPAWNER_CALLBACK_URL").unwrap(),
+        format!("{}/v1/spawns/{id}/ready", h.url)
+    );
+    assert_eq!(env_of(pid, "WASMSPAWNER_SPAWN_ID").unwrap(), id);
+
+    // The user's list has it.
+    let list = h.api("GET", "/v1/spawns?user=alice", None).await.json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(
+        h.api("GET", "/v1/spawns?user=bob", None).await.json(),
+        json!([])
+    );
+
+    // Stop: cancel through the plugin, confirmed through status.
+    let r = h.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.json()["state"], "stopping");
+    let s = h.wait_spawn(&id, 20, |s| s["state"] == "stopped").await;
+    assert_eq!(s["reason"], "stopped");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap()
+                .contains(") Z"),
+        "the server process is still running"
+    );
+    // Stopping again is a no-op that says so.
+    let r = h.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["state"], "stopped");
+    assert_eq!(detached_starts(&h, &id), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_exits_before_reporting_fails_fast() {
+    let h = start_host(&local_config("start_timeout_secs = 600")).await;
+    let t0 = Instant::now();
+    let r = h
+        .api(
+            "POST",
+            "/v1/spawns",
+            Some(&start_body(
+                "alice",
+                "",
+                "r",
+                &["python3", "-c", "import sys; sys.exit(3)"],
+            )),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let events = read_events(
+        &format!("{}/v1/spawns/{id}/events", h.url),
+        &["ready", "failed"],
+        20,
+    )
+    .await;
+    let (name, last) = events.last().unwrap();
+    assert_eq!(name, "failed", "{events:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let s = h.api("GET", &format!("/v1/spawns/{id}"), None).await.json();
+    assert_eq!(s["state"], "failed");
+    assert_eq!(s["exit_code"], 3);
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("ended before the server reported its port")
+            && reason.contains("exit code 3"),
+        "{reason}"
+    );
+    assert_eq!(last["message"], reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_start_is_one_job() {
+    let h = start_host(&local_config("")).await;
+    let script = server_script(h.setup.dir.path());
+    let never = h.setup.dir.path().join("never").display().to_string();
+    let body = start_body("alice", "gpu", "req-42", &["python3", &script, &never]);
+    let a = h.api("POST", "/v1/spawns", Some(&body)).await;
+    let b = h.api("POST", "/v1/spawns", Some(&body)).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(b.status, 200, "{}", b.body);
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(b.json()["id"], id.as_str());
+
+    // Same request id, other options: a conflict naming the spawn.
+    let mut other = body.clone();
+    other["options"]["interface"] = json!(["notebook"]);
+    let c = h.api("POST", "/v1/spawns", Some(&other)).await;
+    assert_eq!(c.status, 409, "{}", c.body);
+    assert_eq!(c.json()["error"], "request_conflict");
+    assert_eq!(c.json()["spawn_id"], id.as_str());
+    // A new request for the same server while it runs: a conflict too.
+    let mut again = body.clone();
+    again["request_id"] = json!("req-43");
+    let d = h.api("POST", "/v1/spawns", Some(&again)).await;
+    assert_eq!(d.status, 409, "{}", d.body);
+    assert_eq!(d.json()["error"], "server_active");
+    // Another named server of the same user is its own spawn.
+    let mut named = body.clone();
+    named["server_name"] = json!("cpu");
+    let e = h.api("POST", "/v1/spawns", Some(&named)).await;
+    assert_eq!(e.status, 201, "{}", e.body);
+
+    let s = h.wait_spawn(&id, 20, |s| s["state"] == "running").await;
+    // Retries after submit still return the same spawn.
+    let f = h.api("POST", "/v1/spawns", Some(&body)).await;
+    assert_eq!(f.status, 200);
+    assert_eq!(f.json()["job_id"], s["job_id"]);
+    assert_eq!(detached_starts(&h, &id), 1);
+    let all = h.api("GET", "/v1/spawns?user=alice", None).await.json();
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    for sp in all.as_array().unwrap() {
+        h.api(
+            "DELETE",
+            &format!("/v1/spawns/{}", sp["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    }
+    h.wait_spawn(&id, 20, |s| s["state"] == "stopped").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_tokens_are_per_spawn_and_single_use() {
+    let h = start_host(&local_config("")).await;
+    let script = server_script(h.setup.dir.path());
+    let never = h.setup.dir.path().join("never").display().to_string();
+    let mut ids = Vec::new();
+    for server in ["a", "b"] {
+        let r = h
+            .api(
+                "POST",
+                "/v1/spawns",
+                Some(&start_body(
+                    "alice",
+                    server,
+                    server,
+                    &["python3", &script, &never],
+                )),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    let mut tokens = Vec::new();
+    for id in &ids {
+        let s = h.wait_spawn(id, 20, |s| s["state"] == "running").await;
+        tokens.push(
+            env_of(
+                pid_of(s["job_id"].as_str().unwrap()),
+                "WASMSPAWNER_CALLBACK_TOKEN",
+            )
+            .unwrap(),
+        );
+    }
+    let url = format!("{}/v1/spawns/{}/ready", h.url, ids[0]);
+    let ok_body = json!({"port": 8888, "host": "127.0.0.1"});
+    // No token, a wrong one, the API token, the other spawn's: refused.
+    for t in [
+        None,
+        Some("0".repeat(64).as_str()),
+        Some(TOKEN),
+        Some(tokens[1].as_str()),
+    ] {
+        let r = request("POST", &url, t, Some(&ok_body)).await;
+        assert_eq!(r.status, 401, "{t:?}: {}", r.body);
+        assert_eq!(r.json()["error"], "invalid_callback_token");
+    }
+    // Only port and host, validated.
+    for (body, code) in [
+        (json!({"port": 0}), 422),
+        (json!({"port": 70000}), 422),
+        (json!({"port": 8888, "host": "bad host!"}), 422),
+        (json!({"port": 8888, "state": "ready"}), 422),
+    ] {
+        let r = request("POST", &url, Some(&tokens[0]), Some(&body)).await;
+        assert_eq!(r.status, code, "{body}: {}", r.body);
+    }
+    // The scheduler says the job runs on 127.0.0.1: another host is refused.
+    let r = request(
+        "POST",
+        &url,
+        Some(&tokens[0]),
+        Some(&json!({"port": 8888, "host": "10.9.8.7"})),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"], "callback_host_mismatch");
+    assert_eq!(h.service.get(&ids[0]).unwrap().state.as_str(), "running");
+    // The right token once...
+    let r = request("POST", &url, Some(&tokens[0]), Some(&ok_body)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["state"], "ready");
+    assert_eq!(r.json()["port"], 8888);
+    // ...and never again.
+    let r = request("POST", &url, Some(&tokens[0]), Some(&json!({"port": 9999}))).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(h.service.get(&ids[0]).unwrap().port, Some(8888));
+    // A stopped spawn takes no callback.
+    h.api("DELETE", &format!("/v1/spawns/{}", ids[1]), None)
+        .await;
+    let url1 = format!("{}/v1/spawns/{}/ready", h.url, ids[1]);
+    let r = request("POST", &url1, Some(&tokens[1]), Some(&ok_body)).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    h.api("DELETE", &format!("/v1/spawns/{}", ids[0]), None)
+        .await;
+    for id in &ids {
+        h.wait_spawn(id, 20, |s| s["state"] == "stopped").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_the_api_token_get_401() {
+    let h = start_host(&local_config("")).await;
+    let body = start_body("alice", "", "r", &["python3", "-c", "pass"]);
+    for (m, p) in [
+        ("GET", "/v1/spawns"),
+        ("POST", "/v1/spawns"),
+        ("GET", "/v1/spawns/sp-x"),
+        ("DELETE", "/v1/spawns/sp-x"),
+        ("GET", "/v1/spawns/sp-x/events"),
+        ("GET", "/v1/plugins"),
+        ("GET", "/v1/plugins/local/form?user=alice"),
+        ("GET", "/v1/metrics"),
+        ("GET", "/v1/openapi.json"),
+    ] {
+        for t in [None, Some("wrong-token-wrong-token")] {
+            let r = request(m, &format!("{}{p}", h.url), t, Some(&body)).await;
+            assert_eq!(r.status, 401, "{m} {p} with {t:?}: {}", r.body);
+            assert_eq!(r.json()["error"], "unauthorized");
+        }
+    }
+    assert!(
+        h.service.list(None).is_empty(),
+        "an unauthenticated POST made a spawn"
+    );
+    assert_eq!(
+        request("GET", &format!("{}/healthz", h.url), None, None)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_options_are_422_with_fields_and_the_form_renders_as_html() {
+    let h = start_host(&local_config("")).await;
+    let mut body = start_body("alice", "", "r1", &["python3", "-c", "pass"]);
+    body["options"] = json!({"interface": ["emacs"], "nope": ["1"]});
+    let r = h.api("POST", "/v1/spawns", Some(&body)).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let e = r.json();
+    assert_eq!(e["error"], "invalid_options");
+    let fields: Vec<&str> = e["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"nope"), "{e}");
+    assert!(
+        h.service.list(None).is_empty(),
+        "a refused request left a spawn"
+    );
+    // A corrected retry may reuse the request id.
+    body["options"] = json!({"interface": ["notebook"]});
+    let r = h.api("POST", "/v1/spawns", Some(&body)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    let html = h
+        .api("GET", "/v1/plugins/local/form?user=alice&format=html", None)
+        .await;
+    assert_eq!(html.status, 200);
+    assert!(
+        html.headers
+            .to_ascii_lowercase()
+            .contains("content-type: text/html"),
+        "{}",
+        html.headers
+    );
+    assert!(
+        html.body.contains("name=\"interface\"") && html.body.contains("<option value=\"lab\""),
+        "{}",
+        html.body
+    );
+    let schema = h
+        .api("GET", "/v1/plugins/local/form?user=alice", None)
+        .await
+        .json();
+    assert_eq!(schema["fields"][0]["id"], "interface");
+    let bad = h
+        .api("GET", "/v1/plugins/local/form?user=alice&format=xml", None)
+        .await;
+    assert_eq!(bad.status, 400);
+}
