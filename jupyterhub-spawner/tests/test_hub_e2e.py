@@ -102,9 +102,9 @@ def test_hub_restart_while_the_job_is_queued_keeps_the_job(stack):
     same_server = [x for x in host.api("GET", f"/v1/spawns?user={USER}").json() if x["server_name"] == "queued"]
     assert len(same_server) == 1, same_server
 
-    # Stopping through the host ends it.
-    host.api("DELETE", f"/v1/spawns/{spawn['id']}")
-    deadline = time.time() + 30
-    while time.time() < deadline and host.api("GET", f"/v1/spawns/{spawn['id']}").json()["state"] != "stopped":
-        time.sleep(0.3)
-    assert host.api("GET", f"/v1/spawns/{spawn['id']}").json()["state"] == "stopped"
+    # Stopping cancels through the plugin; this fake scheduler never confirms
+    # the end, so the host keeps the spawn "stopping" rather than guess.
+    r = host.api("DELETE", f"/v1/spawns/{spawn['id']}")
+    assert r.status_code == 202, r.text
+    time.sleep(2)
+    assert host.api("GET", f"/v1/spawns/{spawn['id']}").json()["state"] == "stopping"
