@@ -203,6 +203,16 @@ c.JupyterHub.load_roles = [{{
         if self.proc:
             self.proc.stop()
 
+    def stop_proxy(self):
+        """cleanup_proxy = False keeps the proxy across hub restarts; stop it
+        by the PID the hub recorded."""
+        pid_file = self.dir / "jupyterhub-proxy.pid"
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass
+
     def api(self, method, path, **kw):
         return requests.request(method, self.url + "/hub/api" + path, headers={"Authorization": f"token {self.token}"}, timeout=30, **kw)
 
@@ -244,4 +254,5 @@ def stack(e2e_ready, tmp_path_factory):
         time.sleep(2)
     finally:
         hub.stop()
+        hub.stop_proxy()
         host.stop()
