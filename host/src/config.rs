@@ -58,6 +58,16 @@ pub struct InstanceConfig {
     pub submit_host: Option<String>,
     /// How the spawn service drives this instance's jobs.
     pub lifecycle: Lifecycle,
+    /// Compute nodes are not routable from the hub: reach each server
+    /// through an SSH tunnel via this gateway (`[instances.X.tunnel]`).
+    pub tunnel: Option<TunnelConfig>,
+}
+
+/// `[instances.X.tunnel]`: forward each ready server to 127.0.0.1.
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    /// The gateway host (default: `submit_host`), reached with `[ssh]`.
+    pub via: String,
 }
 
 /// Connection settings for SSH.
@@ -238,6 +248,13 @@ struct RawInstance {
     submit_host: Option<String>,
     #[serde(default)]
     lifecycle: RawLifecycle,
+    tunnel: Option<RawTunnel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    via: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -549,6 +566,24 @@ fn resolve_instance(
         bail!("grants.ssh needs [instances.{name}.ssh] with at least known_hosts");
     }
     let lifecycle = resolve_lifecycle(&ri.lifecycle)?;
+    let tunnel = match &ri.tunnel {
+        None => None,
+        Some(t) => {
+            let via = t
+                .via
+                .clone()
+                .or_else(|| ri.submit_host.clone())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("tunnel.via: name the gateway host (or set submit_host)")
+                })?;
+            crate::capability::ssh::check_host(&via)
+                .map_err(|m| anyhow::anyhow!("tunnel.via: {m}"))?;
+            if ssh.is_none() {
+                bail!("[instances.{name}.tunnel] needs [instances.{name}.ssh] with at least known_hosts");
+            }
+            Some(TunnelConfig { via })
+        }
+    };
     let config = serde_json::to_value(&ri.config).context("config: cannot be expressed as JSON")?;
     Ok(InstanceConfig {
         name: name.to_string(),
@@ -567,6 +602,7 @@ fn resolve_instance(
         ssh,
         submit_host: ri.submit_host,
         lifecycle,
+        tunnel,
     })
 }
 

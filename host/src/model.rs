@@ -351,9 +351,14 @@ pub struct Spawn {
     pub exec_host: Option<String>,
     /// When the scheduler expects the job to start (Unix seconds).
     pub expected_start: Option<u64>,
-    /// Where the single-user server listens (after the callback).
+    /// Where the hub reaches the single-user server (after the callback):
+    /// the server itself, or the local end of its tunnel.
     pub host: Option<String>,
     pub port: Option<u16>,
+    /// For a tunneled server: where it really listens (`node:port`), the
+    /// far end of the tunnel from 127.0.0.1:`port`.
+    #[serde(default)]
+    pub tunnel_target: Option<String>,
     pub exit_code: Option<i32>,
     /// Consecutive polls the scheduler answered `unknown` for this job.
     pub unknown_polls: u32,

@@ -228,20 +228,33 @@ fn pyenv() -> Result<PathBuf> {
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
         return Ok(venv);
     }
-    eprintln!("xtask: creating the Python venv {} (JupyterHub 6.1, JupyterLab, configurable-http-proxy)", venv.display());
-    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    eprintln!(
+        "xtask: creating the Python venv {} (JupyterHub 6.1, JupyterLab, configurable-http-proxy)",
+        venv.display()
+    );
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
     let mut c = Command::new(python);
     c.args(["-m", "venv"]).arg(&venv);
-    run(c).context("creating the venv needs Python's venv module (Debian: apt-get install python3-venv)")?;
+    run(c).context(
+        "creating the venv needs Python's venv module (Debian: apt-get install python3-venv)",
+    )?;
     let pip = venv.join("bin/pip");
     let mut c = Command::new(&pip);
-    c.args(["install", "-q", "--disable-pip-version-check"]).args(want.split(' ').filter(|w| *w != "v3"));
+    c.args(["install", "-q", "--disable-pip-version-check"])
+        .args(want.split(' ').filter(|w| *w != "v3"));
     run(c)?;
     let mut c = Command::new(&pip);
-    c.args(["install", "-q", "--disable-pip-version-check", "-e"]).arg(root().join("jupyterhub-spawner"));
+    c.args(["install", "-q", "--disable-pip-version-check", "-e"])
+        .arg(root().join("jupyterhub-spawner"));
     run(c)?;
     let mut c = Command::new("npm");
-    c.args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"]).arg(venv.join("chp")).arg("configurable-http-proxy@5");
+    c.args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+        .arg(venv.join("chp"))
+        .arg("configurable-http-proxy@5");
     run(c).context("configurable-http-proxy comes from npm")?;
     std::fs::write(&stamp, want)?;
     Ok(venv)

@@ -174,12 +174,12 @@ pub async fn ready(
             ),
         )
     })?;
-    Ok(Json(state.service.callback(
-        &id,
-        token.as_deref(),
-        &body,
-        peer,
-    )?))
+    Ok(Json(
+        state
+            .service
+            .callback(&id, token.as_deref(), &body, peer)
+            .await?,
+    ))
 }
 
 /// `GET /v1/metrics`.

@@ -122,6 +122,8 @@ pub struct Service {
     pub(crate) events: broadcast::Sender<SpawnEvent>,
     public_url: String,
     pollers: BTreeMap<String, Arc<poller::PollerState>>,
+    /// SSH tunnels of ready servers on non-routable nodes.
+    tunnels: crate::tunnel::Tunnels,
 }
 
 /// Cancels of a job that failed by timeout are retried this often.
@@ -151,6 +153,7 @@ impl Service {
             events,
             public_url: public_url.trim_end_matches('/').to_string(),
             pollers,
+            tunnels: crate::tunnel::Tunnels::new(),
         };
         svc.recover()?;
         Ok(Arc::new(svc))
@@ -163,6 +166,80 @@ impl Service {
             .keys()
             .map(|name| tokio::spawn(poller::run(Arc::downgrade(self), name.clone())))
             .collect()
+    }
+
+    /// Keeps the tunnels in line with the spawns: every ready spawn of a
+    /// tunneled instance has its tunnel (re-created on the same local port
+    /// after a host restart), and no other spawn has one.
+    pub fn start_tunnel_keeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(svc) = weak.upgrade() else { return };
+                svc.reconcile_tunnels().await;
+                drop(svc);
+                tokio::time::sleep(crate::tunnel::WATCH_EVERY * 2).await;
+            }
+        })
+    }
+
+    async fn reconcile_tunnels(&self) {
+        let wanted: Vec<(Spawn, crate::tunnel::TunnelSpec)> = self
+            .list(None)
+            .into_iter()
+            .filter(|s| s.state == SpawnState::Ready)
+            .filter_map(|s| {
+                let spec = self.tunnel_spec(&s)?;
+                Some((s, spec))
+            })
+            .collect();
+        let open: Vec<String> = self
+            .tunnels
+            .list()
+            .await
+            .into_iter()
+            .map(|t| t.key)
+            .collect();
+        for key in &open {
+            if !wanted.iter().any(|(s, _)| &s.id == key) {
+                self.tunnels.close(key).await;
+                tracing::info!(spawn = %key, "tunnel closed");
+            }
+        }
+        for (s, spec) in wanted {
+            if open.contains(&s.id) {
+                continue;
+            }
+            let Some(ssh) = self
+                .registry
+                .config
+                .instances
+                .get(&s.instance)
+                .and_then(|i| i.ssh.clone())
+            else {
+                continue;
+            };
+            match self.tunnels.open(&ssh, spec, s.port).await {
+                Ok(local) => tracing::info!(spawn = %s.id, "tunnel re-created at {local}"),
+                Err(e) => tracing::warn!(spawn = %s.id, "cannot re-create the tunnel: {e:#}"),
+            }
+        }
+    }
+
+    /// The tunnel a ready spawn needs, if its instance tunnels.
+    fn tunnel_spec(&self, s: &Spawn) -> Option<crate::tunnel::TunnelSpec> {
+        let ic = self.registry.config.instances.get(&s.instance)?;
+        let t = ic.tunnel.as_ref()?;
+        let (host, port) = s.tunnel_target.as_deref()?.rsplit_once(':')?;
+        let user =
+            crate::capability::ssh::remote_user(ic.ssh.as_ref()?, Some(&s.user.name)).ok()?;
+        Some(crate::tunnel::TunnelSpec {
+            key: s.id.clone(),
+            via: t.via.clone(),
+            user,
+            target_host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
+            target_port: port.parse().ok()?,
+        })
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -373,6 +450,7 @@ impl Service {
                 expected_start: None,
                 host: None,
                 port: None,
+                tunnel_target: None,
                 exit_code: None,
                 unknown_polls: 0,
                 flagged: None,
@@ -612,7 +690,7 @@ impl Service {
 
     /// The job reports where its server listens. `token` is the bearer
     /// token it presented; `peer` the address the request came from.
-    pub fn callback(
+    pub async fn callback(
         &self,
         id: &str,
         presented: Option<&str>,
@@ -705,6 +783,36 @@ impl Service {
             },
         };
         let port = body.port as u16;
+        // A non-routable node: the hub reaches the server through a tunnel,
+        // opened before the spawn is reported ready.
+        let (host, port, tunnel_target) = match self.registry.config.instances.get(&spawn.instance)
+        {
+            Some(ic) if ic.tunnel.is_some() => {
+                let mut probe = spawn.clone();
+                probe.tunnel_target = Some(format!("{host}:{port}"));
+                let spec = self.tunnel_spec(&probe).ok_or_else(|| {
+                    refuse(
+                        500,
+                        "tunnel_failed",
+                        "the instance's tunnel settings are incomplete".into(),
+                    )
+                })?;
+                let ssh = ic.ssh.clone().expect("checked with the config");
+                let local = self.tunnels.open(&ssh, spec, None).await.map_err(|e| {
+                    refuse(
+                        502,
+                        "tunnel_failed",
+                        format!("cannot open the tunnel to {host}:{port}: {e:#}"),
+                    )
+                })?;
+                (
+                    "127.0.0.1".to_string(),
+                    local.port(),
+                    Some(format!("{host}:{port}")),
+                )
+            }
+            _ => (host, port, None),
+        };
         let mut accepted = false;
         let out = self.update(id, |e| {
             // Checked again under the lock: once only.
@@ -720,6 +828,7 @@ impl Service {
             e.spawn.state = SpawnState::Ready;
             e.spawn.host = Some(host.clone());
             e.spawn.port = Some(port);
+            e.spawn.tunnel_target = tunnel_target.clone();
             e.spawn.reason = None;
             Some(format!("server ready at {host}:{port}"))
         })?;

@@ -1,0 +1,184 @@
+//! A server on a "non-routable node" (bound to loopback only) reached by the
+//! hub through an SSH tunnel the host opens when the server reports ready,
+//! re-opens when its ssh dies, re-creates after a host restart (same local
+//! port), and closes on stop. Needs the test sshd (WASMSPAWNER_TEST_SSH).
+
+mod common;
+mod service_common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use service_common::{local_config, server_script, start_body, start_host_with, Host};
+
+fn sshd() -> Option<PathBuf> {
+    match std::env::var_os("WASMSPAWNER_TEST_SSH") {
+        Some(d) => Some(PathBuf::from(d)),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI must run the tunnel tests: set WASMSPAWNER_TEST_SSH")
+        }
+        None => {
+            eprintln!(
+                "\n*** SKIPPED (no sshd): set WASMSPAWNER_TEST_SSH (tests/ssh/sshd-up.sh) ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// A host whose state lives in `state` (so a "restart" finds it again).
+async fn host_on(state: &std::path::Path, body: &str) -> Host {
+    let path = state.join("host.toml");
+    let cache =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache");
+    let mut text = format!(
+        "state_dir = \"{}\"\ncache_dir = \"{}\"\n",
+        state.join("state").display(),
+        cache.display()
+    );
+    let mut body = body.to_string();
+    body = body.replace(
+        "{plugin:local}",
+        &common::plugin_wasm("local").display().to_string(),
+    );
+    text.push_str(&body);
+    std::fs::write(&path, text).unwrap();
+    let config = wasmspawner_host::config::Config::load(&path).unwrap();
+    let host = start_host_with(common::Setup {
+        dir: tempfile::tempdir().unwrap(),
+        config,
+    })
+    .await;
+    host.service.start_tunnel_keeper();
+    host
+}
+
+async fn get(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.starts_with("HTTP/1.0 200").then_some(out)
+    };
+    tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// PIDs of ssh processes forwarding local `port`.
+fn tunnel_pids(port: u16) -> Vec<i32> {
+    let needle = format!("127.0.0.1:{port}:");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_per_ready_server_survives_its_ssh_and_a_host_restart() {
+    let Some(dir) = sshd() else { return };
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let extra = format!(
+        "[instances.local.ssh]\nuser = \"{}\"\nport = {}\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\n[instances.local.tunnel]\nvia = \"127.0.0.1\"\n",
+        read("user"),
+        read("port"),
+        dir.join("client_key").display(),
+        dir.join("known_hosts").display()
+    );
+    let body = local_config(&extra);
+    let state = tempfile::tempdir().unwrap();
+    let host = host_on(state.path(), &body).await;
+    let script = server_script(state.path());
+
+    let r = host
+        .api(
+            "POST",
+            "/v1/spawns",
+            Some(&start_body("alice", "", "t1", &["python3", &script])),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let s = host.wait_spawn(&id, 60, |s| s["state"] == "ready").await;
+    let local: u16 = s["port"].as_u64().unwrap() as u16;
+    let target = s["tunnel_target"].as_str().unwrap().to_string();
+    assert_eq!(s["host"], "127.0.0.1");
+    assert!(
+        target.starts_with("127.0.0.1:") && !target.ends_with(&format!(":{local}")),
+        "{s}"
+    );
+    let page = get(local)
+        .await
+        .expect("the server answers through the tunnel");
+    assert!(page.contains(&id), "{page}");
+
+    // The tunnel's ssh dies: it comes back on the same port.
+    for pid in tunnel_pids(local) {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let mut back = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if get(local).await.is_some_and(|p| p.contains(&id)) {
+            back = true;
+            break;
+        }
+    }
+    assert!(
+        back,
+        "the tunnel did not come back after its ssh was killed"
+    );
+
+    // The host restarts (its tunnels die with it): the spawn stays ready
+    // and its tunnel is re-created on the same local port.
+    drop(host);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(tunnel_pids(local).is_empty(), "tunnels outlived the host");
+    let host = host_on(state.path(), &body).await;
+    let mut back = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if get(local).await.is_some_and(|p| p.contains(&id)) {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "the tunnel was not re-created after the restart");
+    let s = host
+        .api("GET", &format!("/v1/spawns/{id}"), None)
+        .await
+        .json();
+    assert_eq!(s["state"], "ready");
+    assert_eq!(s["port"].as_u64(), Some(local as u64));
+
+    // Stop: the job ends and the tunnel closes.
+    host.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
+    host.wait_spawn(&id, 30, |s| s["state"] == "stopped").await;
+    let mut closed = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if tunnel_pids(local).is_empty() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the tunnel outlived the stopped spawn");
+}
