@@ -7,7 +7,11 @@
 # Stop it with tests/ssh/sshd-down.sh DIR.
 set -euo pipefail
 DIR=${1:?usage: sshd-up.sh DIR}
-PORT=${PORT:-2222}
+# The first free port from 2222 up (unless PORT is given).
+if [ -z "${PORT:-}" ]; then
+  PORT=2222
+  while (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do PORT=$((PORT + 1)); done
+fi
 TUSER=wsssh
 command -v /usr/sbin/sshd >/dev/null || { echo "sshd-up: /usr/sbin/sshd missing: apt-get install openssh-server" >&2; exit 1; }
 mkdir -p "$DIR"; chmod 700 "$DIR"
