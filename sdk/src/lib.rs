@@ -23,6 +23,7 @@
 //! wasmspawner_sdk::export_plugin!(Mine);
 //! ```
 
+pub mod batch;
 pub mod form;
 pub mod host;
 pub mod options;
