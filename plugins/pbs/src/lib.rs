@@ -2,7 +2,8 @@
 //! one `qstat -f -x` for the state of many jobs (finished ones included),
 //! `qdel`. Site config: see docs/plugins.md.
 
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Phase, Scheduler, Seen};
+use wasmspawner_sdk::batch::pbs::{exit_code, gone, phase};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Scheduler, Seen};
 use wasmspawner_sdk::parse::qstat_full;
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
@@ -14,6 +15,7 @@ pub static PBS: Scheduler = Scheduler {
     submit_fixed: &[],
     template: TEMPLATE,
     queue_field: "queue",
+    queue_enabled: true,
     memory: formats::mb,
     runtime: formats::hms,
     cancel_gone: &["Unknown Job Id", "Job has finished", "job has finished"],
@@ -49,20 +51,6 @@ pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
     b.status(host, jobs, b.status_command(args), parse)
 }
 
-/// Shared with Torque-style text output: `Unknown Job Id ID` and
-/// `ID Job has finished` on stderr name jobs that are gone.
-pub fn gone(line: &str) -> Option<String> {
-    let line = line.trim();
-    let rest = line.strip_prefix("qstat:").unwrap_or(line).trim();
-    if rest.contains("Unknown Job Id") {
-        return rest.split_whitespace().last().map(str::to_string);
-    }
-    if rest.contains("Job has finished") {
-        return rest.split_whitespace().next().map(str::to_string);
-    }
-    None
-}
-
 pub fn parse(out: &Output) -> Result<Answer, String> {
     let (gone_ids, ok) = check_exit(out, gone);
     let mut seen = Vec::new();
@@ -78,7 +66,7 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
         } else {
             reason
         };
-        let exit = exit.filter(|c| (0..256).contains(c));
+        let exit = exit_code(exit);
         seen.push(
             Seen::new(id, phase, st)
                 .host(a.get("exec_host").map(String::as_str).unwrap_or(""))
@@ -92,38 +80,6 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
     };
     answer.gone = gone_ids;
     Ok(answer)
-}
-
-/// PBS/Torque job states (qstat(1B)) and the meaning of `Exit_status`:
-/// 0..255 the script's status, 256+N killed by signal N, negative: the job
-/// could not be started.
-pub fn phase(state: &str, exit: Option<i32>) -> (Phase, String) {
-    let p = match state {
-        "Q" => Phase::Pending,
-        "H" => Phase::Held,
-        "W" => Phase::Waiting,
-        "T" | "M" => Phase::Configuring,
-        "R" | "B" => Phase::Running,
-        "S" | "U" => Phase::Suspended,
-        "E" => Phase::Exiting,
-        "F" | "C" | "X" => match exit {
-            Some(c) if c < 0 => {
-                return (Phase::Failed, format!("could not start (Exit_status {c})"))
-            }
-            Some(c) if c > 256 => {
-                let sig = c - 256;
-                let phase = if matches!(sig, 9 | 15) {
-                    Phase::Cancelled
-                } else {
-                    Phase::Failed
-                };
-                return (phase, format!("killed by signal {sig}"));
-            }
-            _ => Phase::Completed,
-        },
-        _ => Phase::Unknown,
-    };
-    (p, String::new())
 }
 
 #[cfg(test)]

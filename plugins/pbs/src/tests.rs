@@ -106,7 +106,7 @@ fn status_finished_exit_statuses() {
     );
     assert_eq!(
         one("    job_state = F\n    Exit_status = -1\n"),
-        "done: failed: could not start (Exit_status -1)"
+        "done: failed: could not start (exit status -1)"
     );
 }
 

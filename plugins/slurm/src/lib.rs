@@ -12,6 +12,7 @@ pub static SLURM: Scheduler = Scheduler {
     submit_fixed: &["--parsable"],
     template: TEMPLATE,
     queue_field: "partition",
+    queue_enabled: true,
     memory: formats::mega,
     runtime: formats::hms,
     cancel_gone: &[
