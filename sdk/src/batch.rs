@@ -33,6 +33,9 @@ pub struct Scheduler {
     /// Arguments the plugin always passes to the submit command, before the
     /// site's `submit_args` (e.g. `--parsable`).
     pub submit_fixed: &'static [&'static str],
+    /// Arguments the plugin always passes to the cancel command, before the
+    /// site's `cancel_args` (e.g. Moab's `mjobctl -c`).
+    pub cancel_fixed: &'static [&'static str],
     /// The default batch script (minijinja).
     pub template: &'static str,
     /// The form field id of the queue: `partition` (Slurm) or `queue`.
@@ -647,9 +650,12 @@ impl Batch {
 
     /// Cancels; "already finished / unknown job" answers are success.
     pub fn cancel(&self, host: &dyn Host, job: &Job) -> Result<(), PluginError> {
-        let cmd = self
-            .command(self.sched.cancel, &self.config.cancel_args)
-            .arg(job.job_id.clone());
+        let cmd = Command::new(self.sched.cancel)
+            .args(self.sched.cancel_fixed.iter().copied())
+            .args(self.config.extra_args.iter().cloned())
+            .args(self.config.cancel_args.iter().cloned())
+            .arg(job.job_id.clone())
+            .timeout_ms(self.config.timeout_ms);
         let out = host.run(&cmd)?;
         if out.success() {
             return Ok(());

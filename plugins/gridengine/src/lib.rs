@@ -15,6 +15,7 @@ pub static GRIDENGINE: Scheduler = Scheduler {
     status: "qstat",
     cancel: "qdel",
     submit_fixed: &["-terse"],
+    cancel_fixed: &[],
     template: TEMPLATE,
     queue_field: "queue",
     queue_enabled: true,

@@ -13,6 +13,7 @@ pub static PBS: Scheduler = Scheduler {
     status: "qstat",
     cancel: "qdel",
     submit_fixed: &[],
+    cancel_fixed: &[],
     template: TEMPLATE,
     queue_field: "queue",
     queue_enabled: true,

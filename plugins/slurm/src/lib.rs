@@ -10,6 +10,7 @@ pub static SLURM: Scheduler = Scheduler {
     status: "squeue",
     cancel: "scancel",
     submit_fixed: &["--parsable"],
+    cancel_fixed: &[],
     template: TEMPLATE,
     queue_field: "partition",
     queue_enabled: true,

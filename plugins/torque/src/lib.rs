@@ -12,6 +12,7 @@ pub static TORQUE: Scheduler = Scheduler {
     status: "qstat",
     cancel: "qdel",
     submit_fixed: &[],
+    cancel_fixed: &[],
     template: TEMPLATE,
     queue_field: "queue",
     queue_enabled: true,
