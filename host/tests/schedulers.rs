@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::setup;
+use common::plugin_wasm;
 
 struct Sched {
     plugin: &'static str,
@@ -177,10 +177,15 @@ fn cycle(s: &Sched) {
     } else {
         "[instances.sched.config.queue]\nchoices = [\"batch\", \"debug\"]\n".to_string()
     };
-    let setup = setup(&format!(
-        r#"
+    // A state dir shared by the runs, so the compile cache survives them.
+    let state = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-state/schedulers");
+    let cfg = tmp.path().join("host.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"state_dir = "{state}"
 [instances.sched]
-plugin = "{{plugin:{plugin}}}"
+plugin = "{wasm}"
 search_path = ["{bin}"]
 [instances.sched.config]
 host_suffix = ".cluster.example.org"
@@ -193,13 +198,16 @@ program = "{status}"
 [[instances.sched.grants.programs]]
 program = "{cancel}"
 "#,
-        plugin = s.plugin,
-        bin = bin.display(),
-        submit = s.submit,
-        status = s.status,
-        cancel = s.cancel,
-    ));
-    let cfg = setup.config.path.to_str().unwrap().to_string();
+            state = state.display(),
+            wasm = plugin_wasm(s.plugin).display(),
+            bin = bin.display(),
+            submit = s.submit,
+            status = s.status,
+            cancel = s.cancel,
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
     let with = |cmd: &str, rest: &[&str]| -> Vec<String> { plugin_args(cmd, &cfg, rest) };
     let argv = |v: &Vec<String>| -> Vec<String> { v.clone() };
 
@@ -279,7 +287,11 @@ program = "{cancel}"
     let (code, _, err) = run(&argv(&a), &[]);
     assert_eq!(code, 0, "{}: {err}", s.plugin);
     let cancel = std::fs::read_to_string(log.join("cancel.argv")).unwrap();
-    assert!(cancel.trim_end().ends_with(s.job_id), "{}: {cancel}", s.plugin);
+    assert!(
+        cancel.trim_end().ends_with(s.job_id),
+        "{}: {cancel}",
+        s.plugin
+    );
 }
 
 #[test]
