@@ -39,7 +39,9 @@ fn cluster(test: &str) -> Option<Cluster> {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("{msg} (CI=true: the real-Slurm tests must run in CI)");
         }
-        eprintln!("\n!!!!! {msg}\n");
+        // Straight to stderr, past the test harness's capture, so it shows.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "\n!!!!! {msg}\n");
         return None;
     };
     let user = std::env::var("WASMSPAWNER_SLURM_USER").unwrap_or_else(|_| "wstest".into());
