@@ -328,3 +328,35 @@ fn htcondor() {
 fn moab() {
     cycle(&SCHEDULERS[6]);
 }
+
+/// The example configs load, and every plugin accepts its site config; the
+/// only problems allowed are scheduler commands missing on this machine.
+#[test]
+fn example_configs_check() {
+    for example in ["slurm.toml", "batch-schedulers.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(example);
+        let out = Command::new(env!("CARGO_BIN_EXE_wasmspawner"))
+            .args(["check", "--json", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let reports: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "{example}: {e}: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        for r in reports.as_array().unwrap() {
+            assert!(r["name"].is_string(), "{example}: {r}");
+            for p in r["problems"].as_array().unwrap() {
+                let p = p.as_str().unwrap();
+                assert!(
+                    p.contains("is not in the instance's search_path"),
+                    "{example}: {p}"
+                );
+            }
+        }
+    }
+}
