@@ -230,19 +230,6 @@ pub fn ok<T>(r: Result<T, PluginError>) -> T {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unmatched_call_is_denied_and_recorded() {
-        let host = FakeHost::new();
-        let err = host.run(&Command::new("rm").arg("-rf")).unwrap_err();
-        assert!(matches!(err, RunError::Denied(_)));
-        assert_eq!(host.calls().len(), 1);
-    }
-}
-
 /// Jobs with these ids, for `status` tests.
 pub fn jobs(ids: &[&str]) -> Vec<crate::Job> {
     ids.iter()
@@ -283,5 +270,18 @@ pub fn int(field: &str, v: i64) -> crate::FieldValue {
     crate::FieldValue {
         field: field.into(),
         value: crate::Value::Integer(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmatched_call_is_denied_and_recorded() {
+        let host = FakeHost::new();
+        let err = host.run(&Command::new("rm").arg("-rf")).unwrap_err();
+        assert!(matches!(err, RunError::Denied(_)));
+        assert_eq!(host.calls().len(), 1);
     }
 }

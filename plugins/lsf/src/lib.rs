@@ -50,11 +50,14 @@ wasmspawner_sdk::batch_plugin!(
 
 const FORMAT: &str = "jobid stat exec_host exit_code pend_reason delimiter='|'";
 
-/// `bjobs -a -noheader -o "jobid stat exec_host exit_code pend_reason
-/// delimiter='|'" A B C`: one call; `-a` keeps recently finished jobs.
+/// `bjobs -a -u all -noheader -o "jobid stat exec_host exit_code pend_reason
+/// delimiter='|'" A B C`: one call; `-a` keeps recently finished jobs, `-u all`
+/// because status does not run as the job's owner.
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
     let args = [
         "-a".to_string(),
+        "-u".into(),
+        "all".into(),
         "-noheader".into(),
         "-o".into(),
         FORMAT.into(),

@@ -25,7 +25,17 @@ fn status_is_one_bjobs() {
     plugin().status(&host, &jobs(&["1", "2"]));
     assert_eq!(
         host.calls()[0].argv(),
-        vec!["bjobs", "-a", "-noheader", "-o", FORMAT, "1", "2"]
+        vec![
+            "bjobs",
+            "-a",
+            "-u",
+            "all",
+            "-noheader",
+            "-o",
+            FORMAT,
+            "1",
+            "2"
+        ]
     );
 }
 
