@@ -1131,3 +1131,120 @@ pub mod pbs {
         exit.filter(|c| (0..256).contains(c))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{jobs, output, text, user};
+
+    static TEST: Scheduler = Scheduler {
+        name: "test",
+        submit: "tsub",
+        status: "tstat",
+        cancel: "tdel",
+        submit_fixed: &[],
+        cancel_fixed: &[],
+        template: "{{ cmd }}\n",
+        queue_field: "queue",
+        queue_enabled: true,
+        memory: formats::mb,
+        runtime: formats::hms,
+        cancel_gone: &[],
+    };
+
+    fn batch(config: &str) -> Batch {
+        Batch::new(&TEST, serde_json::from_str(config).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn job_keys_match_spellings_of_one_job() {
+        assert_eq!(job_key("101.pbs01"), job_key("101.pbs01.example.org"));
+        assert_eq!(job_key("301"), job_key("301.0"));
+        assert_eq!(job_key("Moab.42"), job_key("42"));
+        assert_eq!(job_key("42;c2"), "42");
+        assert_ne!(job_key("101.a"), job_key("102.a"));
+        assert_eq!(job_key("123[1]"), "123[1]");
+    }
+
+    #[test]
+    fn addresses_from_suffix_or_pattern() {
+        let b = batch(r#"{"host_suffix":".ib"}"#);
+        assert_eq!(b.address("n1/0*2").as_deref(), Some("n1.ib"));
+        assert_eq!(
+            b.address("n1.example.org").as_deref(),
+            Some("n1.example.org")
+        );
+        let b = batch(r#"{"host_pattern":"{short}-ib.{host}"}"#);
+        assert_eq!(b.address("n1.x").as_deref(), Some("n1-ib.n1.x"));
+        assert_eq!(batch("{}").address("n/a"), None);
+    }
+
+    #[test]
+    fn extra_options_allowlist() {
+        let b = batch(r#"{"extra_options":{"enabled":true,"allowed_flags":["-l","--qos"]}}"#);
+        assert_eq!(
+            b.extra_options("-l walltime=1:00:00 --qos=hi").unwrap(),
+            vec!["-l", "walltime=1:00:00", "--qos=hi"]
+        );
+        for bad in [
+            "-l a b",
+            "--qos=hi extra",
+            "-x",
+            "-l 'a'",
+            "--qos=$(id)",
+            "-l a\nb;",
+        ] {
+            assert!(b.extra_options(bad).is_err(), "{bad:?}");
+        }
+        assert!(batch("{}").extra_options("--qos=hi").is_err());
+        assert!(batch("{}").extra_options("  ").unwrap().is_empty());
+    }
+
+    #[test]
+    fn check_exit_separates_gone_ids_from_errors() {
+        let gone = |l: &str| l.strip_prefix("gone ").map(str::to_string);
+        let (ids, ok) = check_exit(&output(1, "", "gone 7\n"), gone);
+        assert!(ids.contains("7") && ok.is_ok());
+        let (_, ok) = check_exit(&output(1, "", ""), gone);
+        assert!(ok.is_err());
+        let (_, ok) = check_exit(&output(0, "", "warning: x\n"), gone);
+        assert!(ok.is_err());
+    }
+
+    #[test]
+    fn unknown_answers_never_say_done() {
+        let b = batch("{}");
+        let a = Answer::partial(vec![Seen::new("1", Phase::Running, "R")], "broken");
+        let s = b.map_states(&jobs(&["1", "2"]), &a);
+        assert!(matches!(s[0], JobState::Running(_)));
+        assert!(matches!(&s[1], JobState::Unknown(w) if w == "broken"));
+    }
+
+    #[test]
+    fn context_has_every_batchspawner_name() {
+        let b = batch("{}");
+        let mut job = crate::testing::job_spec("alice", vec![text("queue", "q1")]);
+        job.user = user("alice");
+        let ctx = b.context(&job);
+        for name in [
+            "partition",
+            "queue",
+            "nprocs",
+            "memory",
+            "runtime",
+            "ngpus",
+            "account",
+            "options",
+            "prologue",
+            "epilogue",
+            "username",
+            "homedir",
+            "cmd",
+            "keepvars",
+        ] {
+            assert!(ctx.contains_key(name), "{name}");
+        }
+        assert_eq!(ctx["partition"].to_string(), "q1");
+        assert_eq!(ctx["keepvars"].to_string(), "JUPYTERHUB_API_TOKEN");
+    }
+}
