@@ -88,7 +88,9 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
             Phase::Completed => Some(0),
             _ => None,
         };
-        let reason = if matches!(phase, Phase::Failed) {
+        // FAILED says why in the reason (`NonZeroExitCode`); the other
+        // failures say it in the state word (`TIMEOUT`, `OUT_OF_MEMORY`).
+        let reason = if matches!(phase, Phase::Failed) && state != "FAILED" {
             state.to_lowercase()
         } else {
             reason.to_string()

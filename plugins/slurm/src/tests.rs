@@ -117,6 +117,10 @@ fn status_failed_and_cancelled() {
         one("7|NODE_FAIL|node01|node01|None\n"),
         "done: failed: node_fail"
     );
+    assert_eq!(
+        one("7|FAILED|node01|node01|NonZeroExitCode\n"),
+        "done: failed: NonZeroExitCode"
+    );
     assert_eq!(one("7|CANCELLED|node01|node01|None\n"), "done: cancelled");
     assert_eq!(one("7|CANCELLED by 1000|n/a||None\n"), "done: cancelled");
 }
