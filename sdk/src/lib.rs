@@ -11,7 +11,12 @@
 //! - [`Options`], typed access to the validated form values;
 //! - [`template`]: batch scripts rendered with minijinja (Jinja2 syntax, so a
 //!   site can bring its batchspawner template);
-//! - [`parse`]: helpers scheduler plugins share (job ids, host lists);
+//! - [`parse`]: helpers scheduler plugins share (job ids, host lists,
+//!   `qstat -f` blocks);
+//! - [`batch`]: everything batch-scheduler plugins share (site config, form,
+//!   template context, submit/cancel, status mapping) and
+//!   [`batch_plugin!`], so a scheduler plugin is its commands, its default
+//!   template and its status parser;
 //! - [`testing`]: a native test harness with a scripted [`testing::FakeHost`],
 //!   so plugin logic runs under plain `cargo test`, no wasm needed.
 //!
@@ -23,6 +28,7 @@
 //! wasmspawner_sdk::export_plugin!(Mine);
 //! ```
 
+pub mod batch;
 pub mod form;
 pub mod host;
 pub mod options;

@@ -136,6 +136,46 @@ pub fn first_host(field: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_string())
 }
 
+/// One job's attributes from `qstat -f` (PBS Pro, OpenPBS, Torque).
+pub type QstatJob = (String, std::collections::BTreeMap<String, String>);
+
+/// Parses `qstat -f` output: `Job Id: ID` blocks of indented `key = value`
+/// lines; a line starting with a tab continues the previous value (PBS wraps
+/// long values). Anything else before the first block is an error, so an
+/// error message on stdout is never read as "no jobs".
+pub fn qstat_full(text: &str) -> Result<Vec<QstatJob>, String> {
+    let mut jobs: Vec<QstatJob> = Vec::new();
+    let mut last_key: Option<String> = None;
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(id) = line.trim().strip_prefix("Job Id:") {
+            jobs.push((id.trim().to_string(), Default::default()));
+            last_key = None;
+            continue;
+        }
+        let Some((_, attrs)) = jobs.last_mut() else {
+            return Err(format!("unexpected line before any job: {:?}", line.trim()));
+        };
+        if line.starts_with('\t') {
+            if let Some(v) = last_key.as_ref().and_then(|k| attrs.get_mut(k)) {
+                v.push_str(line.trim());
+                continue;
+            }
+        }
+        match line.split_once(" = ") {
+            Some((k, v)) => {
+                let k = k.trim().to_string();
+                attrs.insert(k.clone(), v.trim().to_string());
+                last_key = Some(k);
+            }
+            None => return Err(format!("unexpected line {:?}", line.trim())),
+        }
+    }
+    Ok(jobs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +208,16 @@ mod tests {
         assert_eq!(job_id("\n\nMoab.17\n\n").as_deref(), Some("Moab.17"));
         assert_eq!(job_id("error: no partition\n"), None);
         assert_eq!(job_id(""), None);
+    }
+
+    #[test]
+    fn qstat_full_blocks_and_continuations() {
+        let text = "Job Id: 1.s\n    job_state = R\n    comment = a long\n\tcomment\nJob Id: 2.s\n    job_state = Q\n";
+        let jobs = qstat_full(text).unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].1["comment"], "a longcomment");
+        assert_eq!(jobs[1].1["job_state"], "Q");
+        assert!(qstat_full("pbs_iff: cannot connect\n").is_err());
     }
 
     #[test]

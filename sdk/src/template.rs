@@ -48,6 +48,7 @@ pub fn render(name: &str, source: &str, ctx: &Context) -> Result<String, PluginE
     env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
     env.set_keep_trailing_newline(true);
     env.add_filter("shquote", |s: String| shell_quote(&s));
+    env.add_filter("condor_args", |argv: Vec<String>| condor_arguments(&argv));
     env.add_template(name, source)
         .map_err(|e| PluginError::Config(format!("template {name}: {}", describe(&e))))?;
     let tmpl = env.get_template(name).expect("just added");
@@ -77,6 +78,24 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
+/// An argv in HTCondor's "new" `arguments` syntax, without the enclosing
+/// double quotes: each argument in single quotes, `'` doubled, `"` doubled.
+/// Newlines cannot be written in a submit description and are refused.
+pub fn condor_arguments<S: AsRef<str>>(argv: &[S]) -> Result<String, minijinja::Error> {
+    let mut out = Vec::new();
+    for a in argv {
+        let a = a.as_ref();
+        if a.contains(['\n', '\r']) {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                "an argument contains a newline, which HTCondor cannot pass",
+            ));
+        }
+        out.push(format!("'{}'", a.replace('\'', "''").replace('"', "\"\"")));
+    }
+    Ok(out.join(" "))
+}
+
 /// Quotes every element and joins them with spaces.
 pub fn shell_join<S: AsRef<str>>(argv: &[S]) -> String {
     argv.iter()
@@ -97,6 +116,15 @@ mod tests {
         assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
         assert_eq!(shell_quote("it's"), r#"'it'"'"'s'"#);
         assert_eq!(shell_quote("x\ny"), "'x\ny'");
+    }
+
+    #[test]
+    fn condor_arguments_quote_each_word() {
+        assert_eq!(
+            condor_arguments(&["a b", "it's", "say \"hi\""]).unwrap(),
+            r#"'a b' 'it''s' 'say ""hi""'"#
+        );
+        assert!(condor_arguments(&["x\ny"]).is_err());
     }
 
     #[test]

@@ -230,6 +230,49 @@ pub fn ok<T>(r: Result<T, PluginError>) -> T {
     }
 }
 
+/// Jobs with these ids, for `status` tests.
+pub fn jobs(ids: &[&str]) -> Vec<crate::Job> {
+    ids.iter()
+        .map(|id| crate::Job {
+            job_id: id.to_string(),
+            user: "alice".into(),
+            state: String::new(),
+        })
+        .collect()
+}
+
+/// A job state in one short line, for assertions:
+/// `pending: REASON`, `running@HOST` (`running@?` without a host),
+/// `done(CODE): REASON` (`done: REASON` without a code), `unknown: WHY`.
+pub fn brief(s: &crate::JobState) -> String {
+    use crate::JobState::*;
+    match s {
+        Pending(p) => format!("pending: {}", p.reason),
+        Running(r) => format!("running@{}", r.host.as_deref().unwrap_or("?")),
+        Done(d) => match d.exit_code {
+            Some(c) => format!("done({c}): {}", d.reason),
+            None => format!("done: {}", d.reason),
+        },
+        Unknown(why) => format!("unknown: {why}"),
+    }
+}
+
+/// A text option.
+pub fn text(field: &str, v: &str) -> crate::FieldValue {
+    crate::FieldValue {
+        field: field.into(),
+        value: crate::Value::Text(v.into()),
+    }
+}
+
+/// An integer option.
+pub fn int(field: &str, v: i64) -> crate::FieldValue {
+    crate::FieldValue {
+        field: field.into(),
+        value: crate::Value::Integer(v),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

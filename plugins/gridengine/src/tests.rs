@@ -1,0 +1,240 @@
+use super::*;
+use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, ok, text, FakeHost};
+use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
+
+fn plugin() -> GridEngine {
+    ok(load::<GridEngine>("{}"))
+}
+
+fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
+    let host = FakeHost::new();
+    host.on("qstat", &["**"]).exits(code, stdout, stderr);
+    let out = plugin().status(&host, &jobs(ids));
+    assert_eq!(host.calls().len(), 1);
+    out.iter().map(brief).collect()
+}
+
+/// `qstat -xml` with running jobs (`queue_info`) and pending ones (`job_info`).
+fn xml(running: &[(&str, &str, &str)], pending: &[(&str, &str)]) -> String {
+    let mut s = String::from("<?xml version='1.0'?>\n<job_info  xmlns:xsd=\"http://arc.liv.ac.uk/repos/darcs/sge/source/dist/util/resources/schemas/qstat/qstat.xsd\">\n  <queue_info>\n");
+    for (id, st, q) in running {
+        s.push_str(&format!("    <job_list state=\"running\">\n      <JB_job_number>{id}</JB_job_number>\n      <JAT_prio>0.50500</JAT_prio>\n      <JB_name>jupyterhub</JB_name>\n      <JB_owner>alice</JB_owner>\n      <state>{st}</state>\n      <JAT_start_time>2026-11-22T04:47:54</JAT_start_time>\n      <queue_name>{q}</queue_name>\n      <slots>1</slots>\n    </job_list>\n"));
+    }
+    s.push_str("  </queue_info>\n  <job_info>\n");
+    for (id, st) in pending {
+        s.push_str(&format!("    <job_list state=\"pending\">\n      <JB_job_number>{id}</JB_job_number>\n      <JAT_prio>0.00000</JAT_prio>\n      <JB_name>jupyterhub</JB_name>\n      <JB_owner>alice</JB_owner>\n      <state>{st}</state>\n      <JB_submission_time>2026-11-22T04:47:50</JB_submission_time>\n      <queue_name></queue_name>\n      <slots>1</slots>\n    </job_list>\n"));
+    }
+    s.push_str("  </job_info>\n</job_info>\n");
+    s
+}
+
+#[test]
+fn status_is_one_qstat_for_the_users() {
+    let host = FakeHost::new();
+    host.on("qstat", &["**"]).stdout(&xml(&[], &[]));
+    let mut js = jobs(&["1", "2", "3"]);
+    js[1].user = "bob".into();
+    plugin().status(&host, &js);
+    assert_eq!(
+        host.calls()[0].argv(),
+        vec!["qstat", "-xml", "-u", "alice,bob"]
+    );
+}
+
+#[test]
+fn status_pending_held_error() {
+    let s = states(
+        0,
+        &xml(&[], &[("1", "qw"), ("2", "hqw"), ("3", "Eqw")]),
+        "",
+        &["1", "2", "3"],
+    );
+    assert_eq!(s[0], "pending: pending");
+    assert_eq!(s[1], "pending: held");
+    assert_eq!(s[2], "pending: held: error state (see qstat -j)");
+}
+
+#[test]
+fn status_running_and_transferring() {
+    let s = states(
+        0,
+        &xml(
+            &[
+                ("1", "r", "all.q@node01.cluster.org"),
+                ("2", "t", "gpu.q@node02"),
+                ("3", "Rr", "all.q@vm"),
+            ],
+            &[],
+        ),
+        "",
+        &["1", "2", "3"],
+    );
+    assert_eq!(
+        s,
+        vec![
+            "running@node01.cluster.org",
+            "pending: configuring",
+            "running@vm"
+        ]
+    );
+}
+
+#[test]
+fn status_suspended_and_deleting() {
+    let s = states(
+        0,
+        &xml(
+            &[
+                ("1", "s", "all.q@n1"),
+                ("2", "S", "all.q@n1"),
+                ("3", "T", "all.q@n1"),
+                ("4", "dr", "all.q@n1"),
+            ],
+            &[],
+        ),
+        "",
+        &["1", "2", "3", "4"],
+    );
+    assert_eq!(
+        s[..3],
+        [
+            "pending: suspended",
+            "pending: suspended",
+            "pending: suspended"
+        ]
+    );
+    assert_eq!(s[3], "done: exiting");
+}
+
+#[test]
+fn status_absent_after_success_is_done() {
+    let s = states(0, &xml(&[("1", "r", "all.q@n1")], &[]), "", &["1", "2"]);
+    assert_eq!(s[0], "running@n1");
+    assert!(
+        s[1].starts_with("done: the job has left the queue"),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn status_qmaster_down_is_unknown() {
+    let s = states(
+        1,
+        "",
+        "error: commlib error: got select error (Connection refused)\nerror: unable to send message to qmaster using port 6444 on host \"vm\": got send error\n",
+        &["1"],
+    );
+    assert!(
+        s[0].starts_with("unknown:") && s[0].contains("commlib"),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn status_non_xml_is_unknown_never_done() {
+    let s = states(0, "job-ID  prior   name  user  state\n", "", &["1"]);
+    assert!(s[0].starts_with("unknown: `qstat`: not XML"), "{s:?}");
+    let s = states(0, "", "", &["1"]);
+    assert!(
+        s[0].starts_with("unknown:"),
+        "empty output is not an empty list: {s:?}"
+    );
+    let s = states(0, "<job_info><queue_info>", "", &["1"]);
+    assert!(s[0].starts_with("unknown:"), "{s:?}");
+    let s = states(0, "<?xml version='1.0'?><unexpected/>", "", &["1"]);
+    assert!(s[0].starts_with("unknown:"), "{s:?}");
+}
+
+#[test]
+fn status_error_output_with_rc0_is_unknown() {
+    let s = states(0, &xml(&[], &[]), "error: access denied\n", &["1"]);
+    assert!(s[0].starts_with("unknown:"), "{s:?}");
+    let host = FakeHost::new();
+    host.on("qstat", &["**"])
+        .fails(RunError::TimedOut("qstat".into()));
+    assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
+}
+
+#[test]
+fn status_unrecognised_state_is_unknown() {
+    let s = states(0, &xml(&[], &[("1", "Q?")]), "", &["1"]);
+    assert!(s[0].starts_with("unknown: the scheduler reports"), "{s:?}");
+}
+
+fn submit(
+    code: i32,
+    stdout: &str,
+    stderr: &str,
+    config: &str,
+) -> (FakeHost, Result<String, PluginError>) {
+    let host = FakeHost::new();
+    host.on("qsub", &["**"]).exits(code, stdout, stderr);
+    let job = job_spec(
+        "alice",
+        vec![
+            text("queue", "all.q"),
+            int("nprocs", 4),
+            int("memory", 2),
+            int("runtime", 30),
+        ],
+    );
+    let r = ok(load::<GridEngine>(config))
+        .submit(&host, &job)
+        .map(|s| s.job_id);
+    (host, r)
+}
+
+#[test]
+fn submit_terse_script_on_stdin() {
+    let (host, id) = submit(0, "55\n", "", r#"{"vars":{"pe":"mpi"}}"#);
+    assert_eq!(ok(id), "55");
+    let c = &host.calls()[0];
+    assert_eq!(c.argv(), vec!["qsub", "-terse"]);
+    assert!(c.command.spawn_env);
+    let s = c.stdin_str();
+    for l in [
+        "#$ -q all.q\n",
+        "#$ -pe mpi 4\n",
+        "#$ -l h_vmem=2048M\n",
+        "#$ -l h_rt=00:30:00\n",
+        "#$ -V\n",
+        "#$ -wd /home/alice\n",
+    ] {
+        assert!(s.contains(l), "{l:?} not in\n{s}");
+    }
+}
+
+#[test]
+fn submit_classic_message_and_default_pe() {
+    let (host, id) = submit(
+        0,
+        "Your job 56 (\"jupyterhub\") has been submitted\n",
+        "",
+        "{}",
+    );
+    assert_eq!(ok(id), "56");
+    assert!(host.calls()[0].stdin_str().contains("#$ -pe smp 4\n"));
+}
+
+#[test]
+fn submit_rejected() {
+    let (_, r) = submit(1, "", "Unable to run job: job rejected: your user id 0 is lower than minimum user id 1000 of cluster configuration\nExiting.\n", "{}");
+    assert!(matches!(r, Err(PluginError::Scheduler(m)) if m.contains("rejected")));
+}
+
+#[test]
+fn cancel_gone_is_fine() {
+    let host = FakeHost::new();
+    host.on("qdel", &["1"])
+        .stdout("alice has registered the job 1 for deletion\n");
+    host.on("qdel", &["2"])
+        .exits(1, "", "denied: job \"2\" does not exist\n");
+    host.on("qdel", &["3"]).exits(
+        1,
+        "",
+        "alice - you do not have the necessary privileges to delete the job \"3\"\n",
+    );
+    ok(plugin().cancel(&host, &jobs(&["1"])[0]));
+    ok(plugin().cancel(&host, &jobs(&["2"])[0]));
+    assert!(plugin().cancel(&host, &jobs(&["3"])[0]).is_err());
+}

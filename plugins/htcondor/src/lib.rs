@@ -1,0 +1,102 @@
+//! The `htcondor` plugin: `condor_submit` (submit description on stdin),
+//! one `condor_q … -af:j` for the state of many jobs, `condor_rm`. HTCondor
+//! has no queues, so the queue field is off unless a site enables it (and
+//! uses it in its own template). Site config: see docs/plugins.md.
+
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Phase, Scheduler, Seen};
+use wasmspawner_sdk::{Host, Job, JobState, Output};
+
+pub static HTCONDOR: Scheduler = Scheduler {
+    name: "htcondor",
+    submit: "condor_submit",
+    status: "condor_q",
+    cancel: "condor_rm",
+    submit_fixed: &[],
+    cancel_fixed: &[],
+    template: TEMPLATE,
+    queue_field: "queue",
+    queue_enabled: false,
+    memory: formats::bare,
+    runtime: formats::seconds,
+    cancel_gone: &[
+        "Couldn't find/remove all jobs",
+        "not found",
+        "already marked for removal",
+    ],
+};
+
+// The server command runs through /usr/bin/env so a bare program name is
+// found on the job's PATH; `condor_args` writes HTCondor's quoting.
+const TEMPLATE: &str = r#"universe = vanilla
+executable = /usr/bin/env
+arguments = "{{ cmd_argv | condor_args }}"
+getenv = True
+batch_name = {{ job_name }}
+{% if homedir %}initialdir = {{ homedir }}
+{% endif %}output = {{ homedir or "/tmp" }}/jupyterhub_condorspawner.$(ClusterId).log
+error = {{ homedir or "/tmp" }}/jupyterhub_condorspawner.$(ClusterId).log
+should_transfer_files = IF_NEEDED
+{% if nprocs %}request_cpus = {{ nprocs }}
+{% endif %}{% if memory %}request_memory = {{ memory }}
+{% endif %}{% if ngpus %}request_gpus = {{ ngpus }}
+{% endif %}{% if runtime %}periodic_remove = (JobStatus == 2) && (time() - EnteredCurrentStatus > {{ runtime }})
+{% endif %}{% if account %}accounting_group = {{ account }}
+{% endif %}queue 1
+"#;
+
+wasmspawner_sdk::batch_plugin!(
+    HtCondor,
+    HTCONDOR,
+    "Runs the single-user server as an HTCondor job.",
+    status
+);
+
+/// `condor_q -allusers A B C -af:j JobStatus RemoteHost ExitCode HoldReason`:
+/// one call; a job id is a cluster (`301`) or `cluster.proc`.
+pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
+    let args = std::iter::once("-allusers".to_string())
+        .chain(jobs.iter().map(|j| j.job_id.clone()))
+        .chain(["-af:j", "JobStatus", "RemoteHost", "ExitCode", "HoldReason"].map(String::from));
+    b.status(host, jobs, b.status_command(args), parse)
+}
+
+pub fn parse(out: &Output) -> Result<Answer, String> {
+    let (_, ok) = check_exit(out, |_| None);
+    ok.clone()?;
+    let mut seen = Vec::new();
+    for line in out.stdout_str().lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.splitn(5, ' ').collect();
+        let [id, status, remote, exit, hold] = f[..] else {
+            return Err(format!("unexpected line {line:?}"));
+        };
+        if !id.contains('.') || !id.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return Err(format!("unexpected line {line:?}"));
+        }
+        let exit: Option<i32> = exit.parse().ok();
+        // JobStatus codes (HTCondor manual, "Job ClassAd Attributes").
+        let phase = match status {
+            "1" => Phase::Pending,
+            "2" => Phase::Running,
+            "3" => Phase::Cancelled,
+            "4" => Phase::Completed,
+            "5" => Phase::Held,
+            "6" => Phase::Exiting,
+            "7" => Phase::Suspended,
+            _ => Phase::Unknown,
+        };
+        seen.push(
+            Seen::new(id, phase, status)
+                .host(remote)
+                .reason(hold)
+                .exit_code(exit),
+        );
+    }
+    Ok(Answer::complete(seen))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+use super::*;
+use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, ok, FakeHost};
+use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
+
+fn plugin() -> HtCondor {
+    ok(load::<HtCondor>("{}"))
+}
+
+fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
+    let host = FakeHost::new();
+    host.on("condor_q", &["**"]).exits(code, stdout, stderr);
+    let out = plugin().status(&host, &jobs(ids));
+    assert_eq!(host.calls().len(), 1);
+    out.iter().map(brief).collect()
+}
+
+fn one(line: &str) -> String {
+    states(0, &format!("{line}\n"), "", &["301"]).remove(0)
+}
+
+#[test]
+fn status_is_one_condor_q() {
+    let host = FakeHost::new();
+    host.on("condor_q", &["**"]).stdout("");
+    plugin().status(&host, &jobs(&["301", "302"]));
+    assert_eq!(
+        host.calls()[0].argv(),
+        vec![
+            "condor_q",
+            "-allusers",
+            "301",
+            "302",
+            "-af:j",
+            "JobStatus",
+            "RemoteHost",
+            "ExitCode",
+            "HoldReason"
+        ]
+    );
+}
+
+#[test]
+fn status_idle_and_held() {
+    assert_eq!(
+        one("301.0 1 undefined undefined undefined"),
+        "pending: pending"
+    );
+    assert_eq!(
+        one("301.0 5 undefined undefined via condor_hold (by user alice)"),
+        "pending: held: via condor_hold (by user alice)"
+    );
+}
+
+#[test]
+fn status_running_slot_host() {
+    assert_eq!(
+        one("301.0 2 slot1@node01.example.org undefined undefined"),
+        "running@node01.example.org"
+    );
+    assert_eq!(
+        one("301.0 2 slot1_3@gpu7 undefined undefined"),
+        "running@gpu7"
+    );
+}
+
+#[test]
+fn status_suspended_transferring() {
+    assert_eq!(
+        one("301.0 7 slot1@n1 undefined undefined"),
+        "pending: suspended"
+    );
+    assert_eq!(one("301.0 6 slot1@n1 undefined undefined"), "done: exiting");
+}
+
+#[test]
+fn status_completed_and_removed() {
+    assert_eq!(one("301.0 4 undefined 0 undefined"), "done(0): completed");
+    assert_eq!(
+        one("301.0 4 undefined 1 undefined"),
+        "done(1): failed: exit code 1"
+    );
+    assert_eq!(
+        one("301.0 3 undefined undefined undefined"),
+        "done: cancelled"
+    );
+}
+
+#[test]
+fn status_absent_after_success_is_done() {
+    let s = states(
+        0,
+        "302.0 2 slot1@n1 undefined undefined\n",
+        "",
+        &["301", "302"],
+    );
+    assert!(
+        s[0].starts_with("done: the job has left the queue"),
+        "{s:?}"
+    );
+    assert_eq!(s[1], "running@n1");
+}
+
+#[test]
+fn status_schedd_unreachable_is_unknown() {
+    let s = states(
+        1,
+        "",
+        "-- Failed to fetch ads from: <192.168.1.5:9618?addrs=192.168.1.5-9618> : submit.example.org\nCEDAR:6001:Failed to connect to <192.168.1.5:9618>\n",
+        &["301"],
+    );
+    assert!(
+        s[0].starts_with("unknown:") && s[0].contains("Failed to fetch ads"),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn status_error_with_rc0_is_unknown() {
+    let s = states(
+        0,
+        "",
+        "Error: Collector has no record of schedd/submitter\n",
+        &["301"],
+    );
+    assert!(s[0].starts_with("unknown:"), "{s:?}");
+}
+
+#[test]
+fn status_malformed_is_unknown() {
+    let s = states(
+        0,
+        "-- Schedd: submit.example.org : <1.2.3.4:9618?...\n",
+        "",
+        &["301"],
+    );
+    assert!(
+        s[0].starts_with("unknown: `condor_q`: unexpected line"),
+        "{s:?}"
+    );
+    assert!(
+        one("301.0 9 undefined undefined undefined").starts_with("unknown: the scheduler reports")
+    );
+    let host = FakeHost::new();
+    host.on("condor_q", &["**"])
+        .fails(RunError::NotFound("condor_q".into()));
+    assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
+}
+
+fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {
+    let host = FakeHost::new();
+    host.on("condor_submit", &["**"])
+        .exits(code, stdout, stderr);
+    let mut job = job_spec(
+        "alice",
+        vec![int("nprocs", 2), int("memory", 4), int("runtime", 60)],
+    );
+    job.cmd = vec!["jupyterhub-singleuser".into(), "--Spawner.x='a b'".into()];
+    let r = plugin().submit(&host, &job).map(|s| s.job_id);
+    (host, r)
+}
+
+#[test]
+fn submit_description_on_stdin() {
+    let (host, id) = submit(
+        0,
+        "Submitting job(s).\n1 job(s) submitted to cluster 301.\n",
+        "",
+    );
+    assert_eq!(ok(id), "301");
+    let c = &host.calls()[0];
+    assert_eq!(c.argv(), vec!["condor_submit"]);
+    assert!(c.command.spawn_env);
+    let s = c.stdin_str();
+    for l in [
+        "arguments = \"'jupyterhub-singleuser' '--Spawner.x=''a b'''\"\n",
+        "getenv = True\n",
+        "request_cpus = 2\n",
+        "request_memory = 4096\n",
+        "> 3600)\n",
+        "initialdir = /home/alice\n",
+        "queue 1\n",
+    ] {
+        assert!(s.contains(l), "{l:?} not in\n{s}");
+    }
+}
+
+#[test]
+fn submit_with_warnings() {
+    let (_, id) = submit(0, "WARNING: the line 'foo' was unused\nSubmitting job(s).\n1 job(s) submitted to cluster 302.\n", "");
+    assert_eq!(ok(id), "302");
+}
+
+#[test]
+fn submit_rejected() {
+    let (_, r) = submit(1, "Submitting job(s)\n", "ERROR: Failed to connect to local queue manager\nAUTHENTICATE:1003:Failed to authenticate with any method\n");
+    assert!(matches!(r, Err(PluginError::Scheduler(m)) if m.contains("queue manager")));
+}
+
+#[test]
+fn cancel_finished_is_fine() {
+    let host = FakeHost::new();
+    host.on("condor_rm", &["1"])
+        .stdout("All jobs in cluster 1 have been marked for removal\n");
+    host.on("condor_rm", &["2"])
+        .exits(1, "", "Couldn't find/remove all jobs in cluster 2\n");
+    host.on("condor_rm", &["3"])
+        .exits(1, "", "ERROR: Can't find address of local schedd\n");
+    ok(plugin().cancel(&host, &jobs(&["1"])[0]));
+    ok(plugin().cancel(&host, &jobs(&["2"])[0]));
+    assert!(plugin().cancel(&host, &jobs(&["3"])[0]).is_err());
+}

@@ -1,0 +1,202 @@
+use super::*;
+use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, ok, text, FakeHost};
+use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
+
+fn plugin() -> Lsf {
+    ok(load::<Lsf>("{}"))
+}
+
+fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
+    let host = FakeHost::new();
+    host.on("bjobs", &["**"]).exits(code, stdout, stderr);
+    let out = plugin().status(&host, &jobs(ids));
+    assert_eq!(host.calls().len(), 1);
+    out.iter().map(brief).collect()
+}
+
+fn one(line: &str) -> String {
+    states(0, &format!("{line}\n"), "", &["4711"]).remove(0)
+}
+
+#[test]
+fn status_is_one_bjobs() {
+    let host = FakeHost::new();
+    host.on("bjobs", &["**"]).stdout("");
+    plugin().status(&host, &jobs(&["1", "2"]));
+    assert_eq!(
+        host.calls()[0].argv(),
+        vec![
+            "bjobs",
+            "-a",
+            "-u",
+            "all",
+            "-noheader",
+            "-o",
+            FORMAT,
+            "1",
+            "2"
+        ]
+    );
+}
+
+#[test]
+fn status_pending_held_waiting_provisioning() {
+    assert_eq!(
+        one(
+            "4711|PEND|-|-|Job's requirements for reserving resource (mem) not satisfied: 2 hosts;"
+        ),
+        "pending: pending: Job's requirements for reserving resource (mem) not satisfied: 2 hosts"
+    );
+    assert_eq!(
+        one("4711|PSUSP|-|-|The job was suspended by user;"),
+        "pending: held: The job was suspended by user"
+    );
+    assert_eq!(one("4711|WAIT|-|-|-"), "pending: waiting");
+    assert_eq!(one("4711|PROV|hostA|-|-"), "pending: configuring");
+}
+
+#[test]
+fn status_running_host_forms() {
+    assert_eq!(
+        one("4711|RUN|hostA.example.org|-|-"),
+        "running@hostA.example.org"
+    );
+    assert_eq!(one("4711|RUN|4*hostB:2*hostC|-|-"), "running@hostB");
+    assert_eq!(one("4711|RUN|hostD:hostD:hostE|-|-"), "running@hostD");
+}
+
+#[test]
+fn status_suspended_and_zombie() {
+    assert_eq!(one("4711|USUSP|hostA|-|-"), "pending: suspended");
+    assert_eq!(one("4711|SSUSP|hostA|-|-"), "pending: suspended");
+    assert_eq!(one("4711|ZOMBI|hostA|-|-"), "done: exiting");
+}
+
+#[test]
+fn status_done_and_exit() {
+    assert_eq!(one("4711|DONE|hostA|-|-"), "done(0): completed");
+    assert_eq!(one("4711|EXIT|hostA|2|-"), "done(2): failed: exit code 2");
+    assert_eq!(one("4711|EXIT|-|-|-"), "done: failed");
+}
+
+#[test]
+fn status_unkwn_is_unknown() {
+    assert!(
+        one("4711|UNKWN|hostA|-|-").starts_with("unknown: the scheduler reports state \"UNKWN\"")
+    );
+}
+
+#[test]
+fn status_not_found_is_gone_others_read() {
+    let s = states(
+        255,
+        "4711|RUN|hostA|-|-\n",
+        "Job <4712> is not found\n",
+        &["4711", "4712"],
+    );
+    assert_eq!(s[0], "running@hostA");
+    assert!(
+        s[1].starts_with("done: the scheduler no longer knows"),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn status_absent_after_success_is_done() {
+    let s = states(0, "4711|RUN|hostA|-|-\n", "", &["4711", "4713"]);
+    assert!(s[1].starts_with("done: the job has left"), "{s:?}");
+}
+
+#[test]
+fn status_lsf_down_is_unknown() {
+    let s = states(
+        255,
+        "",
+        "LSF is down. Please wait ...\nbatch system daemon not responding ... still trying\n",
+        &["4711"],
+    );
+    assert!(
+        s[0].starts_with("unknown:") && s[0].contains("LSF is down"),
+        "{s:?}"
+    );
+    let host = FakeHost::new();
+    host.on("bjobs", &["**"])
+        .fails(RunError::TimedOut("bjobs after 30 s".into()));
+    assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
+}
+
+#[test]
+fn status_malformed_is_unknown() {
+    let s = states(0, "JOBID   USER    STAT  QUEUE\n", "", &["4711"]);
+    assert!(
+        s[0].starts_with("unknown: `bjobs`: unexpected line"),
+        "{s:?}"
+    );
+}
+
+fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {
+    let host = FakeHost::new();
+    host.on("bsub", &["**"]).exits(code, stdout, stderr);
+    let job = job_spec(
+        "alice",
+        vec![
+            text("queue", "normal"),
+            int("nprocs", 2),
+            int("memory", 3),
+            int("runtime", 75),
+        ],
+    );
+    let r = plugin().submit(&host, &job).map(|s| s.job_id);
+    (host, r)
+}
+
+#[test]
+fn submit_script_on_stdin() {
+    let (host, id) = submit(0, "Job <4711> is submitted to queue <normal>.\n", "");
+    assert_eq!(ok(id), "4711");
+    let c = &host.calls()[0];
+    assert_eq!(c.argv(), vec!["bsub"]);
+    assert!(c.command.spawn_env);
+    let s = c.stdin_str();
+    for l in [
+        "#BSUB -q normal\n",
+        "#BSUB -n 2\n",
+        "#BSUB -M 3072MB\n",
+        "#BSUB -W 1:15\n",
+        "#BSUB -cwd /home/alice\n",
+    ] {
+        assert!(s.contains(l), "{l:?} not in\n{s}");
+    }
+}
+
+#[test]
+fn submit_with_default_queue_notice() {
+    let (_, id) = submit(
+        0,
+        "Job <4712> is submitted to default queue <normal>.\n",
+        "",
+    );
+    assert_eq!(ok(id), "4712");
+    let (_, id) = submit(0, "Warning: job being submitted without an AFS token.\nJob <4713> is submitted to queue <short>.\n", "");
+    assert_eq!(ok(id), "4713");
+}
+
+#[test]
+fn submit_rejected() {
+    let (_, r) = submit(255, "", "normal: No such queue. Job not submitted.\n");
+    assert!(matches!(r, Err(PluginError::Scheduler(m)) if m.contains("No such queue")));
+}
+
+#[test]
+fn cancel_finished_is_fine() {
+    let host = FakeHost::new();
+    host.on("bkill", &["1"])
+        .stdout("Job <1> is being terminated\n");
+    host.on("bkill", &["2"])
+        .exits(255, "", "Job <2>: Job has already finished\n");
+    host.on("bkill", &["3"])
+        .exits(255, "", "Job <3>: User permission denied\n");
+    ok(plugin().cancel(&host, &jobs(&["1"])[0]));
+    ok(plugin().cancel(&host, &jobs(&["2"])[0]));
+    assert!(plugin().cancel(&host, &jobs(&["3"])[0]).is_err());
+}

@@ -1,0 +1,195 @@
+use super::*;
+use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, ok, text, FakeHost};
+use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
+
+fn plugin() -> Moab {
+    ok(load::<Moab>("{}"))
+}
+
+fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
+    let host = FakeHost::new();
+    host.on("mdiag", &["**"]).exits(code, stdout, stderr);
+    let out = plugin().status(&host, &jobs(ids));
+    assert_eq!(host.calls().len(), 1);
+    out.iter().map(brief).collect()
+}
+
+fn xml(jobs: &[&str]) -> String {
+    let mut s = String::from("<Data>");
+    for j in jobs {
+        s.push_str(&format!(
+            "<job AWDuration=\"0\" Account=\"proj\" Class=\"batch\" EEDuration=\"0\" GJID=\"x\" Group=\"alice\" {j} PAL=\"torque\" ReqAWDuration=\"28800\" User=\"alice\"></job>"
+        ));
+    }
+    s.push_str("</Data>\n");
+    s
+}
+
+fn one(attrs: &str) -> String {
+    states(
+        0,
+        &xml(&[&format!("JobID=\"1234\" {attrs}")]),
+        "",
+        &["1234"],
+    )
+    .remove(0)
+}
+
+#[test]
+fn status_is_one_mdiag() {
+    let host = FakeHost::new();
+    host.on("mdiag", &["**"]).stdout("<Data></Data>");
+    plugin().status(&host, &jobs(&["1", "2"]));
+    assert_eq!(host.calls()[0].argv(), vec!["mdiag", "-j", "--xml"]);
+}
+
+#[test]
+fn status_idle_held_blocked_starting() {
+    assert_eq!(one("State=\"Idle\" EState=\"Idle\""), "pending: pending");
+    assert_eq!(one("State=\"UserHold\""), "pending: held");
+    assert_eq!(
+        one("State=\"Deferred\" BlockReason=\"job violates policy\""),
+        "pending: held: job violates policy"
+    );
+    assert_eq!(one("State=\"Blocked\""), "pending: waiting");
+    assert_eq!(
+        one("State=\"Starting\" AllocNodeList=\"n01\""),
+        "pending: configuring"
+    );
+}
+
+#[test]
+fn status_running_node_lists() {
+    assert_eq!(
+        one("State=\"Running\" AllocNodeList=\"n01:2,n02:2\""),
+        "running@n01"
+    );
+    assert_eq!(
+        one("State=\"Running\" AllocNodeList=\"n05.cluster.org\""),
+        "running@n05.cluster.org"
+    );
+}
+
+#[test]
+fn status_suspended_completed_removed_vacated() {
+    assert_eq!(one("State=\"Suspended\""), "pending: suspended");
+    assert_eq!(
+        one("State=\"Completed\" CompletionCode=\"0\""),
+        "done(0): completed"
+    );
+    assert_eq!(
+        one("State=\"Completed\" CompletionCode=\"2\""),
+        "done(2): failed: exit code 2"
+    );
+    assert_eq!(one("State=\"Removed\""), "done: cancelled");
+    assert_eq!(one("State=\"Vacated\""), "done: failed");
+}
+
+#[test]
+fn status_moab_prefixed_ids_match() {
+    let s = states(
+        0,
+        &xml(&["JobID=\"1234\" State=\"Running\" AllocNodeList=\"n1\""]),
+        "",
+        &["Moab.1234", "Moab.99"],
+    );
+    assert_eq!(s[0], "running@n1");
+    assert!(s[1].starts_with("done: the job has left"), "{s:?}");
+}
+
+#[test]
+fn status_server_down_is_unknown() {
+    let s = states(
+        1,
+        "",
+        "ERROR:    cannot connect to Moab server 'moab01' (port 42559)\n",
+        &["1234"],
+    );
+    assert!(
+        s[0].starts_with("unknown:") && s[0].contains("cannot connect"),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn status_non_xml_is_unknown() {
+    let s = states(0, "job 1234 not found\n", "", &["1234"]);
+    assert!(s[0].starts_with("unknown: `mdiag`: not XML"), "{s:?}");
+    let s = states(0, "<Data><job JobID=\"1\"", "", &["1234"]);
+    assert!(s[0].starts_with("unknown:"), "{s:?}");
+    assert!(one("State=\"Frobbed\"").starts_with("unknown: the scheduler reports"));
+    let host = FakeHost::new();
+    host.on("mdiag", &["**"])
+        .fails(RunError::TimedOut("mdiag".into()));
+    assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
+}
+
+fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {
+    let host = FakeHost::new();
+    host.on("msub", &["**"]).exits(code, stdout, stderr);
+    let job = job_spec(
+        "alice",
+        vec![
+            text("queue", "batch"),
+            int("nprocs", 4),
+            int("memory", 8),
+            int("runtime", 120),
+        ],
+    );
+    let r = plugin().submit(&host, &job).map(|s| s.job_id);
+    (host, r)
+}
+
+#[test]
+fn submit_blank_lines_then_id() {
+    let (host, id) = submit(0, "\n\n1234\n\n", "");
+    assert_eq!(ok(id), "1234");
+    let c = &host.calls()[0];
+    assert_eq!(c.argv(), vec!["msub"]);
+    assert!(c.command.spawn_env);
+    let s = c.stdin_str();
+    for l in [
+        "#MSUB -q batch\n",
+        "#MSUB -l nodes=1:ppn=4\n",
+        "#MSUB -l mem=8192mb\n",
+        "#MSUB -l walltime=02:00:00\n",
+        "#MSUB -V\n",
+    ] {
+        assert!(s.contains(l), "{l:?} not in\n{s}");
+    }
+}
+
+#[test]
+fn submit_moab_prefixed_id() {
+    let (_, id) = submit(0, "\nMoab.1235\n", "");
+    assert_eq!(ok(id), "Moab.1235");
+}
+
+#[test]
+fn submit_rejected() {
+    let (_, r) = submit(
+        1,
+        "",
+        "ERROR:    cannot submit job - invalid class specified\n",
+    );
+    assert!(matches!(r, Err(PluginError::Scheduler(m)) if m.contains("invalid class")));
+    let (_, r) = submit(0, "\n\n", "");
+    assert!(matches!(r, Err(PluginError::Scheduler(m)) if m.contains("no job id")));
+}
+
+#[test]
+fn cancel_is_mjobctl_c() {
+    let host = FakeHost::new();
+    host.on("mjobctl", &["-c", "1"])
+        .stdout("job '1' cancelled\n");
+    host.on("mjobctl", &["-c", "2"])
+        .exits(1, "", "ERROR:    invalid job specified (2)\n");
+    host.on("mjobctl", &["-c", "3"]).exits(
+        1,
+        "",
+        "ERROR:    user alice is not authorized to cancel job 3\n",
+    );
+    ok(plugin().cancel(&host, &jobs(&["1"])[0]));
+    ok(plugin().cancel(&host, &jobs(&["2"])[0]));
+    assert!(plugin().cancel(&host, &jobs(&["3"])[0]).is_err());
+}

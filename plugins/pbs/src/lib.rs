@@ -1,0 +1,87 @@
+//! The `pbs` plugin (PBS Professional, OpenPBS): `qsub` (script on stdin),
+//! one `qstat -f -x` for the state of many jobs (finished ones included),
+//! `qdel`. Site config: see docs/plugins.md.
+
+use wasmspawner_sdk::batch::pbs::{exit_code, gone, phase};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Scheduler, Seen};
+use wasmspawner_sdk::parse::qstat_full;
+use wasmspawner_sdk::{Host, Job, JobState, Output};
+
+pub static PBS: Scheduler = Scheduler {
+    name: "pbs",
+    submit: "qsub",
+    status: "qstat",
+    cancel: "qdel",
+    submit_fixed: &[],
+    cancel_fixed: &[],
+    template: TEMPLATE,
+    queue_field: "queue",
+    queue_enabled: true,
+    memory: formats::mb,
+    runtime: formats::hms,
+    cancel_gone: &["Unknown Job Id", "Job has finished", "job has finished"],
+};
+
+const TEMPLATE: &str = r#"#!/bin/bash
+#PBS -N {{ job_name }}
+#PBS -j oe
+#PBS -o {{ homedir or "/tmp" }}/jupyterhub_pbsspawner.log
+#PBS -V
+{% if queue %}#PBS -q {{ queue }}
+{% endif %}#PBS -l select={{ nodes or 1 }}:ncpus={{ nprocs or 1 }}{% if memory %}:mem={{ memory }}{% endif %}{% if ngpus %}:ngpus={{ ngpus }}{% endif %}
+{% if runtime %}#PBS -l walltime={{ runtime }}
+{% endif %}{% if account %}#PBS -A {{ account }}
+{% endif %}{% if homedir %}cd {{ homedir | shquote }}
+{% endif %}{{ prologue }}
+{{ cmd }}
+{{ epilogue }}
+"#;
+
+wasmspawner_sdk::batch_plugin!(
+    Pbs,
+    PBS,
+    "Runs the single-user server as a PBS Professional / OpenPBS job.",
+    status
+);
+
+/// `qstat -f -x A B C`: one call; `-x` keeps finished jobs (state F).
+pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
+    let args = ["-f".to_string(), "-x".into()]
+        .into_iter()
+        .chain(jobs.iter().map(|j| j.job_id.clone()));
+    b.status(host, jobs, b.status_command(args), parse)
+}
+
+pub fn parse(out: &Output) -> Result<Answer, String> {
+    let (gone_ids, ok) = check_exit(out, gone);
+    let mut seen = Vec::new();
+    for (id, a) in qstat_full(&out.stdout_str())? {
+        let st = a.get("job_state").map(String::as_str).unwrap_or("");
+        let exit: Option<i32> = a
+            .get("Exit_status")
+            .or_else(|| a.get("exit_status"))
+            .and_then(|v| v.parse().ok());
+        let (phase, reason) = phase(st, exit);
+        let reason = if reason.is_empty() {
+            a.get("comment").cloned().unwrap_or_default()
+        } else {
+            reason
+        };
+        let exit = exit_code(exit);
+        seen.push(
+            Seen::new(id, phase, st)
+                .host(a.get("exec_host").map(String::as_str).unwrap_or(""))
+                .reason(&reason)
+                .exit_code(exit),
+        );
+    }
+    let mut answer = match ok {
+        Ok(()) => Answer::complete(seen),
+        Err(why) => Answer::partial(seen, why),
+    };
+    answer.gone = gone_ids;
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests;

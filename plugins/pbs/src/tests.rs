@@ -1,0 +1,237 @@
+use super::*;
+use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, ok, text, FakeHost};
+use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
+
+fn plugin(config: &str) -> Pbs {
+    ok(load::<Pbs>(config))
+}
+
+fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
+    let host = FakeHost::new();
+    host.on("qstat", &["**"]).exits(code, stdout, stderr);
+    let out = plugin("{}").status(&host, &jobs(ids));
+    assert_eq!(host.calls().len(), 1);
+    out.iter().map(brief).collect()
+}
+
+/// A `qstat -f -x` block for job 101.pbs01 with these attribute lines.
+fn block(attrs: &str) -> String {
+    format!(
+        "Job Id: 101.pbs01.example.org\n    Job_Name = jupyterhub\n    Job_Owner = alice@login01.example.org\n{attrs}    queue = workq\n    server = pbs01\n\n"
+    )
+}
+
+fn one(attrs: &str) -> String {
+    states(0, &block(attrs), "", &["101.pbs01"]).remove(0)
+}
+
+#[test]
+fn status_is_one_qstat_for_all_jobs() {
+    let host = FakeHost::new();
+    host.on("qstat", &["**"]).stdout("");
+    plugin(r#"{"status_args":["-w"]}"#).status(&host, &jobs(&["1.s", "2.s"]));
+    assert_eq!(
+        host.calls()[0].argv(),
+        vec!["qstat", "-w", "-f", "-x", "1.s", "2.s"]
+    );
+}
+
+#[test]
+fn status_queued_held_waiting_transit() {
+    assert_eq!(
+        one("    job_state = Q\n    comment = Not Running: Insufficient amount of resource: ncpus \n"),
+        "pending: pending: Not Running: Insufficient amount of resource: ncpus"
+    );
+    assert_eq!(
+        one("    job_state = H\n    Hold_Types = u\n"),
+        "pending: held"
+    );
+    assert_eq!(
+        one("    job_state = W\n    Execution_Time = Wed Nov 25 08:00:00 2026\n"),
+        "pending: waiting"
+    );
+    assert_eq!(one("    job_state = T\n"), "pending: configuring");
+}
+
+#[test]
+fn status_running_exec_host_forms() {
+    assert_eq!(
+        one("    job_state = R\n    exec_host = cn042/0*2+cn043/0*2\n    exec_vnode = (cn042:ncpus=2)+(cn043:ncpus=2)\n"),
+        "running@cn042"
+    );
+    assert_eq!(
+        one("    job_state = B\n    exec_host = cn001.example.org/1\n"),
+        "running@cn001.example.org"
+    );
+    assert_eq!(one("    job_state = R\n"), "running@?");
+}
+
+#[test]
+fn status_suspended_and_exiting() {
+    assert_eq!(
+        one("    job_state = S\n    exec_host = cn042/0\n"),
+        "pending: suspended"
+    );
+    assert_eq!(
+        one("    job_state = U\n    exec_host = cn042/0\n"),
+        "pending: suspended"
+    );
+    assert_eq!(
+        one("    job_state = E\n    exec_host = cn042/0\n"),
+        "done: exiting"
+    );
+}
+
+#[test]
+fn status_finished_exit_statuses() {
+    assert_eq!(
+        one("    job_state = F\n    Exit_status = 0\n"),
+        "done(0): completed"
+    );
+    assert_eq!(
+        one("    job_state = F\n    Exit_status = 3\n"),
+        "done(3): failed: exit code 3"
+    );
+    assert_eq!(
+        one("    job_state = F\n    Exit_status = 271\n"),
+        "done: cancelled: killed by signal 15"
+    );
+    assert_eq!(
+        one("    job_state = F\n    Exit_status = 265\n"),
+        "done: cancelled: killed by signal 9"
+    );
+    assert_eq!(
+        one("    job_state = F\n    Exit_status = 267\n"),
+        "done: failed: killed by signal 11"
+    );
+    assert_eq!(
+        one("    job_state = F\n    Exit_status = -1\n"),
+        "done: failed: could not start (exit status -1)"
+    );
+}
+
+#[test]
+fn status_unknown_job_id_is_gone_others_still_read() {
+    let s = states(
+        153,
+        &block("    job_state = R\n    exec_host = cn042/0\n"),
+        "qstat: Unknown Job Id 99.pbs01.example.org\n",
+        &["101.pbs01", "99.pbs01"],
+    );
+    assert_eq!(s[0], "running@cn042");
+    assert!(
+        s[1].starts_with("done: the scheduler no longer knows"),
+        "{s:?}"
+    );
+    // Without -x, PBS says a finished job "has finished".
+    let s = states(
+        35,
+        "",
+        "qstat: 100.pbs01 Job has finished, use -x or -H to obtain historical job information\n",
+        &["100.pbs01"],
+    );
+    assert!(s[0].starts_with("done:"), "{s:?}");
+}
+
+#[test]
+fn status_absent_after_success_is_done() {
+    let s = states(0, "", "", &["7.pbs01"]);
+    assert!(s[0].starts_with("done: the job has left the queue"));
+}
+
+#[test]
+fn status_server_down_is_unknown() {
+    let s = states(
+        2,
+        "",
+        "Connection refused\nqstat: cannot connect to server pbs01 (errno=15010)\n",
+        &["101.pbs01"],
+    );
+    assert!(
+        s[0].starts_with("unknown:") && s[0].contains("cannot connect"),
+        "{s:?}"
+    );
+    let s = states(1, "", "", &["101.pbs01"]);
+    assert!(s[0].starts_with("unknown:"), "{s:?}");
+}
+
+#[test]
+fn status_malformed_output_and_unknown_state() {
+    let s = states(
+        0,
+        "pbs_iff: cannot read reply from pbs_server\n",
+        "",
+        &["101.pbs01"],
+    );
+    assert!(s[0].starts_with("unknown:"), "{s:?}");
+    assert!(one("    job_state = Z\n").starts_with("unknown: the scheduler reports state \"Z\""));
+    let host = FakeHost::new();
+    host.on("qstat", &["**"])
+        .fails(RunError::NotFound("qstat".into()));
+    assert!(brief(&plugin("{}").status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
+}
+
+fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {
+    let host = FakeHost::new();
+    host.on("qsub", &["**"]).exits(code, stdout, stderr);
+    let job = job_spec(
+        "alice",
+        vec![
+            text("queue", "workq"),
+            int("nprocs", 2),
+            int("memory", 4),
+            int("runtime", 60),
+        ],
+    );
+    let r = plugin(r#"{"account":{"enabled":true}}"#)
+        .submit(&host, &job)
+        .map(|s| s.job_id);
+    (host, r)
+}
+
+#[test]
+fn submit_script_on_stdin() {
+    let (host, id) = submit(0, "101.pbs01\n", "");
+    assert_eq!(ok(id), "101.pbs01");
+    let c = &host.calls()[0];
+    assert_eq!(c.argv(), vec!["qsub"]);
+    assert!(c.command.spawn_env);
+    let s = c.stdin_str();
+    for l in [
+        "#PBS -q workq\n",
+        "#PBS -l select=1:ncpus=2:mem=4096mb\n",
+        "#PBS -l walltime=01:00:00\n",
+        "#PBS -V\n",
+        "cd /home/alice\n",
+    ] {
+        assert!(s.contains(l), "{l:?} not in\n{s}");
+    }
+    assert!(!s.contains("#PBS -A"), "{s}");
+}
+
+#[test]
+fn submit_with_noise_before_the_id() {
+    let (_, id) = submit(0, "qsub: warning: ignoring -m\n102.pbs01.example.org\n", "");
+    assert_eq!(ok(id), "102.pbs01.example.org");
+}
+
+#[test]
+fn submit_refused() {
+    let (_, r) = submit(188, "", "qsub: Job exceeds queue resource limits\n");
+    assert!(matches!(r, Err(PluginError::Scheduler(m)) if m.contains("exceeds queue")));
+}
+
+#[test]
+fn cancel_finished_is_fine() {
+    let host = FakeHost::new();
+    host.on("qdel", &["1.s"])
+        .exits(35, "", "qdel: Job has finished 1.s\n");
+    host.on("qdel", &["2.s"])
+        .exits(153, "", "qdel: Unknown Job Id 2.s\n");
+    host.on("qdel", &["3.s"])
+        .exits(159, "", "qdel: Unauthorized Request  3.s\n");
+    let p = plugin("{}");
+    ok(p.cancel(&host, &jobs(&["1.s"])[0]));
+    ok(p.cancel(&host, &jobs(&["2.s"])[0]));
+    assert!(p.cancel(&host, &jobs(&["3.s"])[0]).is_err());
+}

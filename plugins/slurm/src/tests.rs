@@ -1,0 +1,377 @@
+use super::*;
+use wasmspawner_sdk::batch::field_ids;
+use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, ok, text, user, FakeHost};
+use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
+
+fn plugin(config: &str) -> Slurm {
+    ok(load::<Slurm>(config))
+}
+
+/// Runs `status` for `ids` against one scripted squeue answer.
+fn states(config: &str, code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
+    let host = FakeHost::new();
+    host.on("squeue", &["**"]).exits(code, stdout, stderr);
+    let out = plugin(config).status(&host, &jobs(ids));
+    assert_eq!(host.calls().len(), 1, "one squeue for all jobs");
+    out.iter().map(brief).collect()
+}
+
+fn one(stdout: &str) -> String {
+    states("{}", 0, stdout, "", &["7"]).remove(0)
+}
+
+#[test]
+fn status_asks_once_for_every_job() {
+    let host = FakeHost::new();
+    host.on("squeue", &["**"]).stdout("");
+    plugin(r#"{"extra_args":["-M","c2"]}"#).status(&host, &jobs(&["1", "2", "3"]));
+    assert_eq!(
+        host.calls()[0].argv(),
+        vec![
+            "squeue",
+            "-M",
+            "c2",
+            "--noheader",
+            "--states=all",
+            "--jobs=1,2,3",
+            "--format=%i|%T|%B|%N|%r"
+        ]
+    );
+}
+
+#[test]
+fn status_pending_held_waiting_configuring() {
+    assert_eq!(
+        one("7|PENDING|n/a||Resources\n"),
+        "pending: pending: Resources"
+    );
+    assert_eq!(
+        one("7|PENDING|n/a||JobHeldUser\n"),
+        "pending: held: JobHeldUser"
+    );
+    assert_eq!(
+        one("7|PENDING|n/a||Dependency\n"),
+        "pending: waiting: Dependency"
+    );
+    assert_eq!(
+        one("7|CONFIGURING|node01|node01|None\n"),
+        "pending: configuring"
+    );
+    assert_eq!(
+        one("7|REQUEUE_HOLD|n/a||JobHeldAdmin\n"),
+        "pending: held: JobHeldAdmin"
+    );
+}
+
+#[test]
+fn status_running_hosts() {
+    assert_eq!(one("7|RUNNING|node01|node01|None\n"), "running@node01");
+    // No batch host: the first node of the node list.
+    assert_eq!(one("7|RUNNING|n/a|gpu[03-04,07]|None\n"), "running@gpu03");
+    assert_eq!(
+        states(
+            r#"{"host_suffix":".ib.example.org"}"#,
+            0,
+            "7|RUNNING|c1n5|c1n5|None\n",
+            "",
+            &["7"]
+        ),
+        vec!["running@c1n5.ib.example.org"]
+    );
+    assert_eq!(
+        states(
+            r#"{"host_pattern":"{short}-ib.example.org"}"#,
+            0,
+            "7|RUNNING|c1n5.cluster.org|c1n5|None\n",
+            "",
+            &["7"]
+        ),
+        vec!["running@c1n5-ib.example.org"]
+    );
+}
+
+#[test]
+fn status_suspended_completing_completed() {
+    assert_eq!(
+        one("7|SUSPENDED|node01|node01|None\n"),
+        "pending: suspended"
+    );
+    assert_eq!(one("7|COMPLETING|node01|node01|None\n"), "done: completing");
+    assert_eq!(
+        one("7|COMPLETED|node01|node01|None\n"),
+        "done(0): completed"
+    );
+}
+
+#[test]
+fn status_failed_and_cancelled() {
+    assert_eq!(
+        one("7|TIMEOUT|node01|node01|TimeLimit\n"),
+        "done: failed: timeout"
+    );
+    assert_eq!(
+        one("7|OUT_OF_MEMORY|node01|node01|None\n"),
+        "done: failed: out_of_memory"
+    );
+    assert_eq!(
+        one("7|NODE_FAIL|node01|node01|None\n"),
+        "done: failed: node_fail"
+    );
+    assert_eq!(
+        one("7|FAILED|node01|node01|NonZeroExitCode\n"),
+        "done: failed: NonZeroExitCode"
+    );
+    assert_eq!(one("7|CANCELLED|node01|node01|None\n"), "done: cancelled");
+    assert_eq!(one("7|CANCELLED by 1000|n/a||None\n"), "done: cancelled");
+}
+
+#[test]
+fn status_absent_job_is_done_only_when_squeue_succeeded() {
+    let s = states("{}", 0, "8|RUNNING|node02|node02|None\n", "", &["7", "8"]);
+    assert!(
+        s[0].starts_with("done: the job has left the queue"),
+        "{s:?}"
+    );
+    assert_eq!(s[1], "running@node02");
+    // `squeue -j` of purged ids only: rc 1, "Invalid job id specified".
+    let s = states(
+        "{}",
+        1,
+        "",
+        "slurm_load_jobs error: Invalid job id specified\n",
+        &["7"],
+    );
+    assert!(s[0].starts_with("done:"), "{s:?}");
+}
+
+#[test]
+fn status_dead_controller_is_unknown() {
+    let s = states(
+        "{}",
+        1,
+        "",
+        "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n",
+        &["7", "8"],
+    );
+    assert!(s.iter().all(|s| s.starts_with("unknown:")), "{s:?}");
+    assert!(s[0].contains("Unable to contact"), "{s:?}");
+}
+
+#[test]
+fn status_error_output_keeps_seen_jobs_but_absent_are_unknown() {
+    let s = states(
+        "{}",
+        0,
+        "8|RUNNING|node02|node02|None\n",
+        "squeue: error: Invalid user: bob\n",
+        &["7", "8"],
+    );
+    assert!(s[0].starts_with("unknown:"), "{s:?}");
+    assert_eq!(s[1], "running@node02");
+}
+
+#[test]
+fn status_malformed_or_unrecognised_is_unknown() {
+    let s = states("{}", 0, "JOBID PARTITION NAME\n", "", &["7"]);
+    assert!(
+        s[0].starts_with("unknown: `squeue`: unexpected line"),
+        "{s:?}"
+    );
+    assert!(one("7|WIBBLE|n/a||None\n").starts_with("unknown: the scheduler reports state"));
+}
+
+#[test]
+fn status_multi_cluster_output() {
+    let s = states(
+        r#"{"extra_args":["-M","c1,c2"]}"#,
+        0,
+        "CLUSTER: c1\n7|RUNNING|a01|a01|None\nCLUSTER: c2\n8|PENDING|n/a||Priority\n",
+        "",
+        &["7", "8"],
+    );
+    assert_eq!(s, vec!["running@a01", "pending: pending: Priority"]);
+}
+
+#[test]
+fn status_capability_errors_are_unknown() {
+    let host = FakeHost::new();
+    host.on("squeue", &["**"])
+        .fails(RunError::TimedOut("squeue after 30 s".into()));
+    let s = plugin("{}").status(&host, &jobs(&["7"]));
+    assert!(brief(&s[0]).starts_with("unknown:") && brief(&s[0]).contains("timed out"));
+    let host = FakeHost::new();
+    let s = plugin("{}").status(&host, &jobs(&["7"]));
+    assert!(brief(&s[0]).contains("denied"));
+}
+
+fn submit(
+    config: &str,
+    code: i32,
+    stdout: &str,
+    stderr: &str,
+) -> (FakeHost, Result<String, PluginError>) {
+    let host = FakeHost::new();
+    host.on("sbatch", &["**"]).exits(code, stdout, stderr);
+    let job = job_spec(
+        "alice",
+        vec![
+            text("partition", "gpu"),
+            int("nprocs", 4),
+            int("memory", 8),
+            int("runtime", 90),
+        ],
+    );
+    let r = plugin(config).submit(&host, &job).map(|s| s.job_id);
+    (host, r)
+}
+
+#[test]
+fn submit_parsable_script_on_stdin_with_spawn_env() {
+    let (host, id) = submit("{}", 0, "42\n", "");
+    assert_eq!(ok(id), "42");
+    let call = &host.calls()[0];
+    assert_eq!(call.argv(), vec!["sbatch", "--parsable"]);
+    assert!(call.command.spawn_env);
+    let script = call.stdin_str();
+    for line in [
+        "#!/bin/bash\n",
+        "#SBATCH --partition=gpu\n",
+        "#SBATCH --cpus-per-task=4\n",
+        "#SBATCH --mem=8192M\n",
+        "#SBATCH --time=01:30:00\n",
+        "#SBATCH --chdir=/home/alice\n",
+        "\njupyterhub-singleuser\n",
+    ] {
+        assert!(script.contains(line), "{line:?} not in\n{script}");
+    }
+    assert!(!script.contains("--gres"), "{script}");
+}
+
+#[test]
+fn submit_with_cluster_suffix_and_noise() {
+    let (host, id) = submit(r#"{"submit_args":["-M","c2"]}"#, 0, "43;c2\n", "");
+    assert_eq!(ok(id), "43");
+    assert_eq!(
+        host.calls()[0].argv(),
+        vec!["sbatch", "--parsable", "-M", "c2"]
+    );
+    let (_, id) = submit("{}", 0, "sbatch: warning: can't honor --mem\n\n44\n", "");
+    assert_eq!(ok(id), "44");
+}
+
+#[test]
+fn submit_errors_are_scheduler_errors() {
+    let (_, r) = submit(
+        "{}",
+        1,
+        "",
+        "sbatch: error: Batch job submission failed: Invalid partition name specified\n",
+    );
+    assert!(matches!(r, Err(PluginError::Scheduler(m)) if m.contains("Invalid partition")));
+    let (_, r) = submit("{}", 0, "sbatch: nothing\n", "");
+    assert!(matches!(r, Err(PluginError::Scheduler(m)) if m.contains("no job id")));
+}
+
+#[test]
+fn submit_quotes_the_command_and_renders_site_templates() {
+    let host = FakeHost::new();
+    host.on("sbatch", &["**"]).stdout("5\n");
+    let mut job = job_spec("alice", vec![]);
+    job.cmd = vec!["jupyterhub-singleuser".into(), "--x=$(rm -rf /)".into()];
+    let p = plugin(
+        r##"{"template":"#!/bin/sh\n#SBATCH -p {{ partition or 'dflt' }} {{ site_flag }}\nsrun {{ cmd }}\n","vars":{"site_flag":"--exclusive"}}"##,
+    );
+    ok(p.submit(&host, &job));
+    assert_eq!(
+        host.calls()[0].stdin_str(),
+        "#!/bin/sh\n#SBATCH -p dflt --exclusive\nsrun jupyterhub-singleuser '--x=$(rm -rf /)'\n"
+    );
+}
+
+#[test]
+fn extra_options_are_off_by_default_and_allowlisted() {
+    let u = user("alice");
+    let p = plugin("{}");
+    let opts = wasmspawner_sdk::Options::from(vec![text("options", "--qos=high")]);
+    assert!(p.validate(&FakeHost::new(), &u, opts.clone()).is_err());
+    let p =
+        plugin(r#"{"extra_options":{"enabled":true,"allowed_flags":["--qos","--constraint"]}}"#);
+    assert!(p.validate(&FakeHost::new(), &u, opts).is_ok());
+    for bad in ["--begin=now", "--qos=$(id)", "--qos high extra", "; rm"] {
+        let o = wasmspawner_sdk::Options::from(vec![text("options", bad)]);
+        assert!(p.validate(&FakeHost::new(), &u, o).is_err(), "{bad}");
+    }
+    let host = FakeHost::new();
+    host.on("sbatch", &["**"]).stdout("9\n");
+    let job = job_spec("alice", vec![text("options", "--qos high --constraint=ib")]);
+    ok(p.submit(&host, &job));
+    assert_eq!(
+        host.calls()[0].argv(),
+        vec!["sbatch", "--parsable", "--qos", "high", "--constraint=ib"]
+    );
+}
+
+#[test]
+fn form_follows_site_config_and_groups() {
+    let p = plugin(
+        r#"{"partition":{"choices":["debug","gpu"],"default":"debug","groups":{"gpu":["gpu-users"]}},
+            "ngpus":{"enabled":true,"max":4},"account":{"enabled":true},"runtime":{"enabled":false}}"#,
+    );
+    let f = ok(p.form(&FakeHost::new(), &user("alice")));
+    assert_eq!(
+        field_ids(&f),
+        vec!["partition", "nprocs", "memory", "ngpus", "account"]
+    );
+    let wasmspawner_sdk::FieldKind::Choice(c) = &f.fields[0].kind else {
+        panic!()
+    };
+    assert_eq!(c.len(), 1, "gpu needs the gpu-users group");
+    let mut gpu_user = user("bob");
+    gpu_user.groups.push("gpu-users".into());
+    let o = wasmspawner_sdk::Options::from(vec![text("partition", "gpu")]);
+    assert!(p
+        .validate(&FakeHost::new(), &user("alice"), o.clone())
+        .is_err());
+    assert!(p.validate(&FakeHost::new(), &gpu_user, o).is_ok());
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    for (cfg, key) in [
+        (r#"{"partiton":{}}"#, "partiton"),
+        (r#"{"partition":{"choices":["a b"]}}"#, "partition.choices"),
+        (r#"{"memory":{"min":8,"max":2}}"#, "memory"),
+        (
+            r#"{"extra_options":{"allowed_flags":["qos"]}}"#,
+            "extra_options.allowed_flags",
+        ),
+        (r#"{"template":"{% if %}"}"#, "template"),
+    ] {
+        let Err(PluginError::Config(m)) = load::<Slurm>(cfg) else {
+            panic!("{cfg} accepted")
+        };
+        assert!(m.contains(key), "{m}");
+    }
+}
+
+#[test]
+fn cancel_accepts_finished_jobs() {
+    let host = FakeHost::new();
+    host.on("scancel", &["1"]).stdout("");
+    host.on("scancel", &["2"]).exits(
+        1,
+        "",
+        "scancel: error: Kill job error on job id 2: Job/step already completing or completed\n",
+    );
+    host.on("scancel", &["3"]).exits(
+        1,
+        "",
+        "scancel: error: Kill job error on job id 3: Access/permission denied\n",
+    );
+    let p = plugin("{}");
+    ok(p.cancel(&host, &jobs(&["1"])[0]));
+    ok(p.cancel(&host, &jobs(&["2"])[0]));
+    assert!(
+        matches!(p.cancel(&host, &jobs(&["3"])[0]), Err(PluginError::Scheduler(m)) if m.contains("permission"))
+    );
+}

@@ -1,0 +1,203 @@
+use super::*;
+use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, ok, text, FakeHost};
+use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
+
+fn plugin() -> Torque {
+    ok(load::<Torque>("{}"))
+}
+
+fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
+    let host = FakeHost::new();
+    host.on("qstat", &["**"]).exits(code, stdout, stderr);
+    let out = plugin().status(&host, &jobs(ids));
+    assert_eq!(host.calls().len(), 1);
+    out.iter().map(brief).collect()
+}
+
+fn xml(jobs: &[&str]) -> String {
+    let mut s = String::from("<?xml version=\"1.0\"?>\n<Data>");
+    for j in jobs {
+        s.push_str(&format!(
+            "<Job><Job_Id>{}</Job_Id><Job_Name>jupyterhub</Job_Name><Job_Owner>alice@login1</Job_Owner>{}<queue>batch</queue><server>torque01</server></Job>",
+            j.split('|').next().unwrap(),
+            j.split('|').nth(1).unwrap_or("")
+        ));
+    }
+    s.push_str("</Data>\n");
+    s
+}
+
+fn one(inner: &str) -> String {
+    states(
+        0,
+        &xml(&[&format!("123.torque01|{inner}")]),
+        "",
+        &["123.torque01"],
+    )
+    .remove(0)
+}
+
+#[test]
+fn status_is_one_qstat_x() {
+    let host = FakeHost::new();
+    host.on("qstat", &["**"]).stdout("");
+    plugin().status(&host, &jobs(&["1.t", "2.t"]));
+    assert_eq!(host.calls()[0].argv(), vec!["qstat", "-x", "1.t", "2.t"]);
+}
+
+#[test]
+fn status_queued_held_waiting_transit() {
+    assert_eq!(one("<job_state>Q</job_state>"), "pending: pending");
+    assert_eq!(
+        one("<job_state>H</job_state><Hold_Types>u</Hold_Types>"),
+        "pending: held"
+    );
+    assert_eq!(one("<job_state>W</job_state>"), "pending: waiting");
+    assert_eq!(one("<job_state>T</job_state>"), "pending: configuring");
+}
+
+#[test]
+fn status_running_exec_hosts() {
+    assert_eq!(
+        one("<job_state>R</job_state><exec_host>node01/0-1+node02/0</exec_host>"),
+        "running@node01"
+    );
+    assert_eq!(
+        one("<job_state>R</job_state><exec_host>n7.cluster.org/3</exec_host>"),
+        "running@n7.cluster.org"
+    );
+}
+
+#[test]
+fn status_suspended_exiting_completed() {
+    assert_eq!(one("<job_state>S</job_state>"), "pending: suspended");
+    assert_eq!(
+        one("<job_state>E</job_state><exec_host>node01/0</exec_host>"),
+        "done: exiting"
+    );
+    assert_eq!(
+        one("<job_state>C</job_state><exit_status>0</exit_status>"),
+        "done(0): completed"
+    );
+    assert_eq!(
+        one("<job_state>C</job_state><exit_status>1</exit_status>"),
+        "done(1): failed: exit code 1"
+    );
+    assert_eq!(
+        one("<job_state>C</job_state><exit_status>271</exit_status>"),
+        "done: cancelled: killed by signal 15"
+    );
+    assert_eq!(
+        one("<job_state>C</job_state><exit_status>-3</exit_status>"),
+        "done: failed: could not start (exit status -3)"
+    );
+}
+
+#[test]
+fn status_unknown_ids_and_absent_jobs() {
+    let s = states(
+        153,
+        &xml(&["1.torque01|<job_state>R</job_state>"]),
+        "qstat: Unknown Job Id Error 2.torque01\n",
+        &["1.torque01", "2.torque01"],
+    );
+    assert_eq!(s[0], "running@?");
+    assert!(
+        s[1].starts_with("done: the scheduler no longer knows"),
+        "{s:?}"
+    );
+    let s = states(0, "", "", &["3.torque01"]);
+    assert!(s[0].starts_with("done: the job has left"), "{s:?}");
+}
+
+#[test]
+fn status_errors_are_unknown() {
+    let s = states(
+        1,
+        "",
+        "Communication failure.\nqstat: cannot connect to server torque01 (errno=111) Connection refused\n",
+        &["1.torque01"],
+    );
+    assert!(
+        s[0].starts_with("unknown:") && s[0].contains("cannot connect"),
+        "{s:?}"
+    );
+    // Not XML where XML was expected.
+    let s = states(0, "Job id  Name  User\n----\n", "", &["1.torque01"]);
+    assert!(s[0].starts_with("unknown: `qstat`: not XML"), "{s:?}");
+    let s = states(0, "<Data><Job><Job_Id>1.t</Job_Id>", "", &["1.t"]);
+    assert!(s[0].starts_with("unknown:"), "truncated XML: {s:?}");
+    assert!(one("<job_state>Z</job_state>").starts_with("unknown: the scheduler reports"));
+    let host = FakeHost::new();
+    host.on("qstat", &["**"])
+        .fails(RunError::Failed("spawn".into()));
+    assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
+}
+
+fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {
+    let host = FakeHost::new();
+    host.on("qsub", &["**"]).exits(code, stdout, stderr);
+    let job = job_spec(
+        "alice",
+        vec![
+            text("queue", "batch"),
+            int("nprocs", 8),
+            int("memory", 16),
+            int("runtime", 600),
+        ],
+    );
+    let r = plugin().submit(&host, &job).map(|s| s.job_id);
+    (host, r)
+}
+
+#[test]
+fn submit_script_on_stdin() {
+    let (host, id) = submit(0, "123.torque01.cluster.org\n", "");
+    assert_eq!(ok(id), "123.torque01.cluster.org");
+    let c = &host.calls()[0];
+    assert_eq!(c.argv(), vec!["qsub"]);
+    assert!(c.command.spawn_env);
+    let s = c.stdin_str();
+    for l in [
+        "#PBS -q batch\n",
+        "#PBS -l nodes=1:ppn=8\n",
+        "#PBS -l mem=16384mb\n",
+        "#PBS -l walltime=10:00:00\n",
+        "#PBS -V\n",
+    ] {
+        assert!(s.contains(l), "{l:?} not in\n{s}");
+    }
+}
+
+#[test]
+fn submit_with_noise() {
+    let (_, id) = submit(0, "\nqsub: submit filter warning\n124.torque01\n", "");
+    assert_eq!(ok(id), "124.torque01");
+}
+
+#[test]
+fn submit_refused() {
+    let (_, r) = submit(
+        1,
+        "",
+        "qsub: submit error (Job exceeds queue resource limits MSG=cannot satisfy queue max walltime requirement)\n",
+    );
+    assert!(matches!(r, Err(PluginError::Scheduler(m)) if m.contains("exceeds")));
+}
+
+#[test]
+fn cancel_completed_is_fine() {
+    let host = FakeHost::new();
+    host.on("qdel", &["1.t"])
+        .exits(153, "", "qdel: Unknown Job Id Error 1.t\n");
+    host.on("qdel", &["2.t"]).exits(
+        170,
+        "",
+        "qdel: Request invalid for state of job MSG=invalid state for job - COMPLETE 2.t\n",
+    );
+    host.on("qdel", &["3.t"])
+        .exits(15007, "", "qdel: Unauthorized Request 3.t\n");
+    ok(plugin().cancel(&host, &jobs(&["1.t"])[0]));
+    ok(plugin().cancel(&host, &jobs(&["2.t"])[0]));
+    assert!(plugin().cancel(&host, &jobs(&["3.t"])[0]).is_err());
+}
