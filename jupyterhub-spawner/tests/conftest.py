@@ -128,6 +128,7 @@ program = "{venv}/bin/wasmspawner-singleuser"
 args = ["**"]
 spawn_env = true
 
+{self.slurm_instance(venv, plugins)}
 # A "scheduler" whose jobs stay queued: for the hub-restart-while-queued test.
 [instances.queue]
 plugin = "{plugins / 'probe.wasm'}"
@@ -138,6 +139,35 @@ poll_interval_secs = 1
 """)
         self.log = base / "host.log"
         self.proc = None
+
+    @staticmethod
+    def slurm_instance(venv: Path, plugins: Path) -> str:
+        """A Slurm instance on the real one-node Slurm, when there is one."""
+        conf = os.environ.get("WASMSPAWNER_SLURM_CONF")
+        if not conf:
+            return ""
+        return f"""
+[instances.slurm]
+plugin = "{plugins / 'slurm.wasm'}"
+run_as = ["/usr/sbin/runuser", "-u", "{{user}}", "--"]
+[instances.slurm.config]
+partition = {{ choices = ["debug"], default = "debug" }}
+memory = {{ default = 1, max = 2 }}
+runtime = {{ default = 30 }}
+[instances.slurm.grants]
+env = ["SLURM_CONF={conf}", "PATH={venv}/bin:/usr/local/bin:/usr/bin:/bin"]
+[[instances.slurm.grants.programs]]
+program = "sbatch"
+spawn_env = true
+[[instances.slurm.grants.programs]]
+program = "squeue"
+[[instances.slurm.grants.programs]]
+program = "scancel"
+[instances.slurm.lifecycle]
+poll_interval_secs = 1
+fast_poll_secs = 0.5
+start_timeout_secs = 120
+"""
 
     def start(self):
         self.proc = Proc([os.environ["WASMSPAWNER_BIN"], "serve", "--config", str(self.config)], self.log)
@@ -178,7 +208,7 @@ c.JupyterHub.allow_named_servers = True
 c.JupyterHub.spawner_class = "wasm"
 c.WasmSpawner.host_url = "{host.url}"
 c.WasmSpawner.api_token_file = "{host.token_file}"
-c.WasmSpawner.instances = ["local", "queue"]
+c.WasmSpawner.instances = ["local", "queue"] + (["slurm"] if {bool(os.environ.get("WASMSPAWNER_SLURM_CONF"))} else [])
 c.WasmSpawner.wrapper = ["{venv}/bin/wasmspawner-singleuser"]
 c.Spawner.cmd = ["{venv}/bin/jupyterhub-singleuser"]
 c.Spawner.ip = "127.0.0.1"

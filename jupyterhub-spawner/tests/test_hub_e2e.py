@@ -108,3 +108,28 @@ def test_hub_restart_while_the_job_is_queued_keeps_the_job(stack):
     assert r.status_code == 202, r.text
     time.sleep(2)
     assert host.api("GET", f"/v1/spawns/{spawn['id']}").json()["state"] == "stopping"
+
+
+def test_the_same_flow_through_slurm(stack):
+    import os
+    import sys
+
+    import pytest
+
+    if not os.environ.get("WASMSPAWNER_SLURM_CONF"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the JupyterHub + Slurm test: WASMSPAWNER_SLURM_CONF is not set")
+        print("\n*** SKIPPED (no Slurm): set WASMSPAWNER_SLURM_CONF (tests/slurm/slurm-up.sh) ***\n", file=sys.stderr)
+        pytest.skip("no Slurm")
+    host, hub = stack
+    t0 = time.time()
+    r = hub.api("POST", f"/users/{USER}/servers/slurm", json={"__instance": "slurm", "nprocs": "1"})
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("slurm")
+    print(f"\nreal Slurm: hub start request → ready in {time.time() - t0:.1f} s")
+    r = requests.get(f"{hub.url}/user/{USER}/slurm/api", headers={"Authorization": f"token {hub.token}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    s = [x for x in host.api("GET", f"/v1/spawns?user={USER}").json() if x["server_name"] == "slurm" and x["state"] == "ready"]
+    assert s and s[0]["job_id"], s
+    hub.api("DELETE", f"/users/{USER}/servers/slurm")
+    hub.wait_gone("slurm")
