@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use service_common::{start_host_with, SERVER_PY};
 
 fn slurm_conf() -> Option<String> {
-    match std::env::var("WASMSPAWNER_SLURM_CONF").ok().filter(|s| !s.is_empty()) {
+    match std::env::var("WASMSPAWNER_SLURM_CONF")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
         Some(c) => Some(c),
         None if std::env::var("CI").as_deref() == Ok("true") => {
             panic!("CI must run the real-Slurm spawn test: set WASMSPAWNER_SLURM_CONF")
@@ -29,7 +32,10 @@ async fn a_full_spawn_on_real_slurm_reports_its_port_and_stops() {
     let Some(conf) = slurm_conf() else { return };
     let user = std::env::var("WASMSPAWNER_SLURM_USER").unwrap_or_else(|_| "wstest".into());
     // The job runs as the user: the server script must be readable by it.
-    let shared = tempfile::Builder::new().prefix("ws-slurm-spawn").tempdir().unwrap();
+    let shared = tempfile::Builder::new()
+        .prefix("ws-slurm-spawn")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let script = shared.path().join("server.py");
     std::fs::write(&script, SERVER_PY).unwrap();
@@ -75,9 +81,14 @@ callback_hosts = ["127.0.0.1"]
     let r = host.api("POST", "/v1/spawns", Some(&body)).await;
     assert_eq!(r.status, 201, "{}", r.body);
     let id = r.json()["id"].as_str().unwrap().to_string();
-    let s = host.wait_spawn(&id, 90, |s| s["state"] == "ready" || s["state"] == "failed").await;
+    let s = host
+        .wait_spawn(&id, 90, |s| s["state"] == "ready" || s["state"] == "failed")
+        .await;
     assert_eq!(s["state"], "ready", "{s}");
-    eprintln!("real Slurm: POST /v1/spawns → ready in {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "real Slurm: POST /v1/spawns → ready in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 
     // The server in the job answers, and got the hub's token through the job's environment.
     let url = format!("http://{}:{}/", s["host"].as_str().unwrap(), s["port"]);

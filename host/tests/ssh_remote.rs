@@ -259,3 +259,85 @@ async fn the_plugins_ssh_capability_is_gated_by_host_and_program() {
         .unwrap_err();
     assert!(err.to_string().contains("not granted"), "{err}");
 }
+
+/// Remote submission to the real one-node Slurm over SSH: the Slurm plugin,
+/// unchanged, runs sbatch/squeue/scancel on the "login node" as the SSH user.
+#[tokio::test]
+async fn remote_submission_to_real_slurm() {
+    let Some(s) = sshd() else { return };
+    let Some(conf) = std::env::var("WASMSPAWNER_SLURM_CONF")
+        .ok()
+        .filter(|c| !c.is_empty())
+    else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI must run the SSH + Slurm test: set WASMSPAWNER_SLURM_CONF");
+        }
+        eprintln!(
+            "\n*** SKIPPED (no Slurm): set WASMSPAWNER_SLURM_CONF (tests/slurm/slurm-up.sh) ***\n"
+        );
+        return;
+    };
+    let setup = setup(&format!(
+        r#"
+[instances.p]
+plugin = "{{plugin:slurm}}"
+submit_host = "127.0.0.1"
+[instances.p.config]
+partition = {{ choices = ["debug"], default = "debug" }}
+memory = {{ default = 1, max = 2 }}
+runtime = {{ default = 10 }}
+{}
+[instances.p.grants]
+env = ["SLURM_CONF={conf}"]
+[[instances.p.grants.programs]]
+program = "sbatch"
+spawn_env = true
+[[instances.p.grants.programs]]
+program = "squeue"
+[[instances.p.grants.programs]]
+program = "scancel"
+"#,
+        ssh_table(&s, "known_hosts", &s.user)
+    ));
+    let inst = setup.instance("p").await;
+    let mut job = spec();
+    job.user = user(&s.user);
+    job.cmd = vec!["sleep".into(), "60".into()];
+    let mut c = ctx();
+    c.user = Some(s.user.clone());
+    let sub = inst.submit(c.clone(), &job).await.unwrap();
+    let j = wasmspawner_host::model::Job {
+        job_id: sub.job_id.clone(),
+        user: s.user.clone(),
+        state: sub.state.clone(),
+    };
+    let mut running = false;
+    for _ in 0..60 {
+        let st = inst
+            .status(std::slice::from_ref(&j))
+            .await
+            .unwrap()
+            .remove(0);
+        if matches!(st, wasmspawner_host::model::JobState::Running { .. }) {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(running, "the job submitted over SSH never ran");
+    // The job belongs to the SSH user.
+    let out = std::process::Command::new("squeue")
+        .args(["-h", "-j", &sub.job_id, "-o", "%u"])
+        .env("SLURM_CONF", &conf)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), s.user);
+    inst.cancel(c, &j).await.unwrap();
+    let audit = setup.audit();
+    assert!(audit
+        .iter()
+        .any(|r| r["argv"][0] == "/usr/bin/ssh" && r["argv"].to_string().contains("sbatch")));
+    assert!(!audit
+        .iter()
+        .any(|r| r.to_string().contains("hub-secret-token-123")));
+}
