@@ -275,3 +275,38 @@ async fn a_server_that_never_reports_fails_after_the_start_timeout() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_of_one_request_make_one_job() {
+    let h = std::sync::Arc::new(start_host(&probe("ok", "")).await);
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move {
+                h.api("POST", "/v1/spawns", Some(&body("alice", "same")))
+                    .await
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        codes.push(r.status);
+        ids.insert(r.json()["id"].as_str().unwrap().to_string());
+    }
+    codes.sort();
+    assert_eq!(codes, [200, 200, 200, 200, 200, 200, 200, 200, 200, 201]);
+    assert_eq!(ids.len(), 1);
+    let id = ids.into_iter().next().unwrap();
+    h.wait_spawn(&id, 10, |s| s["state"] == "running").await;
+    assert_eq!(h.service.list(None).len(), 1);
+    let submits = h
+        .service
+        .events(&id)
+        .unwrap()
+        .iter()
+        .filter(|e| e.message.ends_with("submitted"))
+        .count();
+    assert_eq!(submits, 1);
+}
