@@ -29,6 +29,10 @@ pub struct InstanceAudit {
     pub missing: Vec<String>,
     pub unused: Vec<String>,
     pub run_as: Vec<String>,
+    /// Where granted programs run: this host, or a submit host over SSH.
+    pub runs_on: String,
+    /// Servers reached through an SSH tunnel via this gateway.
+    pub tunnel_via: Option<String>,
     pub limits: Limits,
     pub load_error: Option<String>,
 }
@@ -113,6 +117,16 @@ async fn audit_instance(
         missing: vec![],
         unused: vec![],
         run_as: ic.run_as.clone(),
+        runs_on: match (&ic.submit_host, &ic.ssh) {
+            (Some(h), Some(s)) => format!(
+                "{h} over SSH (port {}, user {}, host keys from {} only)",
+                s.port,
+                s.user.as_deref().unwrap_or("the host's own"),
+                s.known_hosts.display()
+            ),
+            _ => "this host".into(),
+        },
+        tunnel_via: ic.tunnel.as_ref().map(|t| t.via.clone()),
         limits: Limits {
             memory_mib: l.memory_bytes >> 20,
             call_timeout_secs: l.call_timeout.as_secs_f64(),
@@ -235,6 +249,10 @@ fn print_table(a: &InstanceAudit) {
     }
     for u in &a.unused {
         println!("  unused       {u}");
+    }
+    println!("  runs on      {}", a.runs_on);
+    if let Some(v) = &a.tunnel_via {
+        println!("  tunnels      each ready server is forwarded to 127.0.0.1 through ssh via {v}");
     }
     println!(
         "  run as       {}",
