@@ -17,15 +17,7 @@ fn probe(behavior: &str, grants: &str) -> common::Setup {
 }
 
 fn spec(options: Options) -> JobSpec {
-    JobSpec {
-        spawn_id: "s1".into(),
-        user: user("alice"),
-        options,
-        cmd: vec!["jupyterhub-singleuser".into()],
-        env_names: vec![],
-        callback_url: "http://127.0.0.1/cb".into(),
-        home: None,
-    }
+    common::job_spec(options)
 }
 
 fn ctx() -> CallContext {

@@ -34,15 +34,7 @@ call_timeout_secs = 2
 }
 
 fn job_spec() -> JobSpec {
-    JobSpec {
-        spawn_id: "s1".into(),
-        user: user("alice"),
-        options: Options::new(),
-        cmd: vec!["jupyterhub-singleuser".into()],
-        env_names: vec![],
-        callback_url: "http://127.0.0.1/cb".into(),
-        home: None,
-    }
+    common::job_spec(Options::new())
 }
 
 fn ctx() -> CallContext {

@@ -6,25 +6,9 @@
 mod common;
 mod service_common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use service_common::{local_config, server_script, start_body, start_host_with, Host};
-
-fn sshd() -> Option<PathBuf> {
-    match std::env::var_os("WASMSPAWNER_TEST_SSH") {
-        Some(d) => Some(PathBuf::from(d)),
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI must run the tunnel tests: set WASMSPAWNER_TEST_SSH")
-        }
-        None => {
-            eprintln!(
-                "\n*** SKIPPED (no sshd): set WASMSPAWNER_TEST_SSH (tests/ssh/sshd-up.sh) ***\n"
-            );
-            None
-        }
-    }
-}
 
 /// A host whose state lives in `state` (so a "restart" finds it again).
 async fn host_on(state: &std::path::Path, body: &str) -> Host {
@@ -89,7 +73,9 @@ fn tunnel_pids(port: u16) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_per_ready_server_survives_its_ssh_and_a_host_restart() {
-    let Some(dir) = sshd() else { return };
+    let Some(dir) = common::sshd_dir() else {
+        return;
+    };
     let read = |f: &str| {
         std::fs::read_to_string(dir.join(f))
             .unwrap()

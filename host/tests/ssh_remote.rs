@@ -20,31 +20,20 @@ struct Sshd {
     user: String,
 }
 
-/// The test sshd, or `None` (loudly) on a developer machine without one.
+/// The test sshd (see `common::sshd_dir`).
 fn sshd() -> Option<Sshd> {
-    match std::env::var_os("WASMSPAWNER_TEST_SSH") {
-        Some(d) => {
-            let dir = PathBuf::from(d);
-            let read = |f: &str| {
-                std::fs::read_to_string(dir.join(f))
-                    .unwrap()
-                    .trim()
-                    .to_string()
-            };
-            Some(Sshd {
-                port: read("port"),
-                user: read("user"),
-                dir,
-            })
-        }
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI must run the SSH tests: start tests/ssh/sshd-up.sh and set WASMSPAWNER_TEST_SSH")
-        }
-        None => {
-            eprintln!("\n*** SKIPPED (no sshd): set WASMSPAWNER_TEST_SSH, e.g. `eval $(tests/ssh/sshd-up.sh /tmp/ws-sshd)` as root ***\n");
-            None
-        }
-    }
+    let dir = common::sshd_dir()?;
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    Some(Sshd {
+        port: read("port"),
+        user: read("user"),
+        dir,
+    })
 }
 
 fn ssh_table(s: &Sshd, known_hosts: &str, user: &str) -> String {
@@ -71,15 +60,7 @@ fn probe(
 }
 
 fn spec() -> JobSpec {
-    JobSpec {
-        spawn_id: "s1".into(),
-        user: user("alice"),
-        options: Options::new(),
-        cmd: vec!["jupyterhub-singleuser".into()],
-        env_names: vec![],
-        callback_url: "http://127.0.0.1/cb".into(),
-        home: None,
-    }
+    common::job_spec(Options::new())
 }
 
 fn ctx() -> CallContext {

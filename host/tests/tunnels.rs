@@ -14,21 +14,6 @@ use wasmspawner_host::config::SshConfig;
 use wasmspawner_host::model::{Job, JobSpec, Options};
 use wasmspawner_host::tunnel::{TunnelSpec, Tunnels};
 
-fn sshd() -> Option<PathBuf> {
-    match std::env::var_os("WASMSPAWNER_TEST_SSH") {
-        Some(d) => Some(PathBuf::from(d)),
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI must run the tunnel tests: set WASMSPAWNER_TEST_SSH")
-        }
-        None => {
-            eprintln!(
-                "\n*** SKIPPED (no sshd): set WASMSPAWNER_TEST_SSH (tests/ssh/sshd-up.sh) ***\n"
-            );
-            None
-        }
-    }
-}
-
 fn get(addr: std::net::SocketAddr) -> std::io::Result<String> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -40,7 +25,9 @@ fn get(addr: std::net::SocketAddr) -> std::io::Result<String> {
 
 #[tokio::test]
 async fn a_tunnel_reaches_a_loopback_server_and_survives_its_ssh_dying() {
-    let Some(dir) = sshd() else { return };
+    let Some(dir) = common::sshd_dir() else {
+        return;
+    };
     let read = |f: &str| {
         std::fs::read_to_string(dir.join(f))
             .unwrap()

@@ -84,3 +84,32 @@ pub fn user(name: &str) -> wasmspawner_host::model::User {
         admin: false,
     }
 }
+
+/// The test sshd's directory (tests/ssh/sshd-up.sh: port, user, client_key,
+/// known_hosts…), or `None` with a loud SKIPPED line on a developer machine
+/// without one. Under CI=true a missing sshd fails the test.
+pub fn sshd_dir() -> Option<PathBuf> {
+    match std::env::var_os("WASMSPAWNER_TEST_SSH") {
+        Some(d) => Some(PathBuf::from(d)),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI must run the SSH tests: start tests/ssh/sshd-up.sh and set WASMSPAWNER_TEST_SSH")
+        }
+        None => {
+            eprintln!("\n*** SKIPPED (no sshd): set WASMSPAWNER_TEST_SSH, e.g. `eval $(tests/ssh/sshd-up.sh /tmp/ws-sshd)` as root ***\n");
+            None
+        }
+    }
+}
+
+/// A job spec for plugin calls in tests.
+pub fn job_spec(options: wasmspawner_host::model::Options) -> wasmspawner_host::model::JobSpec {
+    wasmspawner_host::model::JobSpec {
+        spawn_id: "s1".into(),
+        user: user("alice"),
+        options,
+        cmd: vec!["jupyterhub-singleuser".into()],
+        env_names: vec![],
+        callback_url: "http://127.0.0.1/cb".into(),
+        home: None,
+    }
+}
