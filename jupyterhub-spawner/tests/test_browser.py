@@ -60,6 +60,12 @@ def test_the_spawn_form_in_a_browser_starts_the_chosen_server(stack, tmp_path):
             # the local plugin's fields.
             page.wait_for_selector("select[name=interface]")
             assert page.locator("select[name=__instance]").count() == 1
+            # Another instance shows its own form and hides this one's.
+            page.select_option("select[name=__instance]", "queue")
+            assert page.locator("input[name=cores]").is_visible()
+            assert not page.locator("select[name=interface]").is_visible()
+            page.select_option("select[name=__instance]", "local")
+            assert not page.locator("input[name=cores]").is_visible()
             page.select_option("select[name=interface]", "notebook")
             page.screenshot(path=str(OUT / "spawn-form.png"), full_page=True)
             page.click("#spawn_form input[type=submit], #spawn_form button[type=submit]")

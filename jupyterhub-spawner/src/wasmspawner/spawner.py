@@ -308,27 +308,44 @@ def _as_form_string(v: Any) -> str:
 
 
 async def _fetch_options_form(spawner: WasmSpawner) -> str:
-    """The host's HTML rendering of the plugin's form for this user (plus an
-    instance choice when several instances are offered)."""
+    """The host's HTML rendering of the plugin's form for this user.
+
+    With several instances, the user first picks one; each instance's form is
+    in its own fieldset, and all but the chosen one are disabled, so the
+    browser submits only the chosen instance's fields.
+    """
     allowed = spawner.instances or ([spawner.instance] if spawner.instance else [])
     if not allowed:
         return ""
     groups = ",".join(g.name for g in getattr(spawner.user, "groups", []))
-    parts = []
-    if len(allowed) > 1:
-        opts = "".join(f'<option value="{_esc(i)}">{_esc(i)}</option>' for i in allowed)
-        parts.append(
-            '<div class="form-group"><label for="wasm-instance">Cluster</label>'
-            f'<select class="form-control" name="__instance" id="wasm-instance">{opts}</select></div>'
-        )
     query = urlencode({"user": spawner.user.name, "groups": groups, "admin": str(bool(spawner.user.admin)).lower(), "format": "html"})
-    req = HTTPRequest(
-        spawner.host_url.rstrip("/") + f"/v1/plugins/{quote(allowed[0])}/form?{query}",
-        headers={"Authorization": f"Bearer {spawner._token()}"},
-        request_timeout=spawner.request_timeout,
+
+    async def form_of(instance: str) -> str:
+        req = HTTPRequest(
+            spawner.host_url.rstrip("/") + f"/v1/plugins/{quote(instance)}/form?{query}",
+            headers={"Authorization": f"Bearer {spawner._token()}"},
+            request_timeout=spawner.request_timeout,
+        )
+        resp = await AsyncHTTPClient().fetch(req)
+        return resp.body.decode()
+
+    if len(allowed) == 1:
+        return await form_of(allowed[0])
+    forms = await asyncio.gather(*(form_of(i) for i in allowed))
+    opts = "".join(f'<option value="{_esc(i)}">{_esc(i)}</option>' for i in allowed)
+    parts = [
+        '<div class="form-group"><label for="wasm-instance">Cluster</label>'
+        f'<select class="form-control" name="__instance" id="wasm-instance">{opts}</select></div>'
+    ]
+    for n, (instance, html) in enumerate(zip(allowed, forms)):
+        disabled = "" if n == 0 else " disabled hidden"
+        parts.append(f'<fieldset class="wasm-instance-form" data-instance="{_esc(instance)}"{disabled}>{html}</fieldset>')
+    parts.append(
+        "<script>(function(){var s=document.getElementById('wasm-instance');"
+        "function show(){document.querySelectorAll('fieldset.wasm-instance-form').forEach(function(f){"
+        "var on=f.dataset.instance===s.value;f.disabled=!on;f.hidden=!on;});}"
+        "s.addEventListener('change',show);show();})();</script>"
     )
-    resp = await AsyncHTTPClient().fetch(req)
-    parts.append(resp.body.decode())
     return "\n".join(parts)
 
 
