@@ -204,6 +204,8 @@ async fn stop_while_validating_or_submitting() {
     let r = h.api("POST", "/v1/spawns", Some(&body("bob", "r2"))).await;
     assert_eq!(r.json()["state"], "submitting", "{}", r.body);
     let id = r.json()["id"].as_str().unwrap().to_string();
+    // Give the submit (a one-second plugin call) time to start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         h.api("DELETE", &format!("/v1/spawns/{id}"), None)
             .await
@@ -213,6 +215,15 @@ async fn stop_while_validating_or_submitting() {
     let deadline = std::time::Instant::now() + Duration::from_secs(45);
     loop {
         let ev = events_of(&h, &id).await;
+        // On a loaded machine the stop may still beat the submit task to
+        // the spawn: then nothing was submitted at all, which is right too.
+        let now = h.service.get(&id).unwrap();
+        if now.state.as_str() == "stopped"
+            && now.reason.as_deref() == Some("stopped before the job was submitted")
+        {
+            assert!(now.job_id.is_none(), "{now:?}");
+            return;
+        }
         if ev.iter().any(|m| m.contains("cancel sent")) {
             assert!(
                 ev.iter()

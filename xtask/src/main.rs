@@ -199,7 +199,8 @@ fn demo() -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     build_plugins()?;
     let mut c = cargo();
-    c.args(["test", "--workspace"]).args(extra);
+    // Every failure in one run, not just the first test binary's.
+    c.args(["test", "--workspace", "--no-fail-fast"]).args(extra);
     run(c)?;
     // The host binary the Python tests start.
     let mut c = cargo();
