@@ -37,7 +37,17 @@ fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
     path
 }
 
-async fn serve(config: &Path, log: &Path) -> Child {
+/// A running `wasmspawner serve`, killed (SIGKILL) when dropped.
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn serve(config: &Path, log: &Path) -> Served {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -51,7 +61,7 @@ async fn serve(config: &Path, log: &Path) -> Child {
         .stderr(log)
         .spawn()
         .unwrap();
-    child
+    Served(child)
 }
 
 async fn wait_healthy(url: &str) {
@@ -106,7 +116,7 @@ async fn sigkill_mid_spawn_and_restart_recovers_every_spawn() {
     let script = server_script(dir.path());
     let go = dir.path().join("go").display().to_string();
 
-    let mut host = serve(&config, &log).await;
+    let host = serve(&config, &log).await;
     wait_healthy(&url).await;
     // A: ready before the crash. B: its job runs, the server has not reported yet.
     let a = api(
@@ -128,15 +138,19 @@ async fn sigkill_mid_spawn_and_restart_recovers_every_spawn() {
     let b = b.json()["id"].as_str().unwrap().to_string();
     let a_before = wait_state(&url, &a, "ready").await;
     let b_before = wait_state(&url, &b, "running").await;
+    let pids: Vec<u32> = [&a_before, &b_before]
+        .iter()
+        .map(|s| pid_of(s["job_id"].as_str().unwrap()))
+        .collect();
+    let _cleanup: Vec<KillOnDrop> = pids.iter().map(|p| KillOnDrop(*p)).collect();
 
-    host.kill().unwrap(); // SIGKILL
-    host.wait().unwrap();
+    drop(host); // SIGKILL
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the host still answers after SIGKILL"
     );
 
-    let mut host = serve(&config, &log).await;
+    let host = serve(&config, &log).await;
     wait_healthy(&url).await;
     let a_after = api(&url, "GET", &format!("/v1/spawns/{a}"), None)
         .await
@@ -195,10 +209,17 @@ async fn sigkill_mid_spawn_and_restart_recovers_every_spawn() {
     for id in [&a, &b] {
         wait_state(&url, id, "stopped").await;
     }
-    let _ = host.kill();
-    let _ = host.wait();
-    for s in [&a_before, &b_before] {
-        kill_group(pid_of(s["job_id"].as_str().unwrap()));
+    drop(host);
+    for pid in pids {
+        // Not our children: init reaps them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !gone(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "stopped, but server process {pid} still runs"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
