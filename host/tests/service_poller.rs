@@ -266,7 +266,7 @@ async fn a_server_that_never_reports_fails_after_the_start_timeout() {
     // The job is cancelled, not left running.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let sent = format!("cancel of job probe-{id} sent");
-    while !events_of(&h, &id).await.iter().any(|m| *m == sent) {
+    while !events_of(&h, &id).await.contains(&sent) {
         assert!(
             std::time::Instant::now() < deadline,
             "{:?}",
