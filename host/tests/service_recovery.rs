@@ -272,3 +272,55 @@ async fn a_spawn_caught_in_submitting_fails_and_is_not_submitted_again() {
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_promptly_with_an_event_stream_open_and_servers_keep_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port);
+    let url = format!("http://127.0.0.1:{port}");
+    let script = server_script(dir.path());
+    let never = dir.path().join("never").display().to_string();
+    let mut host = serve(&config, &dir.path().join("host.log")).await;
+    wait_healthy(&url).await;
+    let r = api(
+        &url,
+        "POST",
+        "/v1/spawns",
+        Some(&start_body("alice", "", "a", &["python3", &script, &never])),
+    )
+    .await;
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let s = wait_state(&url, &id, "running").await;
+    let pid = pid_of(s["job_id"].as_str().unwrap());
+    let _cleanup = KillOnDrop(pid);
+    // A hub following the spawn.
+    let events_url = format!("{url}/v1/spawns/{id}/events");
+    let follower = tokio::spawn(async move { read_events(&events_url, &["ready"], 60).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    unsafe {
+        libc::kill(host.0.id() as i32, libc::SIGTERM);
+    }
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = host.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the host did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    follower.abort();
+    // The job is not the host's to end: it still runs (and is found again on restart).
+    assert!(!gone(pid));
+    let _host = serve(&config, &dir.path().join("host.log")).await;
+    wait_healthy(&url).await;
+    let s = api(&url, "GET", &format!("/v1/spawns/{id}"), None)
+        .await
+        .json();
+    assert_eq!(s["state"], "running", "{s}");
+}
