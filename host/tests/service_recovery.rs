@@ -324,3 +324,48 @@ async fn sigterm_exits_promptly_with_an_event_stream_open_and_servers_keep_runni
         .json();
     assert_eq!(s["state"], "running", "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_submit_in_flight_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // probe "sleep": form and submit take 2 s each.
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n[instances.probe]\nplugin = \"{}\"\n[instances.probe.config]\nbehavior = \"sleep\"\nseconds = \"2\"\n[[instances.probe.grants.programs]]\nprogram = \"sleep\"\nargs = [\"*\"]\n",
+            dir.path().join("state").display(),
+            token.display(),
+            common::plugin_wasm("probe").display()
+        ),
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let log = dir.path().join("host.log");
+    let mut host = serve(&config, &log).await;
+    wait_healthy(&url).await;
+    let body =
+        json!({"user": {"name": "alice"}, "instance": "probe", "request_id": "r", "cmd": ["x"]});
+    let r = api(&url, "POST", "/v1/spawns", Some(&body)).await;
+    assert_eq!(r.json()["state"], "submitting", "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    unsafe {
+        libc::kill(host.0.id() as i32, libc::SIGTERM);
+    }
+    let status = host.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let _host = serve(&config, &log).await;
+    wait_healthy(&url).await;
+    let s = api(&url, "GET", &format!("/v1/spawns/{id}"), None)
+        .await
+        .json();
+    assert_eq!(s["job_id"], format!("probe-{id}"), "{s}");
+    assert!(
+        matches!(s["state"].as_str(), Some("queued" | "running")),
+        "{s}"
+    );
+}

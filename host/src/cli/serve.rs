@@ -51,7 +51,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let app = http::router(Arc::new(AppState {
         registry,
         token,
-        service,
+        service: service.clone(),
     }));
     tracing::info!("listening on http://{local} (callbacks to {public_url})");
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -75,8 +75,18 @@ pub async fn run(config_path: &Path) -> Result<()> {
             SHUTDOWN_GRACE.as_secs()
         ),
     }
+    let left = service.drain(SUBMIT_GRACE).await;
+    if left > 0 {
+        tracing::warn!(
+            "{left} job submits still running {} s after the shutdown signal; those spawns fail at the next start (never submitted twice)",
+            SUBMIT_GRACE.as_secs()
+        );
+    }
     Ok(())
 }
+
+/// How long job submits in flight may finish at shutdown.
+const SUBMIT_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long open connections may finish after SIGTERM or Ctrl-C.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);

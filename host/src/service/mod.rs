@@ -122,6 +122,21 @@ pub struct Service {
     pub(crate) events: broadcast::Sender<SpawnEvent>,
     public_url: String,
     pollers: BTreeMap<String, Arc<poller::PollerState>>,
+    /// Submits running in the background (see [`Service::drain`]).
+    submits: std::sync::atomic::AtomicUsize,
+    submits_done: tokio::sync::Notify,
+}
+
+/// Counts a background submit until it is dropped.
+struct InFlight(Arc<Service>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .submits
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.submits_done.notify_waiters();
+    }
 }
 
 /// Cancels of a job that failed by timeout are retried this often.
@@ -151,6 +166,8 @@ impl Service {
             events,
             public_url: public_url.trim_end_matches('/').to_string(),
             pollers,
+            submits: Default::default(),
+            submits_done: tokio::sync::Notify::new(),
         };
         svc.recover()?;
         Ok(Arc::new(svc))
@@ -441,8 +458,14 @@ impl Service {
             })?
             .ok_or_else(|| ServiceError::NotFound(id.clone()))?;
         if submit {
+            self.submits
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let guard = InFlight(self.clone());
             let me = self.clone();
-            tokio::spawn(async move { me.submit_job(id, env).await });
+            tokio::spawn(async move {
+                let _guard = guard;
+                me.submit_job(id, env).await
+            });
         }
         Ok((spawn, true))
     }
@@ -727,6 +750,23 @@ impl Service {
             return Err(bad_token());
         }
         out.ok_or_else(|| ServiceError::NotFound(id.to_string()))
+    }
+
+    /// Waits (at most `limit`) for the submits in flight to finish, so a
+    /// planned shutdown does not leave spawns in `submitting` (which fail
+    /// at the next start). Returns how many are still running.
+    pub async fn drain(&self, limit: std::time::Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let done = self.submits_done.notified();
+            let n = self.submits.load(std::sync::atomic::Ordering::SeqCst);
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return self.submits.load(std::sync::atomic::Ordering::SeqCst);
+            }
+        }
     }
 
     fn wake(&self, instance: &str) {
