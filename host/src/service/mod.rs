@@ -479,7 +479,7 @@ impl Service {
                 e.spawn.state = SpawnState::Stopped;
                 e.callback_hash = None;
                 e.spawn.reason = Some("stopped before the job was submitted".into());
-                None
+                Some("stopped before the job was submitted".into())
             });
             return;
         }
