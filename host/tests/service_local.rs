@@ -72,6 +72,7 @@ async fn start_ready_server_answers_stop_stopped() {
     let audit = std::fs::read_to_string(h.setup.config.state_dir.join("audit.jsonl")).unwrap();
     assert!(!audit.contains("hub-secret-token"));
     let pid = pid_of(s["job_id"].as_str().unwrap());
+    let _cleanup = KillOnDrop(pid);
     let cb_token = env_of(pid, "WASMSPAWNER_CALLBACK_TOKEN").unwrap();
     assert_eq!(cb_token.len(), 64);
     for f in ["spawns.sqlite", "spawns.sqlite-wal"] {

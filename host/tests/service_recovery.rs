@@ -37,7 +37,17 @@ fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
     path
 }
 
-async fn serve(config: &Path, log: &Path) -> Child {
+/// A running `wasmspawner serve`, killed (SIGKILL) when dropped.
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn serve(config: &Path, log: &Path) -> Served {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -51,7 +61,7 @@ async fn serve(config: &Path, log: &Path) -> Child {
         .stderr(log)
         .spawn()
         .unwrap();
-    child
+    Served(child)
 }
 
 async fn wait_healthy(url: &str) {
@@ -106,7 +116,7 @@ async fn sigkill_mid_spawn_and_restart_recovers_every_spawn() {
     let script = server_script(dir.path());
     let go = dir.path().join("go").display().to_string();
 
-    let mut host = serve(&config, &log).await;
+    let host = serve(&config, &log).await;
     wait_healthy(&url).await;
     // A: ready before the crash. B: its job runs, the server has not reported yet.
     let a = api(
@@ -128,15 +138,19 @@ async fn sigkill_mid_spawn_and_restart_recovers_every_spawn() {
     let b = b.json()["id"].as_str().unwrap().to_string();
     let a_before = wait_state(&url, &a, "ready").await;
     let b_before = wait_state(&url, &b, "running").await;
+    let pids: Vec<u32> = [&a_before, &b_before]
+        .iter()
+        .map(|s| pid_of(s["job_id"].as_str().unwrap()))
+        .collect();
+    let _cleanup: Vec<KillOnDrop> = pids.iter().map(|p| KillOnDrop(*p)).collect();
 
-    host.kill().unwrap(); // SIGKILL
-    host.wait().unwrap();
+    drop(host); // SIGKILL
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the host still answers after SIGKILL"
     );
 
-    let mut host = serve(&config, &log).await;
+    let host = serve(&config, &log).await;
     wait_healthy(&url).await;
     let a_after = api(&url, "GET", &format!("/v1/spawns/{a}"), None)
         .await
@@ -195,10 +209,17 @@ async fn sigkill_mid_spawn_and_restart_recovers_every_spawn() {
     for id in [&a, &b] {
         wait_state(&url, id, "stopped").await;
     }
-    let _ = host.kill();
-    let _ = host.wait();
-    for s in [&a_before, &b_before] {
-        kill_group(pid_of(s["job_id"].as_str().unwrap()));
+    drop(host);
+    for pid in pids {
+        // Not our children: init reaps them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !gone(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "stopped, but server process {pid} still runs"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -250,4 +271,101 @@ async fn a_spawn_caught_in_submitting_fails_and_is_not_submitted_again() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_promptly_with_an_event_stream_open_and_servers_keep_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port);
+    let url = format!("http://127.0.0.1:{port}");
+    let script = server_script(dir.path());
+    let never = dir.path().join("never").display().to_string();
+    let mut host = serve(&config, &dir.path().join("host.log")).await;
+    wait_healthy(&url).await;
+    let r = api(
+        &url,
+        "POST",
+        "/v1/spawns",
+        Some(&start_body("alice", "", "a", &["python3", &script, &never])),
+    )
+    .await;
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let s = wait_state(&url, &id, "running").await;
+    let pid = pid_of(s["job_id"].as_str().unwrap());
+    let _cleanup = KillOnDrop(pid);
+    // A hub following the spawn.
+    let events_url = format!("{url}/v1/spawns/{id}/events");
+    let follower = tokio::spawn(async move { read_events(&events_url, &["ready"], 60).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    unsafe {
+        libc::kill(host.0.id() as i32, libc::SIGTERM);
+    }
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = host.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the host did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    follower.abort();
+    // The job is not the host's to end: it still runs (and is found again on restart).
+    assert!(!gone(pid));
+    let _host = serve(&config, &dir.path().join("host.log")).await;
+    wait_healthy(&url).await;
+    let s = api(&url, "GET", &format!("/v1/spawns/{id}"), None)
+        .await
+        .json();
+    assert_eq!(s["state"], "running", "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_submit_in_flight_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // probe "sleep": form and submit take 2 s each.
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n[instances.probe]\nplugin = \"{}\"\n[instances.probe.config]\nbehavior = \"sleep\"\nseconds = \"2\"\n[[instances.probe.grants.programs]]\nprogram = \"sleep\"\nargs = [\"*\"]\n",
+            dir.path().join("state").display(),
+            token.display(),
+            common::plugin_wasm("probe").display()
+        ),
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let log = dir.path().join("host.log");
+    let mut host = serve(&config, &log).await;
+    wait_healthy(&url).await;
+    let body =
+        json!({"user": {"name": "alice"}, "instance": "probe", "request_id": "r", "cmd": ["x"]});
+    let r = api(&url, "POST", "/v1/spawns", Some(&body)).await;
+    assert_eq!(r.json()["state"], "submitting", "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    unsafe {
+        libc::kill(host.0.id() as i32, libc::SIGTERM);
+    }
+    let status = host.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let _host = serve(&config, &log).await;
+    wait_healthy(&url).await;
+    let s = api(&url, "GET", &format!("/v1/spawns/{id}"), None)
+        .await
+        .json();
+    assert_eq!(s["job_id"], format!("probe-{id}"), "{s}");
+    assert!(
+        matches!(s["state"].as_str(), Some("queued" | "running")),
+        "{s}"
+    );
 }

@@ -37,6 +37,8 @@ async fn a_reloaded_plugin_keeps_polling_and_stops_the_old_versions_jobs() {
         .await;
     let id = r.json()["id"].as_str().unwrap().to_string();
     let before = h.wait_spawn(&id, 30, |s| s["state"] == "ready").await;
+    let pid = pid_of(before["job_id"].as_str().unwrap());
+    let _cleanup = KillOnDrop(pid);
 
     let inst = h.service.registry().get("local").unwrap().clone();
     let old_digest = inst.current().digest.clone();
@@ -64,4 +66,8 @@ async fn a_reloaded_plugin_keeps_polling_and_stops_the_old_versions_jobs() {
         202
     );
     h.wait_spawn(&id, 20, |s| s["state"] == "stopped").await;
+    assert!(
+        gone(pid),
+        "stopped, but the server process {pid} still runs"
+    );
 }

@@ -52,17 +52,45 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let app = http::router(Arc::new(AppState {
         registry,
         token,
-        service,
+        service: service.clone(),
     }));
     tracing::info!("listening on http://{local} (callbacks to {public_url})");
-    axum::serve(
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown())
-    .await?;
+    .with_graceful_shutdown(async move {
+        shutdown().await;
+        let _ = stopping_tx.send(());
+    });
+    // Event streams of spawns still in the queue never end by themselves:
+    // give open connections a moment, then exit anyway (all state is on disk).
+    tokio::select! {
+        r = std::future::IntoFuture::into_future(server) => r?,
+        _ = async {
+            let _ = stopping_rx.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::info!(
+            "connections still open {} s after the shutdown signal (event streams); exiting",
+            SHUTDOWN_GRACE.as_secs()
+        ),
+    }
+    let left = service.drain(SUBMIT_GRACE).await;
+    if left > 0 {
+        tracing::warn!(
+            "{left} job submits still running {} s after the shutdown signal; those spawns fail at the next start (never submitted twice)",
+            SUBMIT_GRACE.as_secs()
+        );
+    }
     Ok(())
 }
+
+/// How long job submits in flight may finish at shutdown.
+const SUBMIT_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long open connections may finish after SIGTERM or Ctrl-C.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 async fn shutdown() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -6,6 +6,8 @@
 //! |---|---|
 //! | this one | the spawn records, start, stop, the callback, recovery |
 //! | [`poller`] | one poller per plugin instance: batched `status` calls |
+//! | [`callback`] | the job's callback (port and host, per-spawn token) |
+//! | `recovery` | loading the stored spawns at startup |
 //! | [`events`] | a spawn's event stream (for Server-Sent Events) |
 //! | [`token`] | callback tokens (stored hashed) and the callback host rule |
 //!
@@ -13,9 +15,13 @@
 //! records are also kept in memory: reads never touch the database or the
 //! scheduler.
 
+pub mod callback;
 pub mod events;
 pub mod poller;
+mod recovery;
 pub mod token;
+
+pub use callback::CallbackBody;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -58,15 +64,6 @@ pub struct StartRequest {
     pub env: BTreeMap<String, String>,
     /// The single-user server command and its arguments.
     pub cmd: Vec<String>,
-}
-
-/// `POST /v1/spawns/{id}/ready`: all a job may say.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CallbackBody {
-    pub port: u32,
-    #[serde(default)]
-    pub host: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +121,21 @@ pub struct Service {
     pollers: BTreeMap<String, Arc<poller::PollerState>>,
     /// SSH tunnels of ready servers on non-routable nodes.
     tunnels: crate::tunnel::Tunnels,
+    /// Submits running in the background (see [`Service::drain`]).
+    submits: std::sync::atomic::AtomicUsize,
+    submits_done: tokio::sync::Notify,
+}
+
+/// Counts a background submit until it is dropped.
+struct InFlight(Arc<Service>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .submits
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.submits_done.notify_waiters();
+    }
 }
 
 /// Cancels of a job that failed by timeout are retried this often.
@@ -154,6 +166,8 @@ impl Service {
             public_url: public_url.trim_end_matches('/').to_string(),
             pollers,
             tunnels: crate::tunnel::Tunnels::new(),
+            submits: Default::default(),
+            submits_done: tokio::sync::Notify::new(),
         };
         svc.recover()?;
         Ok(Arc::new(svc))
@@ -248,51 +262,6 @@ impl Service {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Loads every stored spawn. Spawns caught before their job was
-    /// submitted fail (see `recover_one`); the rest are polled again.
-    fn recover(&self) -> Result<()> {
-        let stored = self.store.load_all()?;
-        let n = stored.len();
-        let mut failed = 0;
-        for st in stored {
-            let mut e = Entry {
-                cancel_due: st.spawn.state == SpawnState::Stopping,
-                spawn: st.spawn,
-                callback_hash: st.callback_hash,
-                cancel_in_flight: false,
-                cancel_attempts: 0,
-            };
-            let id = e.spawn.id.clone();
-            let key = (
-                e.spawn.user.name.clone(),
-                e.spawn.server_name.clone(),
-                e.spawn.request_id.clone(),
-            );
-            let change = recover_one(&mut e);
-            {
-                let mut inner = self.lock();
-                inner.by_request.insert(key, id.clone());
-                inner.spawns.insert(id.clone(), e.clone());
-            }
-            if let Some((state, message)) = change {
-                failed += 1;
-                self.update(&id, |e| {
-                    e.spawn.state = state;
-                    e.spawn.reason = Some(message.clone());
-                    e.callback_hash = None;
-                    Some(message)
-                })?;
-            }
-        }
-        if n > 0 {
-            tracing::info!(
-                "recovered {n} spawns from {} ({failed} caught before submit were ended)",
-                self.store.path().display()
-            );
-        }
-        Ok(())
     }
 
     /// Applies `f` to a copy of spawn `id`; when it changed, persists it,
@@ -519,8 +488,14 @@ impl Service {
             })?
             .ok_or_else(|| ServiceError::NotFound(id.clone()))?;
         if submit {
+            self.submits
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let guard = InFlight(self.clone());
             let me = self.clone();
-            tokio::spawn(async move { me.submit_job(id, env).await });
+            tokio::spawn(async move {
+                let _guard = guard;
+                me.submit_job(id, env).await
+            });
         }
         Ok((spawn, true))
     }
@@ -534,7 +509,7 @@ impl Service {
                 e.spawn.state = SpawnState::Stopped;
                 e.callback_hash = None;
                 e.spawn.reason = Some("stopped before the job was submitted".into());
-                None
+                Some("stopped before the job was submitted".into())
             });
             return;
         }
@@ -688,154 +663,21 @@ impl Service {
         self.wake(&spawn.instance);
     }
 
-    /// The job reports where its server listens. `token` is the bearer
-    /// token it presented; `peer` the address the request came from.
-    pub async fn callback(
-        &self,
-        id: &str,
-        presented: Option<&str>,
-        body: &CallbackBody,
-        peer: Option<std::net::IpAddr>,
-    ) -> Result<Spawn, ServiceError> {
-        let refuse = |status: u16, code: &'static str, message: String| ServiceError::Callback {
-            status,
-            code,
-            message,
-        };
-        let bad_token = || {
-            refuse(
-                401,
-                "invalid_callback_token",
-                "the callback token is missing, wrong, already used, or not for this spawn".into(),
-            )
-        };
-        if !(1..=65535).contains(&body.port) {
-            return Err(refuse(
-                422,
-                "invalid_callback",
-                format!("port {} is not in 1-65535", body.port),
-            ));
-        }
-        if let Some(h) = &body.host {
-            if !crate::model::valid_host(h) {
-                return Err(refuse(
-                    422,
-                    "invalid_callback",
-                    format!("host {h:?} is not a host name or an IP address"),
-                ));
+    /// Waits (at most `limit`) for the submits in flight to finish, so a
+    /// planned shutdown does not leave spawns in `submitting` (which fail
+    /// at the next start). Returns how many are still running.
+    pub async fn drain(&self, limit: std::time::Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let done = self.submits_done.notified();
+            let n = self.submits.load(std::sync::atomic::Ordering::SeqCst);
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return self.submits.load(std::sync::atomic::Ordering::SeqCst);
             }
         }
-        let presented = presented.ok_or_else(bad_token)?;
-        let (spawn, hash) = {
-            let inner = self.lock();
-            let e = inner.spawns.get(id).ok_or_else(bad_token)?;
-            (e.spawn.clone(), e.callback_hash.clone())
-        };
-        match hash {
-            Some(h) if token::matches(&h, presented) => {}
-            _ => return Err(bad_token()),
-        }
-        if !matches!(spawn.state, SpawnState::Queued | SpawnState::Running) {
-            return Err(refuse(
-                409,
-                "callback_not_accepted",
-                format!(
-                    "spawn {id} is {}; a server may report its port only while the spawn is queued or running",
-                    spawn.state
-                ),
-            ));
-        }
-        let rules = self
-            .registry
-            .config
-            .instances
-            .get(&spawn.instance)
-            .map(|i| i.lifecycle.callback_hosts.clone())
-            .unwrap_or_default();
-        let host = match &body.host {
-            Some(given) => {
-                if !token::host_allowed(given, spawn.exec_host.as_deref(), &rules) {
-                    return Err(refuse(
-                        403,
-                        "callback_host_mismatch",
-                        format!(
-                            "the callback names host {given:?}, but {}; an operator may allow it in lifecycle.callback_hosts of instance `{}`",
-                            match &spawn.exec_host {
-                                Some(x) => format!("the scheduler runs the job on {x:?}"),
-                                None => "it matches no lifecycle.callback_hosts rule".into(),
-                            },
-                            spawn.instance
-                        ),
-                    ));
-                }
-                given.clone()
-            }
-            None => match (&spawn.exec_host, peer) {
-                (Some(x), _) => x.clone(),
-                (None, Some(ip)) => ip.to_string(),
-                (None, None) => {
-                    return Err(refuse(
-                        422,
-                        "invalid_callback",
-                        "the callback names no host and the scheduler has not reported one".into(),
-                    ))
-                }
-            },
-        };
-        let port = body.port as u16;
-        // A non-routable node: the hub reaches the server through a tunnel,
-        // opened before the spawn is reported ready.
-        let (host, port, tunnel_target) = match self.registry.config.instances.get(&spawn.instance)
-        {
-            Some(ic) if ic.tunnel.is_some() => {
-                let mut probe = spawn.clone();
-                probe.tunnel_target = Some(format!("{host}:{port}"));
-                let spec = self.tunnel_spec(&probe).ok_or_else(|| {
-                    refuse(
-                        500,
-                        "tunnel_failed",
-                        "the instance's tunnel settings are incomplete".into(),
-                    )
-                })?;
-                let ssh = ic.ssh.clone().expect("checked with the config");
-                let local = self.tunnels.open(&ssh, spec, None).await.map_err(|e| {
-                    refuse(
-                        502,
-                        "tunnel_failed",
-                        format!("cannot open the tunnel to {host}:{port}: {e:#}"),
-                    )
-                })?;
-                (
-                    "127.0.0.1".to_string(),
-                    local.port(),
-                    Some(format!("{host}:{port}")),
-                )
-            }
-            _ => (host, port, None),
-        };
-        let mut accepted = false;
-        let out = self.update(id, |e| {
-            // Checked again under the lock: once only.
-            let same = e
-                .callback_hash
-                .as_deref()
-                .is_some_and(|h| token::matches(h, presented));
-            if !same || !matches!(e.spawn.state, SpawnState::Queued | SpawnState::Running) {
-                return None;
-            }
-            accepted = true;
-            e.callback_hash = None;
-            e.spawn.state = SpawnState::Ready;
-            e.spawn.host = Some(host.clone());
-            e.spawn.port = Some(port);
-            e.spawn.tunnel_target = tunnel_target.clone();
-            e.spawn.reason = None;
-            Some(format!("server ready at {host}:{port}"))
-        })?;
-        if !accepted {
-            return Err(bad_token());
-        }
-        out.ok_or_else(|| ServiceError::NotFound(id.to_string()))
     }
 
     fn wake(&self, instance: &str) {
@@ -878,33 +720,6 @@ impl Service {
             })
             .collect();
         serde_json::json!({ "spawns": totals, "instances": instances })
-    }
-}
-
-/// What a spawn found at startup needs: spawns caught before their job was
-/// submitted end, because the hub's environment (which the job needs) is
-/// never stored, and because a spawn in `submitting` may or may not have a
-/// job: submitting again could start a second one. It fails with a reason
-/// that says so; if the scheduler did accept a job, that job's callback is
-/// refused (the spawn is no longer queued or running).
-fn recover_one(e: &mut Entry) -> Option<(SpawnState, String)> {
-    match (e.spawn.state, &e.spawn.job_id) {
-        (SpawnState::Validating, _) => Some((
-            SpawnState::Failed,
-            "the host restarted while checking the options; nothing was submitted; start the server again".into(),
-        )),
-        (SpawnState::Submitting, _) => Some((
-            SpawnState::Failed,
-            format!(
-                "the host restarted while submitting the job; it is not submitted again so that no second job can start. If the scheduler did accept it, the job (spawn {}) cannot report to the host; start the server again",
-                e.spawn.id
-            ),
-        )),
-        (SpawnState::Stopping, None) => Some((
-            SpawnState::Stopped,
-            "stopped (the host restarted before the job was submitted)".into(),
-        )),
-        _ => None,
     }
 }
 

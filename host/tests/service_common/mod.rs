@@ -316,3 +316,22 @@ pub fn kill_group(pid: u32) {
         libc::kill(-(pid as i32), libc::SIGKILL);
     }
 }
+
+/// Whether the process is gone (or a zombie nobody reaped yet).
+pub fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s.rfind(')').is_some_and(|i| s[i + 2..].starts_with('Z')),
+    }
+}
+
+/// Kills a job's process group when dropped (cleanup when a test fails).
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !gone(self.0) {
+            kill_group(self.0);
+        }
+    }
+}

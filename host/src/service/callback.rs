@@ -1,0 +1,156 @@
+//! The job's callback: `POST /v1/spawns/{id}/ready` with the per-spawn
+//! token. Only port and host, only once, only while queued or running, and
+//! the host must agree with the scheduler (see [`super::token::host_allowed`]).
+
+use serde::{Deserialize, Serialize};
+
+use super::{token, Service, ServiceError};
+use crate::model::{Spawn, SpawnState};
+
+/// `POST /v1/spawns/{id}/ready`: all a job may say.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackBody {
+    pub port: u32,
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+impl Service {
+    /// The job reports where its server listens. `token` is the bearer
+    /// token it presented; `peer` the address the request came from.
+    pub async fn callback(
+        &self,
+        id: &str,
+        presented: Option<&str>,
+        body: &CallbackBody,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Spawn, ServiceError> {
+        let refuse = |status: u16, code: &'static str, message: String| ServiceError::Callback {
+            status,
+            code,
+            message,
+        };
+        let bad_token = || {
+            refuse(
+                401,
+                "invalid_callback_token",
+                "the callback token is missing, wrong, already used, or not for this spawn".into(),
+            )
+        };
+        if !(1..=65535).contains(&body.port) {
+            return Err(refuse(
+                422,
+                "invalid_callback",
+                format!("port {} is not in 1-65535", body.port),
+            ));
+        }
+        if let Some(h) = &body.host {
+            if !crate::model::valid_host(h) {
+                return Err(refuse(
+                    422,
+                    "invalid_callback",
+                    format!("host {h:?} is not a host name or an IP address"),
+                ));
+            }
+        }
+        let presented = presented.ok_or_else(bad_token)?;
+        let (spawn, hash) = {
+            let inner = self.lock();
+            let e = inner.spawns.get(id).ok_or_else(bad_token)?;
+            (e.spawn.clone(), e.callback_hash.clone())
+        };
+        match hash {
+            Some(h) if token::matches(&h, presented) => {}
+            _ => return Err(bad_token()),
+        }
+        if !matches!(spawn.state, SpawnState::Queued | SpawnState::Running) {
+            return Err(refuse(
+                409,
+                "callback_not_accepted",
+                format!(
+                    "spawn {id} is {}; a server may report its port only while the spawn is queued or running",
+                    spawn.state
+                ),
+            ));
+        }
+        let rules = self
+            .registry
+            .config
+            .instances
+            .get(&spawn.instance)
+            .map(|i| i.lifecycle.callback_hosts.clone())
+            .unwrap_or_default();
+        let host = match &body.host {
+            Some(given) => {
+                if !token::host_allowed(given, spawn.exec_host.as_deref(), &rules) {
+                    return Err(refuse(
+                        403,
+                        "callback_host_mismatch",
+                        format!(
+                            "the callback names host {given:?}, but {}; an operator may allow it in lifecycle.callback_hosts of instance `{}`",
+                            match &spawn.exec_host {
+                                Some(x) => format!("the scheduler runs the job on {x:?}"),
+                                None => "it matches no lifecycle.callback_hosts rule".into(),
+                            },
+                            spawn.instance
+                        ),
+                    ));
+                }
+                given.clone()
+            }
+            None => match (&spawn.exec_host, peer) {
+                (Some(x), _) => x.clone(),
+                (None, Some(ip)) => ip.to_string(),
+                (None, None) => {
+                    return Err(refuse(
+                        422,
+                        "invalid_callback",
+                        "the callback names no host and the scheduler has not reported one".into(),
+                    ))
+                }
+            },
+        };
+        let port = body.port as u16;
+        // A non-routable node: the hub reaches the server through a tunnel,
+        // opened before the spawn is reported ready.
+        let (host, port, tunnel_target) = match self.registry().config.instances.get(&spawn.instance) {
+            Some(ic) if ic.tunnel.is_some() => {
+                let mut probe = spawn.clone();
+                probe.tunnel_target = Some(format!("{host}:{port}"));
+                let spec = self.tunnel_spec(&probe).ok_or_else(|| {
+                    refuse(500, "tunnel_failed", "the instance's tunnel settings are incomplete".into())
+                })?;
+                let ssh = ic.ssh.clone().expect("checked with the config");
+                let local = self.tunnels.open(&ssh, spec, None).await.map_err(|e| {
+                    refuse(502, "tunnel_failed", format!("cannot open the tunnel to {host}:{port}: {e:#}"))
+                })?;
+                ("127.0.0.1".to_string(), local.port(), Some(format!("{host}:{port}")))
+            }
+            _ => (host, port, None),
+        };
+        let mut accepted = false;
+        let out = self.update(id, |e| {
+            // Checked again under the lock: once only.
+            let same = e
+                .callback_hash
+                .as_deref()
+                .is_some_and(|h| token::matches(h, presented));
+            if !same || !matches!(e.spawn.state, SpawnState::Queued | SpawnState::Running) {
+                return None;
+            }
+            accepted = true;
+            e.callback_hash = None;
+            e.spawn.state = SpawnState::Ready;
+            e.spawn.host = Some(host.clone());
+            e.spawn.port = Some(port);
+            e.spawn.tunnel_target = tunnel_target.clone();
+            e.spawn.reason = None;
+            Some(format!("server ready at {host}:{port}"))
+        })?;
+        if !accepted {
+            return Err(bad_token());
+        }
+        out.ok_or_else(|| ServiceError::NotFound(id.to_string()))
+    }
+}

@@ -1,0 +1,82 @@
+//! Startup: every stored spawn is loaded again. Spawns with a job are polled
+//! as before; spawns caught before their job was submitted end (see
+//! [`recover_one`]).
+
+use anyhow::Result;
+
+use super::{Entry, Service};
+use crate::model::SpawnState;
+
+impl Service {
+    /// Loads every stored spawn. Spawns caught before their job was
+    /// submitted fail (see `recover_one`); the rest are polled again.
+    pub(super) fn recover(&self) -> Result<()> {
+        let stored = self.store.load_all()?;
+        let n = stored.len();
+        let mut failed = 0;
+        for st in stored {
+            let mut e = Entry {
+                cancel_due: st.spawn.state == SpawnState::Stopping,
+                spawn: st.spawn,
+                callback_hash: st.callback_hash,
+                cancel_in_flight: false,
+                cancel_attempts: 0,
+            };
+            let id = e.spawn.id.clone();
+            let key = (
+                e.spawn.user.name.clone(),
+                e.spawn.server_name.clone(),
+                e.spawn.request_id.clone(),
+            );
+            let change = recover_one(&mut e);
+            {
+                let mut inner = self.lock();
+                inner.by_request.insert(key, id.clone());
+                inner.spawns.insert(id.clone(), e.clone());
+            }
+            if let Some((state, message)) = change {
+                failed += 1;
+                self.update(&id, |e| {
+                    e.spawn.state = state;
+                    e.spawn.reason = Some(message.clone());
+                    e.callback_hash = None;
+                    Some(message)
+                })?;
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                "recovered {n} spawns from {} ({failed} caught before submit were ended)",
+                self.store.path().display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What a spawn found at startup needs: spawns caught before their job was
+/// submitted end, because the hub's environment (which the job needs) is
+/// never stored, and because a spawn in `submitting` may or may not have a
+/// job: submitting again could start a second one. It fails with a reason
+/// that says so; if the scheduler did accept a job, that job's callback is
+/// refused (the spawn is no longer queued or running).
+fn recover_one(e: &mut Entry) -> Option<(SpawnState, String)> {
+    match (e.spawn.state, &e.spawn.job_id) {
+        (SpawnState::Validating, _) => Some((
+            SpawnState::Failed,
+            "the host restarted while checking the options; nothing was submitted; start the server again".into(),
+        )),
+        (SpawnState::Submitting, _) => Some((
+            SpawnState::Failed,
+            format!(
+                "the host restarted while submitting the job; it is not submitted again so that no second job can start. If the scheduler did accept it, the job (spawn {}) cannot report to the host; start the server again",
+                e.spawn.id
+            ),
+        )),
+        (SpawnState::Stopping, None) => Some((
+            SpawnState::Stopped,
+            "stopped (the host restarted before the job was submitted)".into(),
+        )),
+        _ => None,
+    }
+}
