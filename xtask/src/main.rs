@@ -207,13 +207,51 @@ fn test(extra: &[String]) -> Result<()> {
     c.args(["build", "-p", "wasmspawner"]);
     run(c)?;
     let venv = pyenv()?;
+    pytest(&venv, &["tests"])?;
+    // The hub side also against JupyterHub 5.
+    let venv5 = hub5_env(&venv)?;
+    pytest(&venv5, &["tests/test_hub_e2e.py"])
+}
+
+fn pytest(venv: &Path, what: &[&str]) -> Result<()> {
     let mut c = Command::new(venv.join("bin/python"));
     c.current_dir(root().join("jupyterhub-spawner"))
-        .args(["-m", "pytest", "-ra", "tests"])
-        .env("WASMSPAWNER_VENV", &venv)
+        .args(["-m", "pytest", "-ra"])
+        .args(what)
+        .env("WASMSPAWNER_VENV", venv)
         .env("WASMSPAWNER_BIN", target_dir().join("debug/wasmspawner"))
         .env("WASMSPAWNER_PLUGIN_DIR", target_dir().join("plugins"));
     run(c)
+}
+
+/// A second venv next to the first, with JupyterHub 5 (sharing its proxy).
+fn hub5_env(venv: &Path) -> Result<PathBuf> {
+    let mut name = venv.file_name().unwrap_or_default().to_os_string();
+    name.push("-hub5");
+    let v5 = venv.with_file_name(name);
+    let stamp = v5.join(".wasmspawner-stamp");
+    let want = "jupyterhub==5.5.4 jupyterlab pytest pytest-asyncio requests v1";
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        return Ok(v5);
+    }
+    eprintln!("xtask: creating the JupyterHub 5 venv {}", v5.display());
+    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let mut c = Command::new(python);
+    c.args(["-m", "venv"]).arg(&v5);
+    run(c)?;
+    let pip = v5.join("bin/pip");
+    let mut c = Command::new(&pip);
+    c.args(["install", "-q", "--disable-pip-version-check"]).args(want.split(' ').filter(|w| *w != "v1"));
+    run(c)?;
+    let mut c = Command::new(&pip);
+    c.args(["install", "-q", "--disable-pip-version-check", "-e"]).arg(root().join("jupyterhub-spawner"));
+    run(c)?;
+    let chp = v5.join("chp");
+    if !chp.exists() {
+        std::os::unix::fs::symlink(venv.join("chp"), &chp)?;
+    }
+    std::fs::write(&stamp, want)?;
+    Ok(v5)
 }
 
 /// The Python environment for the JupyterHub package and its tests: a venv

@@ -15,7 +15,8 @@ from typing import Any, AsyncIterator
 from urllib.parse import quote, urlencode
 
 from jupyterhub.spawner import Spawner
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import Float, List, Unicode, default
 
 # Host states that mean "the job may still be alive".
@@ -27,6 +28,16 @@ class SpawnException(Exception):
 
     def __init__(self, message: str):
         super().__init__(message)
+        self.jupyterhub_message = message
+
+
+class InvalidOptions(web.HTTPError):
+    """The host refused the options: a 400 the hub's API returns as is, with
+    the fields named, and a message the spawn page shows."""
+
+    def __init__(self, message: str):
+        # The hub's API answers with the HTTPError's log message.
+        super().__init__(400, message.replace("%", "%%"))
         self.jupyterhub_message = message
 
 
@@ -160,6 +171,8 @@ class WasmSpawner(Spawner):
                 # track of it, e.g. a restart while it queued): follow it.
                 spawn = {"id": e.data["spawn_id"]}
                 self.log.info("adopting Wasmspawner spawn %s for %s", spawn["id"], self._log_name)
+            elif e.code == 422:
+                raise InvalidOptions(e.user_message()) from e
             else:
                 raise SpawnException(e.user_message()) from e
         self.spawn_id = spawn["id"]
