@@ -200,7 +200,8 @@ fn test(extra: &[String]) -> Result<()> {
     build_plugins()?;
     let mut c = cargo();
     // Every failure in one run, not just the first test binary's.
-    c.args(["test", "--workspace", "--no-fail-fast"]).args(extra);
+    c.args(["test", "--workspace", "--no-fail-fast"])
+        .args(extra);
     run(c)?;
     // The host binary the Python tests start.
     let mut c = cargo();
@@ -235,16 +236,22 @@ fn hub5_env(venv: &Path) -> Result<PathBuf> {
         return Ok(v5);
     }
     eprintln!("xtask: creating the JupyterHub 5 venv {}", v5.display());
-    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
     let mut c = Command::new(python);
     c.args(["-m", "venv"]).arg(&v5);
     run(c)?;
     let pip = v5.join("bin/pip");
     let mut c = Command::new(&pip);
-    c.args(["install", "-q", "--disable-pip-version-check"]).args(want.split(' ').filter(|w| *w != "v1"));
+    c.args(["install", "-q", "--disable-pip-version-check"])
+        .args(want.split(' ').filter(|w| *w != "v1"));
     run(c)?;
     let mut c = Command::new(&pip);
-    c.args(["install", "-q", "--disable-pip-version-check", "-e"]).arg(root().join("jupyterhub-spawner"));
+    c.args(["install", "-q", "--disable-pip-version-check", "-e"])
+        .arg(root().join("jupyterhub-spawner"));
     run(c)?;
     let chp = v5.join("chp");
     if !chp.exists() {
