@@ -199,43 +199,28 @@ impl Drop for Tunnels {
 }
 
 fn start(ssh: &SshConfig, spec: &TunnelSpec, local_port: u16) -> Result<Child> {
-    let mut argv: Vec<String> = vec![
-        "-F".into(),
-        "/dev/null".into(),
-        "-N".into(),
-        "-T".into(),
-        "-x".into(),
-        "-a".into(),
-    ];
-    for o in [
-        "BatchMode=yes".to_string(),
-        "StrictHostKeyChecking=yes".into(),
-        format!("UserKnownHostsFile={}", ssh.known_hosts.display()),
-        "GlobalKnownHostsFile=/dev/null".into(),
-        "IdentitiesOnly=yes".into(),
-        "ControlMaster=no".into(),
-        "ControlPath=none".into(),
-        "ExitOnForwardFailure=yes".into(),
-        "ServerAliveInterval=15".into(),
-        "ServerAliveCountMax=3".into(),
-        format!("ConnectTimeout={}", ssh.connect_timeout.as_secs()),
-        "LogLevel=ERROR".into(),
-    ] {
-        argv.push("-o".into());
-        argv.push(o);
-    }
-    if let Some(id) = &ssh.identity_file {
-        argv.push("-i".into());
-        argv.push(id.display().to_string());
-    }
-    argv.extend(["-p".into(), ssh.port.to_string()]);
-    if let Some(u) = &spec.user {
-        argv.extend(["-l".into(), u.clone()]);
-    }
+    let mut argv = vec!["-N".to_string()];
+    argv.extend(crate::capability::ssh::client_args(
+        ssh,
+        spec.user.as_deref(),
+        &[
+            "ControlMaster=no".into(),
+            "ControlPath=none".into(),
+            "ExitOnForwardFailure=yes".into(),
+            "ServerAliveInterval=15".into(),
+            "ServerAliveCountMax=3".into(),
+        ],
+    ));
     argv.push("-L".into());
+    // An IPv6 target goes in brackets.
+    let target = if spec.target_host.contains(':') {
+        format!("[{}]", spec.target_host)
+    } else {
+        spec.target_host.clone()
+    };
     argv.push(format!(
-        "127.0.0.1:{local_port}:{}:{}",
-        spec.target_host, spec.target_port
+        "127.0.0.1:{local_port}:{target}:{}",
+        spec.target_port
     ));
     argv.push("--".into());
     argv.push(spec.via.clone());

@@ -119,6 +119,7 @@ async fn granted_and_declared_runs_without_a_shell() {
         &f.gate,
         &ctx(),
         Kind::Run,
+        None,
         cmd("echo", &["hello", "$(id); `id` > /tmp/x"]),
     )
     .await
@@ -139,9 +140,15 @@ async fn granted_and_declared_runs_without_a_shell() {
 #[tokio::test]
 async fn argument_patterns_outside_the_grant_are_denied() {
     let f = fixture("");
-    let err = run_checked(&f.gate, &ctx(), Kind::Run, cmd("echo", &["goodbye", "x"]))
-        .await
-        .unwrap_err();
+    let err = run_checked(
+        &f.gate,
+        &ctx(),
+        Kind::Run,
+        None,
+        cmd("echo", &["goodbye", "x"]),
+    )
+    .await
+    .unwrap_err();
     let RunError::Denied(m) = err else {
         panic!("expected denial, got {err:?}")
     };
@@ -154,6 +161,7 @@ async fn argument_patterns_outside_the_grant_are_denied() {
         &f.gate,
         &ctx(),
         Kind::Run,
+        None,
         cmd("echo", &["hello", "a", "b"]),
     )
     .await
@@ -172,15 +180,16 @@ async fn argument_patterns_outside_the_grant_are_denied() {
 async fn undeclared_or_ungranted_programs_are_denied() {
     let f = fixture("");
     // Not declared by the plugin (even though /bin/rm exists).
-    let RunError::Denied(m) = run_checked(&f.gate, &ctx(), Kind::Run, cmd("rm", &["-rf", "/"]))
-        .await
-        .unwrap_err()
+    let RunError::Denied(m) =
+        run_checked(&f.gate, &ctx(), Kind::Run, None, cmd("rm", &["-rf", "/"]))
+            .await
+            .unwrap_err()
     else {
         panic!()
     };
     assert!(m.contains("outside what plugin test 1.0 declared"), "{m}");
     // Declared, not granted.
-    let RunError::Denied(m) = run_checked(&f.gate, &ctx(), Kind::Run, cmd("id", &[]))
+    let RunError::Denied(m) = run_checked(&f.gate, &ctx(), Kind::Run, None, cmd("id", &[]))
         .await
         .unwrap_err()
     else {
@@ -193,6 +202,7 @@ async fn undeclared_or_ungranted_programs_are_denied() {
         &f.gate,
         &ctx(),
         Kind::Run,
+        None,
         cmd("/usr/bin/echo", &["hello", "x"]),
     )
     .await
@@ -204,6 +214,7 @@ async fn undeclared_or_ungranted_programs_are_denied() {
         &f.gate,
         &ctx(),
         Kind::Detached,
+        None,
         cmd("echo", &["hello", "x"]),
     )
     .await
@@ -215,9 +226,15 @@ async fn undeclared_or_ungranted_programs_are_denied() {
 #[tokio::test]
 async fn programs_resolve_through_the_search_path_or_not_found() {
     let f = fixture("");
-    let err = run_checked(&f.gate, &ctx(), Kind::Run, cmd("no-such-program-here", &[]))
-        .await
-        .unwrap_err();
+    let err = run_checked(
+        &f.gate,
+        &ctx(),
+        Kind::Run,
+        None,
+        cmd("no-such-program-here", &[]),
+    )
+    .await
+    .unwrap_err();
     let RunError::NotFound(m) = err else {
         panic!("{err:?}")
     };
@@ -240,7 +257,7 @@ async fn programs_resolve_through_the_search_path_or_not_found() {
         declared(),
         audit,
     );
-    let out = run_checked(&gate, &ctx(), Kind::Run, cmd("echo", &["hello", "x"]))
+    let out = run_checked(&gate, &ctx(), Kind::Run, None, cmd("echo", &["hello", "x"]))
         .await
         .unwrap();
     // printf prints its format argument without a newline.
@@ -254,7 +271,9 @@ async fn the_environment_is_built_from_grants_only() {
     let f = fixture("");
     let mut c = cmd("env", &[]);
     c.spawn_env = true;
-    let out = run_checked(&f.gate, &ctx(), Kind::Run, c).await.unwrap();
+    let out = run_checked(&f.gate, &ctx(), Kind::Run, None, c)
+        .await
+        .unwrap();
     let mut env: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
@@ -278,7 +297,7 @@ async fn the_environment_is_built_from_grants_only() {
         .any(|v| v == "JUPYTERHUB_API_TOKEN"));
 
     // Without spawn_env in the call, no spawn variables.
-    let out = run_checked(&f.gate, &ctx(), Kind::Run, cmd("env", &[]))
+    let out = run_checked(&f.gate, &ctx(), Kind::Run, None, cmd("env", &[]))
         .await
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("JUPYTERHUB_API_TOKEN"));
@@ -289,7 +308,7 @@ async fn the_environment_is_built_from_grants_only() {
         name: "LD_PRELOAD".into(),
         value: "/tmp/evil.so".into(),
     }];
-    let RunError::Denied(m) = run_checked(&f.gate, &ctx(), Kind::Run, c)
+    let RunError::Denied(m) = run_checked(&f.gate, &ctx(), Kind::Run, None, c)
         .await
         .unwrap_err()
     else {
@@ -301,7 +320,9 @@ async fn the_environment_is_built_from_grants_only() {
         name: "WS_SETTABLE".into(),
         value: "ok".into(),
     }];
-    let out = run_checked(&f.gate, &ctx(), Kind::Run, c).await.unwrap();
+    let out = run_checked(&f.gate, &ctx(), Kind::Run, None, c)
+        .await
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("WS_SETTABLE=ok"));
 }
 
@@ -311,7 +332,7 @@ async fn spawn_env_needs_declaration_and_grant() {
     // echo is declared and granted without spawn_env.
     let mut c = cmd("echo", &["hello", "x"]);
     c.spawn_env = true;
-    let RunError::Denied(m) = run_checked(&f.gate, &ctx(), Kind::Run, c)
+    let RunError::Denied(m) = run_checked(&f.gate, &ctx(), Kind::Run, None, c)
         .await
         .unwrap_err()
     else {
@@ -327,6 +348,7 @@ async fn secrets_never_travel_in_argv() {
         &f.gate,
         &ctx(),
         Kind::Run,
+        None,
         cmd("echo", &["hello", "token=secret-hub-token-value"]),
     )
     .await
@@ -347,7 +369,7 @@ async fn a_timeout_kills_the_program() {
     let mut c = cmd("sleep", &["30"]);
     c.timeout_ms = 300;
     let t = Instant::now();
-    let err = run_checked(&f.gate, &ctx(), Kind::Run, c)
+    let err = run_checked(&f.gate, &ctx(), Kind::Run, None, c)
         .await
         .unwrap_err();
     assert!(matches!(err, RunError::TimedOut(_)), "{err:?}");
@@ -364,6 +386,7 @@ async fn output_is_capped() {
         &f.gate,
         &ctx(),
         Kind::Run,
+        None,
         cmd("head", &["-c", "3000000", "/dev/zero"]),
     )
     .await
@@ -374,6 +397,7 @@ async fn output_is_capped() {
         &f.gate,
         &ctx(),
         Kind::Run,
+        None,
         cmd("head", &["-c", "1000", "/dev/zero"]),
     )
     .await
@@ -387,14 +411,22 @@ async fn run_as_prefix_is_the_operators_with_the_user_as_one_argument() {
     let f = fixture("run_as = [\"/usr/bin/env\", \"WS_RUN_AS={user}\"]\n");
     let mut c = cmd("env", &[]);
     c.spawn_env = true;
-    let out = run_checked(&f.gate, &ctx(), Kind::Run, c).await.unwrap();
+    let out = run_checked(&f.gate, &ctx(), Kind::Run, None, c)
+        .await
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("WS_RUN_AS=alice"));
     let rec = f.s.audit().pop().unwrap();
     assert_eq!(rec["argv"][0], "/usr/bin/env");
     assert_eq!(rec["argv"][1], "WS_RUN_AS=alice");
     // Calls for no particular user (status) run without the prefix.
-    let out = run_checked(&f.gate, &CallContext::default(), Kind::Run, cmd("env", &[]))
-        .await
-        .unwrap();
+    let out = run_checked(
+        &f.gate,
+        &CallContext::default(),
+        Kind::Run,
+        None,
+        cmd("env", &[]),
+    )
+    .await
+    .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("WS_RUN_AS"));
 }

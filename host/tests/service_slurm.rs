@@ -46,26 +46,14 @@ async fn a_full_spawn_on_real_slurm_reports_its_port_and_stops() {
 [instances.slurm]
 plugin = "{{plugin:slurm}}"
 run_as = ["/usr/sbin/runuser", "-u", "{{user}}", "--"]
-[instances.slurm.config]
-partition = {{ choices = ["debug"], default = "debug" }}
-memory = {{ default = 1, max = 2 }}
-runtime = {{ default = 10 }}
-[instances.slurm.grants]
-env = ["SLURM_CONF={conf}"]
-[[instances.slurm.grants.programs]]
-program = "sbatch"
-spawn_env = true
-[[instances.slurm.grants.programs]]
-program = "squeue"
-[[instances.slurm.grants.programs]]
-program = "scancel"
-[instances.slurm.lifecycle]
+{tables}[instances.slurm.lifecycle]
 poll_interval_secs = 1
 fast_poll_secs = 0.5
 start_timeout_secs = 60
 # The test server reports 127.0.0.1; Slurm names the node by its host name.
 callback_hosts = ["127.0.0.1"]
-"#
+"#,
+        tables = common::slurm_tables("slurm", &conf),
     ));
     let host = start_host_with(setup).await;
     let t0 = Instant::now();

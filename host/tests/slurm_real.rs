@@ -64,22 +64,10 @@ fn cluster(test: &str) -> Option<Cluster> {
 [instances.slurm]
 plugin = "{wasm}"
 run_as = ["/usr/sbin/runuser", "-u", "{{user}}", "--"]
-[instances.slurm.config]
-partition = {{ choices = ["debug"], default = "debug" }}
-memory = {{ default = 1, max = 2 }}
-runtime = {{ default = 10 }}
-[instances.slurm.grants]
-env = ["SLURM_CONF={conf}"]
-[[instances.slurm.grants.programs]]
-program = "sbatch"
-spawn_env = true
-[[instances.slurm.grants.programs]]
-program = "squeue"
-[[instances.slurm.grants.programs]]
-program = "scancel"
-"#,
+{tables}"#,
             state = state.display(),
             wasm = common::plugin_wasm("slurm").display(),
+            tables = common::slurm_tables("slurm", &conf),
         ),
     )
     .unwrap();

@@ -263,22 +263,10 @@ async fn remote_submission_to_real_slurm() {
 [instances.p]
 plugin = "{{plugin:slurm}}"
 submit_host = "127.0.0.1"
-[instances.p.config]
-partition = {{ choices = ["debug"], default = "debug" }}
-memory = {{ default = 1, max = 2 }}
-runtime = {{ default = 10 }}
 {}
-[instances.p.grants]
-env = ["SLURM_CONF={conf}"]
-[[instances.p.grants.programs]]
-program = "sbatch"
-spawn_env = true
-[[instances.p.grants.programs]]
-program = "squeue"
-[[instances.p.grants.programs]]
-program = "scancel"
-"#,
-        ssh_table(&s, "known_hosts", &s.user)
+{}"#,
+        ssh_table(&s, "known_hosts", &s.user),
+        common::slurm_tables("p", &conf)
     ));
     let inst = setup.instance("p").await;
     let mut job = spec();

@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::gate::{Denial, Kind, ProgramRequest};
+use super::gate::{Kind, ProgramRequest};
 use super::CallState;
 use crate::runtime::bindings::detached::{self as wit, Launch, ProcessState, Signal};
 use crate::runtime::bindings::process::RunError;
@@ -225,24 +225,18 @@ fn is_zombie(pid: u32) -> bool {
 impl wit::Host for CallState {
     async fn start(&mut self, req: Launch) -> Result<String, RunError> {
         let env: Vec<(String, String)> = req.env.into_iter().map(|e| (e.name, e.value)).collect();
-        let permit = self
-            .gate
-            .authorize(
-                &self.call,
-                &ProgramRequest {
-                    kind: Kind::Detached,
-                    program: &req.program,
-                    args: &req.args,
-                    env: &env,
-                    spawn_env: req.spawn_env,
-                    timeout_ms: 0,
-                    ssh_host: None,
-                },
-            )
-            .map_err(|d| match d {
-                Denial::Denied(m) => RunError::Denied(m),
-                Denial::NotFound(m) => RunError::NotFound(m),
-            })?;
+        let permit = self.gate.authorize(
+            &self.call,
+            &ProgramRequest {
+                kind: Kind::Detached,
+                program: &req.program,
+                args: &req.args,
+                env: &env,
+                spawn_env: req.spawn_env,
+                timeout_ms: 0,
+                ssh_host: None,
+            },
+        )?;
         let workdir = match req.workdir.as_deref() {
             Some(w) if w.starts_with('/') && Path::new(w).is_dir() => PathBuf::from(w),
             Some(w) => {

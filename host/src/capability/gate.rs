@@ -80,6 +80,15 @@ pub enum Denial {
     NotFound(String),
 }
 
+impl From<Denial> for crate::runtime::bindings::process::RunError {
+    fn from(d: Denial) -> Self {
+        match d {
+            Denial::Denied(m) => Self::Denied(m),
+            Denial::NotFound(m) => Self::NotFound(m),
+        }
+    }
+}
+
 /// A grant with its program resolved at load time.
 #[derive(Debug, Clone)]
 pub struct ResolvedGrant {

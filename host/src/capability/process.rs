@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::gate::{CallContext, Denial, Gate, Kind, Permit, ProgramRequest};
+use super::gate::{CallContext, Gate, Kind, Permit, ProgramRequest};
 use super::CallState;
 use crate::runtime::bindings::process::{self as wit, Output, RunError};
 
@@ -140,37 +140,40 @@ async fn read_capped(mut r: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, boo
     (kept, truncated)
 }
 
-/// Gate + execute + audit, for one `process.run` or `ssh.run` call.
+/// Gate + execute + audit, for one `process.run` or `ssh.run` call
+/// (`ssh_host` names the host of an `ssh.run`).
 pub async fn run_checked(
     gate: &Gate,
     call: &CallContext,
     kind: Kind,
+    ssh_host: Option<&str>,
     cmd: wit::Command,
 ) -> Result<Output, RunError> {
     let env: Vec<(String, String)> = cmd.env.into_iter().map(|e| (e.name, e.value)).collect();
-    let permit = gate
-        .authorize(
-            call,
-            &ProgramRequest {
-                kind,
-                program: &cmd.program,
-                args: &cmd.args,
-                env: &env,
-                spawn_env: cmd.spawn_env,
-                timeout_ms: cmd.timeout_ms,
-                ssh_host: None,
-            },
-        )
-        .map_err(|d| match d {
-            Denial::Denied(m) => RunError::Denied(m),
-            Denial::NotFound(m) => RunError::NotFound(m),
-        })?;
-    if permit.remote {
-        // The instance's submit host.
-        return super::ssh::finish_remote(permit, cmd.stdin, &cmd.program).await;
-    }
+    let permit = gate.authorize(
+        call,
+        &ProgramRequest {
+            kind,
+            program: &cmd.program,
+            args: &cmd.args,
+            env: &env,
+            spawn_env: cmd.spawn_env,
+            timeout_ms: cmd.timeout_ms,
+            ssh_host,
+        },
+    )?;
+    let place = if permit.remote { " over SSH" } else { "" };
     match execute(&permit, cmd.stdin).await {
         Ok(f) => {
+            // ssh's own failures (not the remote program's) exit 255.
+            if let Some(why) = permit
+                .remote
+                .then(|| super::ssh::ssh_failure(f.exit_code, &f.stderr))
+                .flatten()
+            {
+                permit.finish(Some(f.exit_code), Some(why.clone()));
+                return Err(RunError::Failed(why));
+            }
             permit.finish(Some(f.exit_code), None);
             Ok(Output {
                 exit_code: f.exit_code,
@@ -181,7 +184,7 @@ pub async fn run_checked(
         }
         Err(ExecError::TimedOut(d)) => {
             let msg = format!(
-                "`{}` ran longer than {:.1} s and was killed",
+                "`{}`{place} ran longer than {:.1} s and was killed",
                 cmd.program,
                 d.as_secs_f64()
             );
@@ -197,6 +200,6 @@ pub async fn run_checked(
 
 impl wit::Host for CallState {
     async fn run(&mut self, cmd: wit::Command) -> Result<Output, RunError> {
-        run_checked(&self.gate, &self.call, Kind::Run, cmd).await
+        run_checked(&self.gate, &self.call, Kind::Run, None, cmd).await
     }
 }

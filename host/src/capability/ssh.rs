@@ -18,8 +18,7 @@
 
 use std::path::Path;
 
-use super::gate::{Denial, Kind, ProgramRequest};
-use super::process::{execute, ExecError};
+use super::gate::Kind;
 use super::CallState;
 use crate::config::SshConfig;
 use crate::runtime::bindings::process::{Command, Output, RunError};
@@ -30,20 +29,15 @@ use crate::runtime::bindings::ssh as wit;
 /// is ever part of it.
 const ENV_PRELUDE: &str = r#"while IFS= read -r l && [ -n "$l" ]; do export "${l%%=*}=$(printf '%s' "${l#*=}" | base64 -d)" || exit 254; done; "#;
 
-/// A host name a user or plugin may name: letters, digits, `.`, `-`, `_`,
-/// not starting with `-` (which ssh would read as an option).
+/// A host a user or plugin may name: a DNS name or an IP address (the same
+/// rule as the job callback's), so never anything ssh would read as an
+/// option.
 pub fn check_host(h: &str) -> Result<(), String> {
-    let ok = !h.is_empty()
-        && h.len() <= 253
-        && !h.starts_with('-')
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b));
-    if ok {
+    // A DNS name or an IP address can never start with '-'.
+    if crate::model::valid_host(h) {
         Ok(())
     } else {
-        Err(format!(
-            "{h:?} is not a host name (letters, digits, '.', '-', '_'; not starting with '-')"
-        ))
+        Err(format!("{h:?} is not a host name or an IP address"))
     }
 }
 
@@ -62,33 +56,58 @@ pub fn wrap(
     remote_argv: &[String],
     env: &[(String, String)],
 ) -> (Vec<String>, Vec<u8>) {
-    let mut argv: Vec<String> = vec![
-        cfg.program.display().to_string(),
-        "-F".into(),
-        "/dev/null".into(),
-        "-T".into(),
-        "-x".into(),
-        "-a".into(),
-    ];
-    let mut opt = |o: String| {
-        argv.push("-o".into());
-        argv.push(o);
-    };
-    opt("BatchMode=yes".into());
-    opt("StrictHostKeyChecking=yes".into());
-    opt(format!("UserKnownHostsFile={}", cfg.known_hosts.display()));
-    opt("GlobalKnownHostsFile=/dev/null".into());
-    opt("IdentitiesOnly=yes".into());
-    if cfg.reuse_connections {
-        opt("ControlMaster=auto".into());
-        opt(format!("ControlPath={}/%C", control_dir.display()));
-        opt(format!("ControlPersist={}", cfg.control_persist.as_secs()));
+    let connection: &[String] = &if cfg.reuse_connections {
+        vec![
+            "ControlMaster=auto".into(),
+            format!("ControlPath={}/%C", control_dir.display()),
+            format!("ControlPersist={}", cfg.control_persist.as_secs()),
+        ]
     } else {
-        opt("ControlMaster=no".into());
-        opt("ControlPath=none".into());
+        vec!["ControlMaster=no".into(), "ControlPath=none".into()]
+    };
+    let mut argv = vec![cfg.program.display().to_string()];
+    argv.extend(client_args(cfg, user, connection));
+    argv.push("--".into());
+    argv.push(host.to_string());
+
+    let quoted: Vec<String> = remote_argv.iter().map(|a| quote(a)).collect();
+    let mut prefix = Vec::new();
+    let command = if env.is_empty() {
+        format!("exec {}", quoted.join(" "))
+    } else {
+        use base64::Engine;
+        for (k, v) in env {
+            let value = base64::engine::general_purpose::STANDARD.encode(v.as_bytes());
+            prefix.extend_from_slice(format!("{k}={value}\n").as_bytes());
+        }
+        prefix.push(b'\n');
+        format!("{ENV_PRELUDE}exec {}", quoted.join(" "))
+    };
+    argv.push(command);
+    (argv, prefix)
+}
+
+/// The options every ssh the host runs shares: no user config, no prompts,
+/// no forwarding of agent or X11, strict host keys from the configured file
+/// only; then `extra` options, identity, port and user. The caller adds
+/// `--`, the host and what to do there.
+pub fn client_args(cfg: &SshConfig, user: Option<&str>, extra: &[String]) -> Vec<String> {
+    let mut argv: Vec<String> = ["-F", "/dev/null", "-T", "-x", "-a"]
+        .map(String::from)
+        .to_vec();
+    let options = [
+        "BatchMode=yes".to_string(),
+        "StrictHostKeyChecking=yes".into(),
+        format!("UserKnownHostsFile={}", cfg.known_hosts.display()),
+        "GlobalKnownHostsFile=/dev/null".into(),
+        "IdentitiesOnly=yes".into(),
+        format!("ConnectTimeout={}", cfg.connect_timeout.as_secs()),
+        "LogLevel=ERROR".into(),
+    ];
+    for o in options.iter().chain(extra) {
+        argv.push("-o".into());
+        argv.push(o.clone());
     }
-    opt(format!("ConnectTimeout={}", cfg.connect_timeout.as_secs()));
-    opt("LogLevel=ERROR".into());
     if let Some(id) = &cfg.identity_file {
         argv.push("-i".into());
         argv.push(id.display().to_string());
@@ -99,23 +118,7 @@ pub fn wrap(
         argv.push("-l".into());
         argv.push(u.to_string());
     }
-    argv.push("--".into());
-    argv.push(host.to_string());
-
-    let quoted: Vec<String> = remote_argv.iter().map(|a| quote(a)).collect();
-    let mut prefix = Vec::new();
-    let command = if env.is_empty() {
-        format!("exec {}", quoted.join(" "))
-    } else {
-        use base64_lite::encode;
-        for (k, v) in env {
-            prefix.extend_from_slice(format!("{k}={}\n", encode(v.as_bytes())).as_bytes());
-        }
-        prefix.push(b'\n');
-        format!("{ENV_PRELUDE}exec {}", quoted.join(" "))
-    };
-    argv.push(command);
-    (argv, prefix)
+    argv
 }
 
 /// Closes the shared connections (ControlMaster processes) whose sockets are
@@ -161,98 +164,13 @@ pub fn ssh_failure(exit_code: i32, stderr: &[u8]) -> Option<String> {
 
 impl wit::Host for CallState {
     async fn run(&mut self, host: String, cmd: Command) -> Result<Output, RunError> {
-        let env: Vec<(String, String)> = cmd.env.into_iter().map(|e| (e.name, e.value)).collect();
-        let permit = self
-            .gate
-            .authorize(
-                &self.call,
-                &ProgramRequest {
-                    kind: Kind::Ssh,
-                    program: &cmd.program,
-                    args: &cmd.args,
-                    env: &env,
-                    spawn_env: cmd.spawn_env,
-                    timeout_ms: cmd.timeout_ms,
-                    ssh_host: Some(&host),
-                },
-            )
-            .map_err(|d| match d {
-                Denial::Denied(m) => RunError::Denied(m),
-                Denial::NotFound(m) => RunError::NotFound(m),
-            })?;
-        finish_remote(permit, cmd.stdin, &cmd.program).await
-    }
-}
-
-/// Runs a permit that goes over SSH, telling ssh's own failures apart.
-pub async fn finish_remote(
-    permit: super::gate::Permit,
-    stdin: Vec<u8>,
-    program: &str,
-) -> Result<Output, RunError> {
-    match execute(&permit, stdin).await {
-        Ok(f) => {
-            if let Some(why) = ssh_failure(f.exit_code, &f.stderr) {
-                permit.finish(Some(f.exit_code), Some(why.clone()));
-                return Err(RunError::Failed(why));
-            }
-            permit.finish(Some(f.exit_code), None);
-            Ok(Output {
-                exit_code: f.exit_code,
-                stdout: f.stdout,
-                stderr: f.stderr,
-                truncated: f.truncated,
-            })
-        }
-        Err(ExecError::TimedOut(d)) => {
-            let m = format!(
-                "`{program}` over SSH ran longer than {:.1} s and was killed",
-                d.as_secs_f64()
-            );
-            permit.finish(None, Some(m.clone()));
-            Err(RunError::TimedOut(m))
-        }
-        Err(ExecError::Failed(m)) => {
-            permit.finish(None, Some(m.clone()));
-            Err(RunError::Failed(m))
-        }
-    }
-}
-
-/// Standard base64, enough for the environment block.
-mod base64_lite {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    pub fn encode(b: &[u8]) -> String {
-        let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-        for c in b.chunks(3) {
-            let n = (c[0] as u32) << 16
-                | (*c.get(1).unwrap_or(&0) as u32) << 8
-                | *c.get(2).unwrap_or(&0) as u32;
-            for i in 0..4 {
-                if i <= c.len() {
-                    out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
+        super::process::run_checked(&self.gate, &self.call, Kind::Ssh, Some(&host), cmd).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(base64_lite::encode(b""), "");
-        assert_eq!(base64_lite::encode(b"f"), "Zg==");
-        assert_eq!(base64_lite::encode(b"fo"), "Zm8=");
-        assert_eq!(base64_lite::encode(b"foo"), "Zm9v");
-        assert_eq!(base64_lite::encode(b"foob"), "Zm9vYg==");
-        assert_eq!(base64_lite::encode("é\n$x".as_bytes()), "w6kKJHg=");
-    }
 
     #[test]
     fn hosts_that_look_like_options_are_refused() {

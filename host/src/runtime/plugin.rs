@@ -169,19 +169,10 @@ impl PluginInstance {
                 self.health.consecutive_failures.store(0, Ordering::Relaxed);
                 Ok(v)
             }
-            Err(e) => {
-                let message = describe_failure(&e, store, &self.config);
-                self.health
-                    .consecutive_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                self.health.total_failures.fetch_add(1, Ordering::Relaxed);
-                *self.health.last_error.lock().unwrap() = Some(message.clone());
-                tracing::error!(instance = %self.config.name, "plugin call failed: {message}");
-                Err(CallError::Failed {
-                    instance: self.config.name.clone(),
-                    message,
-                })
-            }
+            Err(e) => Err(self.failed(
+                "plugin call failed",
+                describe_failure(&e, store, &self.config),
+            )),
         }
     }
 }
@@ -246,12 +237,17 @@ impl PluginInstance {
 
     /// A well-formed call whose result the host cannot accept.
     fn garbage(&self, message: String) -> CallError {
+        self.failed("plugin returned garbage", message)
+    }
+
+    /// Counts a failed call against the instance's health.
+    fn failed(&self, what: &str, message: String) -> CallError {
         self.health
             .consecutive_failures
             .fetch_add(1, Ordering::Relaxed);
         self.health.total_failures.fetch_add(1, Ordering::Relaxed);
         *self.health.last_error.lock().unwrap() = Some(message.clone());
-        tracing::error!(instance = %self.config.name, "plugin returned garbage: {message}");
+        tracing::error!(instance = %self.config.name, "{what}: {message}");
         CallError::Failed {
             instance: self.config.name.clone(),
             message,

@@ -187,7 +187,17 @@ impl Service {
     /// after a host restart), and no other spawn has one.
     pub fn start_tunnel_keeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
+        let tunneled = self
+            .registry
+            .config
+            .instances
+            .values()
+            .any(|i| i.tunnel.is_some());
         tokio::spawn(async move {
+            // Nothing to keep: do not scan the spawns every second.
+            if !tunneled {
+                return;
+            }
             loop {
                 let Some(svc) = weak.upgrade() else { return };
                 svc.reconcile_tunnels().await;

@@ -113,3 +113,24 @@ pub fn job_spec(options: wasmspawner_host::model::Options) -> wasmspawner_host::
         home: None,
     }
 }
+
+/// The site config and grants of a Slurm instance `name` on the test cluster
+/// whose slurm.conf is `conf` (TOML tables, to follow `[instances.NAME]`).
+pub fn slurm_tables(name: &str, conf: &str) -> String {
+    format!(
+        r#"[instances.{name}.config]
+partition = {{ choices = ["debug"], default = "debug" }}
+memory = {{ default = 1, max = 2 }}
+runtime = {{ default = 10 }}
+[instances.{name}.grants]
+env = ["SLURM_CONF={conf}"]
+[[instances.{name}.grants.programs]]
+program = "sbatch"
+spawn_env = true
+[[instances.{name}.grants.programs]]
+program = "squeue"
+[[instances.{name}.grants.programs]]
+program = "scancel"
+"#
+    )
+}
