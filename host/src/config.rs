@@ -68,6 +68,23 @@ pub struct InstanceConfig {
 pub struct TunnelConfig {
     /// The gateway host (default: `submit_host`), reached with `[ssh]`.
     pub via: String,
+    /// Jobs cannot reach the host either: call back through a reverse
+    /// tunnel on the gateway (`[instances.X.tunnel.callback]`).
+    pub callback: Option<ReverseCallback>,
+}
+
+/// `[instances.X.tunnel.callback]`: one `ssh -R` per instance, from the
+/// gateway's `bind:port` to this host's HTTP listener, and the URL jobs are
+/// told to call back to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReverseCallback {
+    /// The port the gateway listens on for jobs.
+    pub port: u16,
+    /// The gateway address to bind (`None`: the gateway's sshd decides,
+    /// which is loopback unless its `GatewayPorts` says otherwise).
+    pub bind: Option<String>,
+    /// The base URL jobs use, e.g. `http://login1:9571`.
+    pub url: String,
 }
 
 /// Connection settings for SSH.
@@ -255,6 +272,15 @@ struct RawInstance {
 #[serde(deny_unknown_fields)]
 struct RawTunnel {
     via: Option<String>,
+    callback: Option<RawReverseCallback>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReverseCallback {
+    port: u16,
+    bind: Option<String>,
+    url: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -578,10 +604,14 @@ fn resolve_instance(
                 })?;
             crate::capability::ssh::check_host(&via)
                 .map_err(|m| anyhow::anyhow!("tunnel.via: {m}"))?;
-            if ssh.is_none() {
+            let Some(ssh) = &ssh else {
                 bail!("[instances.{name}.tunnel] needs [instances.{name}.ssh] with at least known_hosts");
-            }
-            Some(TunnelConfig { via })
+            };
+            let callback = match &t.callback {
+                None => None,
+                Some(c) => Some(resolve_reverse_callback(name, &via, ssh, c)?),
+            };
+            Some(TunnelConfig { via, callback })
         }
     };
     let config = serde_json::to_value(&ri.config).context("config: cannot be expressed as JSON")?;
@@ -603,6 +633,41 @@ fn resolve_instance(
         submit_host: ri.submit_host,
         lifecycle,
         tunnel,
+    })
+}
+
+fn resolve_reverse_callback(
+    name: &str,
+    via: &str,
+    ssh: &SshConfig,
+    c: &RawReverseCallback,
+) -> Result<ReverseCallback> {
+    let key = format!("instances.{name}.tunnel.callback");
+    if c.port == 0 {
+        bail!("{key}.port: give the port the gateway listens on for job callbacks (1-65535)");
+    }
+    if let Some(b) = &c.bind {
+        if b != "*" && !crate::model::valid_host(b) {
+            bail!("{key}.bind: {b:?} is not an address; give the gateway address to listen on, e.g. \"0.0.0.0\" (needs GatewayPorts clientspecified on the gateway) or \"*\"");
+        }
+    }
+    if ssh.user.as_deref().is_some_and(|u| u.contains("{user}")) {
+        bail!("{key}: the reverse tunnel is one connection for all users, but instances.{name}.ssh.user names {{user}}; give a fixed service account in ssh.user");
+    }
+    let url = match &c.url {
+        Some(u) if (u.starts_with("http://") || u.starts_with("https://"))
+            && !u.contains(char::is_whitespace) =>
+        {
+            u.trim_end_matches('/').to_string()
+        }
+        Some(u) => bail!("{key}.url: {u:?} is not an http:// or https:// URL; give the base URL jobs use to reach the gateway, e.g. \"http://login1:{}\"", c.port),
+        None if via.contains(':') => format!("http://[{via}]:{}", c.port),
+        None => format!("http://{via}:{}", c.port),
+    };
+    Ok(ReverseCallback {
+        port: c.port,
+        bind: c.bind.clone(),
+        url,
     })
 }
 
@@ -779,5 +844,53 @@ mod tests {
             EnvGrant::Fixed("SLURM_CONF".into(), "/etc/slurm.conf".into())
         );
         assert!(parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.grants]\nenv = [\"BAD-NAME\"]\n").is_err());
+    }
+
+    #[test]
+    fn callback_tunnel_defaults_and_errors() {
+        let kh = tempfile::NamedTempFile::new().unwrap();
+        let base = format!("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\nsubmit_host = \"login1\"\n[instances.a.ssh]\nknown_hosts = \"{}\"\n", kh.path().display());
+        let c = parse(&format!(
+            "{base}[instances.a.tunnel]\n[instances.a.tunnel.callback]\nport = 9571\n"
+        ))
+        .unwrap();
+        let t = c.instance("a").unwrap().tunnel.as_ref().unwrap();
+        assert_eq!(t.via, "login1");
+        assert_eq!(
+            t.callback,
+            Some(ReverseCallback {
+                port: 9571,
+                bind: None,
+                url: "http://login1:9571".into()
+            })
+        );
+        let c = parse(&format!("{base}[instances.a.tunnel]\n[instances.a.tunnel.callback]\nport = 9571\nbind = \"0.0.0.0\"\nurl = \"http://login1.example.org:9571/\"\n")).unwrap();
+        let cb = c
+            .instance("a")
+            .unwrap()
+            .tunnel
+            .as_ref()
+            .unwrap()
+            .callback
+            .clone()
+            .unwrap();
+        assert_eq!(cb.url, "http://login1.example.org:9571");
+        assert_eq!(cb.bind.as_deref(), Some("0.0.0.0"));
+
+        for (extra, names) in [
+            ("port = 0\n", "tunnel.callback.port"),
+            ("port = 1\nbind = \"a b\"\n", "tunnel.callback.bind"),
+            ("port = 1\nurl = \"login1:9571\"\n", "tunnel.callback.url"),
+            ("prot = 1\n", "prot"),
+        ] {
+            let e = parse(&format!(
+                "{base}[instances.a.tunnel]\n[instances.a.tunnel.callback]\n{extra}"
+            ))
+            .unwrap_err();
+            let e = format!("{e:#}");
+            assert!(e.contains(names), "{extra}: {e}");
+        }
+        let e = parse(&format!("{base}user = \"{{user}}\"\n[instances.a.tunnel]\n[instances.a.tunnel.callback]\nport = 9571\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("ssh.user"), "{e:#}");
     }
 }

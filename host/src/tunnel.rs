@@ -1,12 +1,17 @@
-//! SSH tunnels to single-user servers on compute nodes the hub cannot reach.
+//! SSH tunnels between the host and compute nodes that cannot be reached
+//! directly.
 //!
-//! For each ready server the host runs one `ssh -N -L 127.0.0.1:LOCAL:NODE:PORT`
-//! through a gateway (the instance's submit host or a configured one) and
-//! tells the hub `127.0.0.1:LOCAL`. A watcher re-opens a tunnel whose ssh
-//! process died, on the same local port so the hub's route stays valid. Each
-//! tunnel is its own connection (no ControlMaster), so one failing tunnel
-//! never takes others down. Host-key checking is strict, as for every SSH
-//! use of the host.
+//! - Server tunnels: for each ready server the host runs one
+//!   `ssh -N -L 127.0.0.1:LOCAL:NODE:PORT` through a gateway (the instance's
+//!   submit host or a configured one) and tells the hub `127.0.0.1:LOCAL`.
+//! - Callback tunnels: for an instance whose jobs cannot reach the host, one
+//!   `ssh -N -R [BIND:]PORT:127.0.0.1:HOSTPORT` on the gateway, so jobs call
+//!   back to the gateway's `PORT`.
+//!
+//! A watcher re-opens a tunnel whose ssh process died, on the same ports so
+//! the hub's route and the jobs' callback URL stay valid. Each tunnel is its
+//! own connection (no ControlMaster), so one failing tunnel never takes
+//! others down. Host-key checking is strict, as for every SSH use of the host.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
 use tokio::sync::Mutex;
 
 use crate::config::SshConfig;
@@ -24,6 +30,9 @@ use crate::config::SshConfig;
 pub const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// How long a new tunnel may take to accept connections.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a callback tunnel may take to confirm its remote port.
+pub const REVERSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What to forward.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,9 +48,41 @@ pub struct TunnelSpec {
     pub target_port: u16,
 }
 
+/// A callback tunnel: the gateway's `[bind:]port` forwarded to this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReverseSpec {
+    /// What the tunnel is for (`callback:INSTANCE`).
+    pub key: String,
+    pub via: String,
+    pub user: Option<String>,
+    /// The gateway address to listen on (`None`: sshd's default).
+    pub bind: Option<String>,
+    /// The port the gateway listens on.
+    pub remote_port: u16,
+    /// This host's HTTP listener.
+    pub to: SocketAddr,
+}
+
+/// Either direction, as the watcher re-opens it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Direction {
+    ToServer(TunnelSpec),
+    ToHost(ReverseSpec),
+}
+
+impl Direction {
+    fn key(&self) -> &str {
+        match self {
+            Direction::ToServer(s) => &s.key,
+            Direction::ToHost(r) => &r.key,
+        }
+    }
+}
+
 struct Tunnel {
-    spec: TunnelSpec,
+    spec: Direction,
     ssh: SshConfig,
+    /// Server tunnels: the hub's end. Callback tunnels: this host's listener.
     local: SocketAddr,
     child: Child,
     restarts: u32,
@@ -57,8 +98,12 @@ pub struct Tunnels {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TunnelInfo {
     pub key: String,
+    /// `false` for a server tunnel (`-L`), `true` for a callback one (`-R`).
+    pub reverse: bool,
     pub local: String,
     pub via: String,
+    /// Server tunnels: the node's server. Callback tunnels: the gateway's
+    /// listening address.
     pub target: String,
     pub pid: Option<u32>,
     pub restarts: u32,
@@ -80,19 +125,20 @@ impl Tunnels {
                 let mut tunnels = watched.lock().await;
                 for t in tunnels.values_mut() {
                     if let Ok(Some(status)) = t.child.try_wait() {
+                        let key = t.spec.key().to_string();
                         tracing::warn!(
-                            spawn = %t.spec.key,
-                            "tunnel 127.0.0.1:{} → {}:{} via {} ended ({status}); re-opening",
-                            t.local.port(), t.spec.target_host, t.spec.target_port, t.spec.via
+                            spawn = %key,
+                            "tunnel {} ended ({status}); re-opening",
+                            describe(&t.spec, t.local)
                         );
                         match start(&t.ssh, &t.spec, t.local.port()) {
                             Ok(mut child) => {
-                                drain_stderr(&mut child, &t.spec.key);
+                                drain_stderr(&mut child, &key);
                                 t.child = child;
                                 t.restarts += 1;
                             }
                             Err(e) => {
-                                tracing::error!(spawn = %t.spec.key, "cannot re-open tunnel: {e:#}")
+                                tracing::error!(spawn = %key, "cannot re-open tunnel: {e:#}")
                             }
                         }
                     }
@@ -113,20 +159,24 @@ impl Tunnels {
     ) -> Result<SocketAddr> {
         crate::capability::ssh::check_host(&spec.via).map_err(anyhow::Error::msg)?;
         crate::capability::ssh::check_host(&spec.target_host).map_err(anyhow::Error::msg)?;
+        let spec = Direction::ToServer(spec);
         {
             let tunnels = self.inner.lock().await;
-            if let Some(t) = tunnels.get(&spec.key) {
+            if let Some(t) = tunnels.get(spec.key()) {
                 if t.spec == spec {
                     return Ok(t.local);
                 }
             }
         }
-        self.close(&spec.key).await;
+        self.close(spec.key()).await;
         let port = match local_port {
             Some(p) => p,
             None => free_port()?,
         };
         let mut child = start(ssh, &spec, port)?;
+        let Direction::ToServer(server) = &spec else {
+            unreachable!()
+        };
         let local = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
         loop {
@@ -145,17 +195,17 @@ impl Tunnels {
                 let _ = child.kill().await;
                 bail!(
                     "the tunnel to {}:{} via {} did not open within {:?}",
-                    spec.target_host,
-                    spec.target_port,
-                    spec.via,
+                    server.target_host,
+                    server.target_port,
+                    server.via,
                     OPEN_TIMEOUT
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        drain_stderr(&mut child, &spec.key);
+        drain_stderr(&mut child, spec.key());
         self.inner.lock().await.insert(
-            spec.key.clone(),
+            spec.key().to_string(),
             Tunnel {
                 spec,
                 ssh: ssh.clone(),
@@ -165,6 +215,74 @@ impl Tunnels {
             },
         );
         Ok(local)
+    }
+
+    /// Opens (or keeps) the callback tunnel `spec`: returns once the
+    /// gateway confirmed its listening port, or the reason it refused.
+    pub async fn open_reverse(&self, ssh: &SshConfig, spec: ReverseSpec) -> Result<()> {
+        crate::capability::ssh::check_host(&spec.via).map_err(anyhow::Error::msg)?;
+        let spec = Direction::ToHost(spec);
+        {
+            let tunnels = self.inner.lock().await;
+            if let Some(t) = tunnels.get(spec.key()) {
+                if t.spec == spec {
+                    return Ok(());
+                }
+            }
+        }
+        self.close(spec.key()).await;
+        let Direction::ToHost(reverse) = &spec else {
+            unreachable!()
+        };
+        let mut child = start(ssh, &spec, reverse.to.port())?;
+        let stderr = child.stderr.take().expect("piped");
+        // ssh -v says `remote forward success` once the gateway listens
+        // (with ExitOnForwardFailure it exits if the gateway refuses).
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut said = Vec::new();
+        let confirmed = tokio::time::timeout(REVERSE_TIMEOUT, async {
+            while let Ok(Some(l)) = lines.next_line().await {
+                if l.contains("remote forward success") {
+                    return true;
+                }
+                if !l.starts_with("debug") {
+                    said.push(l);
+                }
+            }
+            false
+        })
+        .await;
+        match confirmed {
+            Ok(true) => {}
+            Ok(false) => {
+                let status = child.wait().await?;
+                bail!(
+                    "the callback tunnel {} ended ({status}): {}",
+                    describe(&spec, reverse.to),
+                    said.join("; ")
+                );
+            }
+            Err(_) => {
+                let _ = child.kill().await;
+                bail!(
+                    "the callback tunnel {} was not confirmed within {REVERSE_TIMEOUT:?}: {}",
+                    describe(&spec, reverse.to),
+                    said.join("; ")
+                );
+            }
+        }
+        log_lines(lines, spec.key().to_string());
+        self.inner.lock().await.insert(
+            spec.key().to_string(),
+            Tunnel {
+                local: reverse.to,
+                spec,
+                ssh: ssh.clone(),
+                child,
+                restarts: 0,
+            },
+        );
+        Ok(())
     }
 
     /// Closes the tunnel of `key`, if any.
@@ -179,13 +297,28 @@ impl Tunnels {
             .lock()
             .await
             .values()
-            .map(|t| TunnelInfo {
-                key: t.spec.key.clone(),
-                local: t.local.to_string(),
-                via: t.spec.via.clone(),
-                target: format!("{}:{}", t.spec.target_host, t.spec.target_port),
-                pid: t.child.id(),
-                restarts: t.restarts,
+            .map(|t| {
+                let (reverse, via, target) = match &t.spec {
+                    Direction::ToServer(s) => (
+                        false,
+                        &s.via,
+                        format!("{}:{}", s.target_host, s.target_port),
+                    ),
+                    Direction::ToHost(r) => (
+                        true,
+                        &r.via,
+                        format!("{}:{}", r.bind.as_deref().unwrap_or(""), r.remote_port),
+                    ),
+                };
+                TunnelInfo {
+                    key: t.spec.key().to_string(),
+                    reverse,
+                    local: t.local.to_string(),
+                    via: via.clone(),
+                    target,
+                    pid: t.child.id(),
+                    restarts: t.restarts,
+                }
             })
             .collect()
     }
@@ -198,32 +331,83 @@ impl Drop for Tunnels {
     }
 }
 
-fn start(ssh: &SshConfig, spec: &TunnelSpec, local_port: u16) -> Result<Child> {
+/// `127.0.0.1:LOCAL → NODE:PORT via GW` or `GW:[BIND:]PORT → 127.0.0.1:HOSTPORT`.
+fn describe(spec: &Direction, local: SocketAddr) -> String {
+    match spec {
+        Direction::ToServer(s) => format!(
+            "{local} → {}:{} via {}",
+            s.target_host, s.target_port, s.via
+        ),
+        Direction::ToHost(r) => format!(
+            "{}:{}{} → {}",
+            r.via,
+            r.bind
+                .as_deref()
+                .map(|b| format!("{b}:"))
+                .unwrap_or_default(),
+            r.remote_port,
+            r.to
+        ),
+    }
+}
+
+/// An IPv6 address goes in brackets in a forward.
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+fn start(ssh: &SshConfig, spec: &Direction, local_port: u16) -> Result<Child> {
+    let (via, user) = match spec {
+        Direction::ToServer(s) => (&s.via, &s.user),
+        Direction::ToHost(r) => (&r.via, &r.user),
+    };
+    let mut extra: Vec<String> = vec![
+        "ControlMaster=no".into(),
+        "ControlPath=none".into(),
+        "ExitOnForwardFailure=yes".into(),
+        "ServerAliveInterval=15".into(),
+        "ServerAliveCountMax=3".into(),
+    ];
+    if matches!(spec, Direction::ToHost(_)) {
+        // Debug output is how ssh confirms a remote forward.
+        extra.push("LogLevel=DEBUG1".into());
+    }
     let mut argv = vec!["-N".to_string()];
     argv.extend(crate::capability::ssh::client_args(
         ssh,
-        spec.user.as_deref(),
-        &[
-            "ControlMaster=no".into(),
-            "ControlPath=none".into(),
-            "ExitOnForwardFailure=yes".into(),
-            "ServerAliveInterval=15".into(),
-            "ServerAliveCountMax=3".into(),
-        ],
+        user.as_deref(),
+        &extra,
     ));
-    argv.push("-L".into());
-    // An IPv6 target goes in brackets.
-    let target = if spec.target_host.contains(':') {
-        format!("[{}]", spec.target_host)
-    } else {
-        spec.target_host.clone()
-    };
-    argv.push(format!(
-        "127.0.0.1:{local_port}:{target}:{}",
-        spec.target_port
-    ));
+    match spec {
+        Direction::ToServer(s) => {
+            argv.push("-L".into());
+            argv.push(format!(
+                "127.0.0.1:{local_port}:{}:{}",
+                bracket(&s.target_host),
+                s.target_port
+            ));
+        }
+        Direction::ToHost(r) => {
+            argv.push("-R".into());
+            let bind = r
+                .bind
+                .as_deref()
+                .map(|b| format!("{}:", bracket(b)))
+                .unwrap_or_default();
+            argv.push(format!(
+                "{bind}{}:{}:{}",
+                r.remote_port,
+                bracket(&r.to.ip().to_string()),
+                r.to.port()
+            ));
+        }
+    }
     argv.push("--".into());
-    argv.push(spec.via.clone());
+    argv.push(via.clone());
     let program: PathBuf = ssh.program.clone();
     Command::new(&program)
         .args(&argv)
@@ -240,15 +424,22 @@ fn start(ssh: &SshConfig, spec: &TunnelSpec, local_port: u16) -> Result<Child> {
 /// Sends what ssh says on stderr to the log, so the pipe never fills.
 fn drain_stderr(child: &mut Child, key: &str) {
     if let Some(e) = child.stderr.take() {
-        let key = key.to_string();
-        tokio::spawn(async move {
-            use tokio::io::AsyncBufReadExt;
-            let mut lines = tokio::io::BufReader::new(e).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
+        log_lines(tokio::io::BufReader::new(e).lines(), key.to_string());
+    }
+}
+
+/// Logs ssh's stderr lines: its own debug output at debug level, the rest
+/// (errors, warnings) at warn.
+fn log_lines(mut lines: Lines<BufReader<ChildStderr>>, key: String) {
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.starts_with("debug") {
+                tracing::debug!(spawn = %key, "tunnel ssh: {l}");
+            } else {
                 tracing::warn!(spawn = %key, "tunnel ssh: {l}");
             }
-        });
-    }
+        }
+    });
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.

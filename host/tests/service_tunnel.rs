@@ -33,7 +33,8 @@ async fn host_on(state: &std::path::Path, body: &str) -> Host {
         config,
     })
     .await;
-    host.service.start_tunnel_keeper();
+    let listen: std::net::SocketAddr = host.url.trim_start_matches("http://").parse().unwrap();
+    host.service.start_tunnel_keeper(listen);
     host
 }
 
@@ -167,4 +168,131 @@ async fn a_tunnel_per_ready_server_survives_its_ssh_and_a_host_restart() {
         }
     }
     assert!(closed, "the tunnel outlived the stopped spawn");
+}
+
+/// PIDs of ssh processes whose command line contains `needle`.
+fn ssh_pids(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// `GET /healthz` on `port` answers 200.
+async fn health(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        Some(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"))
+    };
+    tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if ok().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_call_back_through_a_reverse_tunnel_on_the_gateway() {
+    let Some(dir) = common::sshd_dir() else {
+        return;
+    };
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    // The gateway's port for callbacks: only the reverse tunnel listens there.
+    let cb_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let extra = format!(
+        "[instances.local.ssh]\nuser = \"{}\"\nport = {}\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\n[instances.local.tunnel]\nvia = \"127.0.0.1\"\n[instances.local.tunnel.callback]\nport = {cb_port}\nbind = \"127.0.0.1\"\n",
+        read("user"),
+        read("port"),
+        dir.join("client_key").display(),
+        dir.join("known_hosts").display()
+    );
+    let body = local_config(&extra);
+    let state = tempfile::tempdir().unwrap();
+    let host = host_on(state.path(), &body).await;
+    let forward = format!("127.0.0.1:{cb_port}:127.0.0.1:");
+    wait_for("the gateway forwards callbacks to the host", async || {
+        health(cb_port).await
+    })
+    .await;
+
+    let script = server_script(state.path());
+    let r = host
+        .api(
+            "POST",
+            "/v1/spawns",
+            Some(&start_body("alice", "", "r1", &["python3", &script])),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let s = host.wait_spawn(&id, 60, |s| s["state"] == "ready").await;
+    let pid = service_common::pid_of(s["job_id"].as_str().unwrap());
+    assert_eq!(
+        service_common::env_of(pid, "WASMSPAWNER_CALLBACK_URL").as_deref(),
+        Some(format!("http://127.0.0.1:{cb_port}/v1/spawns/{id}/ready").as_str()),
+        "the job must be told the gateway's address, not the host's"
+    );
+
+    // The tunnel's ssh dies: it comes back on the same gateway port.
+    let pids = ssh_pids(&forward);
+    assert_eq!(pids.len(), 1, "one callback tunnel per instance: {pids:?}");
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    wait_for(
+        "the callback tunnel is back after its ssh was killed",
+        async || {
+            let now = ssh_pids(&forward);
+            now.len() == 1 && now[0] != pids[0] && health(cb_port).await
+        },
+    )
+    .await;
+    assert!(
+        host.service
+            .tunnel_list()
+            .await
+            .iter()
+            .any(|t| t.reverse && t.restarts == 1),
+        "the restart is counted"
+    );
+
+    host.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
+    host.wait_spawn(&id, 30, |s| s["state"] == "stopped").await;
+    // The host stops: its tunnels end with it.
+    drop(host);
+    wait_for("the callback tunnel ends with the host", async || {
+        ssh_pids(&forward).is_empty()
+    })
+    .await;
 }

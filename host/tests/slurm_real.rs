@@ -201,7 +201,12 @@ fn pending_running_done_with_the_spawn_env() {
         }
         assert_ne!(s[0]["state"], "unknown", "{s:?}");
         assert_ne!(s[1]["state"], "unknown", "{s:?}");
-        if s[0]["state"] == "done" && s[1]["state"] == "done" {
+        // `CG` (completing) is already done for the spawn, but its exit
+        // code comes with the final record: wait for that.
+        let settled = |j: &serde_json::Value| {
+            j["state"] == "done" && j["reason"].as_str() != Some("completing")
+        };
+        if settled(&s[0]) && settled(&s[1]) {
             assert_eq!(s[0]["exit_code"], 0, "{s:?}");
             assert_eq!(s[1]["exit_code"], 0, "{s:?}");
             assert!(

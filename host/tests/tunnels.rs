@@ -1,5 +1,7 @@
 //! Tunnels through a real sshd to a server that listens on loopback only,
-//! started by the `local` plugin; the tunnel survives a kill of its ssh.
+//! started by the `local` plugin; the tunnel survives a kill of its ssh. A
+//! callback tunnel (`-R`) opens only once the gateway listens, and a gateway
+//! that refuses the port is reported with ssh's reason.
 
 mod common;
 
@@ -12,7 +14,7 @@ use common::{setup, user};
 use wasmspawner_host::capability::gate::CallContext;
 use wasmspawner_host::config::SshConfig;
 use wasmspawner_host::model::{Job, JobSpec, Options};
-use wasmspawner_host::tunnel::{TunnelSpec, Tunnels};
+use wasmspawner_host::tunnel::{ReverseSpec, TunnelSpec, Tunnels};
 
 fn get(addr: std::net::SocketAddr) -> std::io::Result<String> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -140,4 +142,87 @@ async fn a_tunnel_reaches_a_loopback_server_and_survives_its_ssh_dying() {
     )
     .await
     .unwrap();
+}
+
+fn ssh_config(dir: &std::path::Path) -> SshConfig {
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    SshConfig {
+        user: Some(read("user")),
+        port: read("port").parse().unwrap(),
+        identity_file: Some(dir.join("client_key")),
+        known_hosts: dir.join("known_hosts"),
+        reuse_connections: false,
+        control_persist: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(5),
+        program: PathBuf::from("/usr/bin/ssh"),
+    }
+}
+
+#[tokio::test]
+async fn a_callback_tunnel_opens_only_when_the_gateway_listens() {
+    let Some(dir) = common::sshd_dir() else {
+        return;
+    };
+    let ssh = ssh_config(&dir);
+    // "This host": a listener that answers one line.
+    let here = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = here.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut c in here.incoming().flatten() {
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nthe host");
+        }
+    });
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let tunnels = Tunnels::new();
+    let spec = |port| ReverseSpec {
+        key: "callback:x".into(),
+        via: "127.0.0.1".into(),
+        user: ssh.user.clone(),
+        bind: Some("127.0.0.1".into()),
+        remote_port: port,
+        to,
+    };
+
+    // Opened means the gateway listens: the first connection gets through.
+    let port = free();
+    tunnels.open_reverse(&ssh, spec(port)).await.unwrap();
+    let body = get(([127, 0, 0, 1], port).into()).unwrap();
+    assert!(body.ends_with("the host"), "{body}");
+    let list = tunnels.list().await;
+    assert!(
+        list[0].reverse && list[0].target == format!("127.0.0.1:{port}"),
+        "{list:?}"
+    );
+    // Opening the same again keeps the one tunnel.
+    let pid = list[0].pid;
+    tunnels.open_reverse(&ssh, spec(port)).await.unwrap();
+    assert_eq!(tunnels.list().await[0].pid, pid);
+
+    // The gateway's port is taken: refused, with ssh's own words.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let e = tunnels
+        .open_reverse(&ssh, spec(busy))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("127.0.0.1:{busy}")) && e.contains("forwarding failed"),
+        "{e}"
+    );
+    assert!(
+        tunnels.list().await.is_empty(),
+        "a refused tunnel is not kept"
+    );
 }

@@ -102,9 +102,15 @@ pub fn client_args(cfg: &SshConfig, user: Option<&str>, extra: &[String]) -> Vec
         "GlobalKnownHostsFile=/dev/null".into(),
         "IdentitiesOnly=yes".into(),
         format!("ConnectTimeout={}", cfg.connect_timeout.as_secs()),
-        "LogLevel=ERROR".into(),
     ];
-    for o in options.iter().chain(extra) {
+    // ssh takes an option's first value: an `extra` LogLevel must come
+    // instead of the default, not after it.
+    let log_level = if extra.iter().any(|o| o.starts_with("LogLevel=")) {
+        None
+    } else {
+        Some("LogLevel=ERROR".to_string())
+    };
+    for o in options.iter().chain(&log_level).chain(extra) {
         argv.push("-o".into());
         argv.push(o.clone());
     }

@@ -33,6 +33,9 @@ pub struct InstanceAudit {
     pub runs_on: String,
     /// Servers reached through an SSH tunnel via this gateway.
     pub tunnel_via: Option<String>,
+    /// Jobs call back through a reverse tunnel: the gateway listens here
+    /// (`[BIND:]PORT`) and forwards to this host's HTTP API.
+    pub callback_tunnel: Option<String>,
     pub limits: Limits,
     pub load_error: Option<String>,
 }
@@ -127,6 +130,14 @@ async fn audit_instance(
             _ => "this host".into(),
         },
         tunnel_via: ic.tunnel.as_ref().map(|t| t.via.clone()),
+        callback_tunnel: ic
+            .tunnel
+            .as_ref()
+            .and_then(|t| t.callback.as_ref())
+            .map(|c| match &c.bind {
+                Some(b) => format!("{b}:{}", c.port),
+                None => c.port.to_string(),
+            }),
         limits: Limits {
             memory_mib: l.memory_bytes >> 20,
             call_timeout_secs: l.call_timeout.as_secs_f64(),
@@ -253,6 +264,9 @@ fn print_table(a: &InstanceAudit) {
     println!("  runs on      {}", a.runs_on);
     if let Some(v) = &a.tunnel_via {
         println!("  tunnels      each ready server is forwarded to 127.0.0.1 through ssh via {v}");
+        if let Some(c) = &a.callback_tunnel {
+            println!("  callbacks    {v} listens on {c} and forwards to this host's API (ssh -R); jobs call back there");
+        }
     }
     println!(
         "  run as       {}",

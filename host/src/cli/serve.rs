@@ -48,7 +48,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let _watch = registry.watch()?;
     let service = Service::open(registry.clone(), &public_url)?;
     let _pollers = service.start_pollers();
-    let _tunnels = service.start_tunnel_keeper();
+    let _tunnels = service.start_tunnel_keeper(local);
     let app = http::router(Arc::new(AppState {
         registry,
         token,

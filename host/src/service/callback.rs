@@ -81,6 +81,13 @@ impl Service {
             .get(&spawn.instance)
             .map(|i| i.lifecycle.callback_hosts.clone())
             .unwrap_or_default();
+        let via_callback_tunnel = self
+            .registry
+            .config
+            .instances
+            .get(&spawn.instance)
+            .and_then(|i| i.tunnel.as_ref())
+            .is_some_and(|t| t.callback.is_some());
         let host = match &body.host {
             Some(given) => {
                 if !token::host_allowed(given, spawn.exec_host.as_deref(), &rules) {
@@ -101,6 +108,15 @@ impl Service {
             }
             None => match (&spawn.exec_host, peer) {
                 (Some(x), _) => x.clone(),
+                // Through the gateway's reverse tunnel the caller is the
+                // gateway's sshd, not the node: wait for the scheduler.
+                (None, Some(_)) if via_callback_tunnel => {
+                    return Err(refuse(
+                        503,
+                        "execution_host_unknown",
+                        "the callback came through the gateway's tunnel without a host, and the scheduler has not reported the job's execution host yet; retry shortly (wasmspawner-singleuser does), or report the host (WASMSPAWNER_REPORT_HOST)".into(),
+                    ))
+                }
                 (None, Some(ip)) => ip.to_string(),
                 (None, None) => {
                     return Err(refuse(

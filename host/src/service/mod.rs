@@ -25,6 +25,7 @@ pub use callback::CallbackBody;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Result;
 use chrono::Utc;
@@ -182,11 +183,68 @@ impl Service {
             .collect()
     }
 
+    /// Where a job of `instance` reports its server: through the instance's
+    /// callback tunnel if it has one, else to `http.public_url`.
+    fn callback_url(&self, instance: &str, id: &str) -> String {
+        let base = self
+            .registry
+            .config
+            .instances
+            .get(instance)
+            .and_then(|i| i.tunnel.as_ref()?.callback.as_ref())
+            .map_or(self.public_url.as_str(), |c| c.url.as_str());
+        format!("{base}/v1/spawns/{id}/ready")
+    }
+
     /// Keeps the tunnels in line with the spawns: every ready spawn of a
     /// tunneled instance has its tunnel (re-created on the same local port
-    /// after a host restart), and no other spawn has one.
-    pub fn start_tunnel_keeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    /// after a host restart), and no other spawn has one. Instances with a
+    /// callback tunnel get it, forwarded to `listen` (this host's HTTP
+    /// listener).
+    pub fn start_tunnel_keeper(
+        self: &Arc<Self>,
+        listen: std::net::SocketAddr,
+    ) -> tokio::task::JoinHandle<()> {
+        // A listener on all addresses is reached on loopback.
+        let listen = if listen.ip().is_unspecified() {
+            std::net::SocketAddr::new(
+                if listen.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                },
+                listen.port(),
+            )
+        } else {
+            listen
+        };
         let weak = Arc::downgrade(self);
+        let callbacks = self.callback_tunnel_specs(listen);
+        if !callbacks.is_empty() {
+            let weak = weak.clone();
+            tokio::spawn(async move {
+                let mut wait = Duration::from_secs(1);
+                loop {
+                    let Some(svc) = weak.upgrade() else { return };
+                    let mut all_open = true;
+                    for (name, ssh, spec) in &callbacks {
+                        if let Err(e) = svc.tunnels.open_reverse(ssh, spec.clone()).await {
+                            all_open = false;
+                            tracing::error!(instance = %name, "cannot open the callback tunnel; jobs of this instance cannot report their servers until it opens (retrying in {:?}): {e:#}", wait * 2);
+                        }
+                    }
+                    drop(svc);
+                    // An open tunnel is watched by `Tunnels`; a refused
+                    // one is retried, less often each time.
+                    wait = if all_open {
+                        Duration::from_secs(1)
+                    } else {
+                        (wait * 2).min(Duration::from_secs(60))
+                    };
+                    tokio::time::sleep(wait).await;
+                }
+            });
+        }
         let tunneled = self
             .registry
             .config
@@ -222,6 +280,7 @@ impl Service {
             .list()
             .await
             .into_iter()
+            .filter(|t| !t.reverse)
             .map(|t| t.key)
             .collect();
         for key in &open {
@@ -248,6 +307,38 @@ impl Service {
                 Err(e) => tracing::warn!(spawn = %s.id, "cannot re-create the tunnel: {e:#}"),
             }
         }
+    }
+
+    /// The open tunnels (server and callback ones).
+    pub async fn tunnel_list(&self) -> Vec<crate::tunnel::TunnelInfo> {
+        self.tunnels.list().await
+    }
+
+    /// The callback tunnel of every instance that has one.
+    fn callback_tunnel_specs(
+        &self,
+        listen: std::net::SocketAddr,
+    ) -> Vec<(String, crate::config::SshConfig, crate::tunnel::ReverseSpec)> {
+        let mut out = Vec::new();
+        for (name, ic) in &self.registry.config.instances {
+            let (Some(t), Some(ssh)) = (&ic.tunnel, &ic.ssh) else {
+                continue;
+            };
+            let Some(c) = &t.callback else { continue };
+            let spec = crate::tunnel::ReverseSpec {
+                key: format!("callback:{name}"),
+                via: t.via.clone(),
+                // Checked with the config: no {user} in ssh.user.
+                user: crate::capability::ssh::remote_user(ssh, None)
+                    .ok()
+                    .flatten(),
+                bind: c.bind.clone(),
+                remote_port: c.port,
+                to: listen,
+            };
+            out.push((name.clone(), ssh.clone(), spec));
+        }
+        out
     }
 
     /// The tunnel a ready spawn needs, if its instance tunnels.
@@ -476,7 +567,7 @@ impl Service {
         let mut env: Vec<(String, String)> = req.env.into_iter().collect();
         env.push((
             ENV_CALLBACK_URL.into(),
-            format!("{}/v1/spawns/{id}/ready", self.public_url),
+            self.callback_url(&req.instance, &id),
         ));
         env.push((ENV_CALLBACK_TOKEN.into(), tok));
         env.push((ENV_SPAWN_ID.into(), id.clone()));
@@ -537,7 +628,7 @@ impl Service {
             options: spawn.options.clone().unwrap_or_default(),
             cmd: spawn.cmd.clone(),
             env_names: spawn.env_names.clone(),
-            callback_url: format!("{}/v1/spawns/{id}/ready", self.public_url),
+            callback_url: self.callback_url(&spawn.instance, &id),
             home,
         };
         let ctx = CallContext {
