@@ -38,18 +38,19 @@ async fn host_on(state: &std::path::Path, body: &str) -> Host {
     host
 }
 
-async fn get(port: u16) -> Option<String> {
+/// The response to `GET path` on 127.0.0.1:`port`, if it is a 200.
+async fn get_path(port: u16, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let io = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .ok()?;
-        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
             .await
             .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).await.ok()?;
-        out.starts_with("HTTP/1.0 200").then_some(out)
+        (out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200")).then_some(out)
     };
     tokio::time::timeout(Duration::from_secs(5), io)
         .await
@@ -57,19 +58,43 @@ async fn get(port: u16) -> Option<String> {
         .flatten()
 }
 
-/// PIDs of ssh processes forwarding local `port`.
-fn tunnel_pids(port: u16) -> Vec<i32> {
-    let needle = format!("127.0.0.1:{port}:");
+async fn get(port: u16) -> Option<String> {
+    get_path(port, "/").await
+}
+
+/// The host's `GET /healthz` answers on `port`.
+async fn health(port: u16) -> bool {
+    get_path(port, "/healthz").await.is_some()
+}
+
+/// PIDs of processes whose command line contains `needle`.
+fn ssh_pids(needle: &str) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
                 .unwrap_or(false)
         })
         .collect()
+}
+
+/// PIDs of ssh processes forwarding local `port`.
+fn tunnel_pids(port: u16) -> Vec<i32> {
+    ssh_pids(&format!("127.0.0.1:{port}:"))
+}
+
+/// Waits up to 20 s for `ok`.
+async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if ok().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting until {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,18 +102,9 @@ async fn a_tunnel_per_ready_server_survives_its_ssh_and_a_host_restart() {
     let Some(dir) = common::sshd_dir() else {
         return;
     };
-    let read = |f: &str| {
-        std::fs::read_to_string(dir.join(f))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
     let extra = format!(
-        "[instances.local.ssh]\nuser = \"{}\"\nport = {}\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\n[instances.local.tunnel]\nvia = \"127.0.0.1\"\n",
-        read("user"),
-        read("port"),
-        dir.join("client_key").display(),
-        dir.join("known_hosts").display()
+        "{}[instances.local.tunnel]\nvia = \"127.0.0.1\"\n",
+        common::sshd_table(&dir, "local")
     );
     let body = local_config(&extra);
     let state = tempfile::tempdir().unwrap();
@@ -121,18 +137,10 @@ async fn a_tunnel_per_ready_server_survives_its_ssh_and_a_host_restart() {
     for pid in tunnel_pids(local) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    let mut back = false;
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if get(local).await.is_some_and(|p| p.contains(&id)) {
-            back = true;
-            break;
-        }
-    }
-    assert!(
-        back,
-        "the tunnel did not come back after its ssh was killed"
-    );
+    wait_for("the tunnel is back after its ssh was killed", async || {
+        get(local).await.is_some_and(|p| p.contains(&id))
+    })
+    .await;
 
     // The host restarts (its tunnels die with it): the spawn stays ready
     // and its tunnel is re-created on the same local port.
@@ -140,15 +148,10 @@ async fn a_tunnel_per_ready_server_survives_its_ssh_and_a_host_restart() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(tunnel_pids(local).is_empty(), "tunnels outlived the host");
     let host = host_on(state.path(), &body).await;
-    let mut back = false;
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if get(local).await.is_some_and(|p| p.contains(&id)) {
-            back = true;
-            break;
-        }
-    }
-    assert!(back, "the tunnel was not re-created after the restart");
+    wait_for("the tunnel is re-created after the restart", async || {
+        get(local).await.is_some_and(|p| p.contains(&id))
+    })
+    .await;
     let s = host
         .api("GET", &format!("/v1/spawns/{id}"), None)
         .await
@@ -159,72 +162,16 @@ async fn a_tunnel_per_ready_server_survives_its_ssh_and_a_host_restart() {
     // Stop: the job ends and the tunnel closes.
     host.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
     host.wait_spawn(&id, 30, |s| s["state"] == "stopped").await;
-    let mut closed = false;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if tunnel_pids(local).is_empty() {
-            closed = true;
-            break;
-        }
-    }
-    assert!(closed, "the tunnel outlived the stopped spawn");
-}
-
-/// PIDs of ssh processes whose command line contains `needle`.
-fn ssh_pids(needle: &str) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-/// `GET /healthz` on `port` answers 200.
-async fn health(port: u16) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
-            .await
-            .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.ok()?;
-        Some(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"))
-    };
-    tokio::time::timeout(Duration::from_secs(5), io)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
-}
-
-async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {
-    for _ in 0..100 {
-        if ok().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out waiting until {what}");
+    wait_for("the tunnel of the stopped spawn closes", async || {
+        tunnel_pids(local).is_empty()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_call_back_through_a_reverse_tunnel_on_the_gateway() {
     let Some(dir) = common::sshd_dir() else {
         return;
-    };
-    let read = |f: &str| {
-        std::fs::read_to_string(dir.join(f))
-            .unwrap()
-            .trim()
-            .to_string()
     };
     // The gateway's port for callbacks: only the reverse tunnel listens there.
     let cb_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -233,11 +180,8 @@ async fn jobs_call_back_through_a_reverse_tunnel_on_the_gateway() {
         .unwrap()
         .port();
     let extra = format!(
-        "[instances.local.ssh]\nuser = \"{}\"\nport = {}\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\n[instances.local.tunnel]\nvia = \"127.0.0.1\"\n[instances.local.tunnel.callback]\nport = {cb_port}\nbind = \"127.0.0.1\"\n",
-        read("user"),
-        read("port"),
-        dir.join("client_key").display(),
-        dir.join("known_hosts").display()
+        "{}[instances.local.tunnel]\nvia = \"127.0.0.1\"\n[instances.local.tunnel.callback]\nport = {cb_port}\nbind = \"127.0.0.1\"\n",
+        common::sshd_table(&dir, "local")
     );
     let body = local_config(&extra);
     let state = tempfile::tempdir().unwrap();

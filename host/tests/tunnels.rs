@@ -6,13 +6,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{setup, user};
 use wasmspawner_host::capability::gate::CallContext;
-use wasmspawner_host::config::SshConfig;
 use wasmspawner_host::model::{Job, JobSpec, Options};
 use wasmspawner_host::tunnel::{ReverseSpec, TunnelSpec, Tunnels};
 
@@ -30,13 +28,6 @@ async fn a_tunnel_reaches_a_loopback_server_and_survives_its_ssh_dying() {
     let Some(dir) = common::sshd_dir() else {
         return;
     };
-    let read = |f: &str| {
-        std::fs::read_to_string(dir.join(f))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-
     // A server bound to loopback only, started through the local plugin.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -72,21 +63,12 @@ async fn a_tunnel_reaches_a_loopback_server_and_survives_its_ssh_dying() {
     };
     let job = inst.submit(ctx.clone(), &spec).await.unwrap();
 
-    let ssh = SshConfig {
-        user: Some(read("user")),
-        port: read("port").parse().unwrap(),
-        identity_file: Some(dir.join("client_key")),
-        known_hosts: dir.join("known_hosts"),
-        reuse_connections: false,
-        control_persist: Duration::from_secs(1),
-        connect_timeout: Duration::from_secs(5),
-        program: PathBuf::from("/usr/bin/ssh"),
-    };
+    let ssh = common::sshd_config(&dir);
     let tunnels = Tunnels::new();
     let tspec = TunnelSpec {
         key: "t1".into(),
         via: "127.0.0.1".into(),
-        user: Some(read("user")),
+        user: ssh.user.clone(),
         target_host: "127.0.0.1".into(),
         target_port: port,
     };
@@ -144,31 +126,12 @@ async fn a_tunnel_reaches_a_loopback_server_and_survives_its_ssh_dying() {
     .unwrap();
 }
 
-fn ssh_config(dir: &std::path::Path) -> SshConfig {
-    let read = |f: &str| {
-        std::fs::read_to_string(dir.join(f))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    SshConfig {
-        user: Some(read("user")),
-        port: read("port").parse().unwrap(),
-        identity_file: Some(dir.join("client_key")),
-        known_hosts: dir.join("known_hosts"),
-        reuse_connections: false,
-        control_persist: Duration::from_secs(1),
-        connect_timeout: Duration::from_secs(5),
-        program: PathBuf::from("/usr/bin/ssh"),
-    }
-}
-
 #[tokio::test]
 async fn a_callback_tunnel_opens_only_when_the_gateway_listens() {
     let Some(dir) = common::sshd_dir() else {
         return;
     };
-    let ssh = ssh_config(&dir);
+    let ssh = common::sshd_config(&dir);
     // "This host": a listener that answers one line.
     let here = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let to = here.local_addr().unwrap();

@@ -101,6 +101,39 @@ pub fn sshd_dir() -> Option<PathBuf> {
     }
 }
 
+/// A file of the test sshd's directory, trimmed (`port`, `user`).
+pub fn sshd_file(dir: &std::path::Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()))
+        .trim()
+        .to_string()
+}
+
+/// `[instances.NAME.ssh]` for the test sshd (its user, key, known_hosts).
+pub fn sshd_table(dir: &std::path::Path, instance: &str) -> String {
+    format!(
+        "[instances.{instance}.ssh]\nuser = \"{}\"\nport = {}\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\n",
+        sshd_file(dir, "user"),
+        sshd_file(dir, "port"),
+        dir.join("client_key").display(),
+        dir.join("known_hosts").display()
+    )
+}
+
+/// Connection settings for the test sshd, without connection reuse.
+pub fn sshd_config(dir: &std::path::Path) -> wasmspawner_host::config::SshConfig {
+    wasmspawner_host::config::SshConfig {
+        user: Some(sshd_file(dir, "user")),
+        port: sshd_file(dir, "port").parse().unwrap(),
+        identity_file: Some(dir.join("client_key")),
+        known_hosts: dir.join("known_hosts"),
+        reuse_connections: false,
+        control_persist: std::time::Duration::from_secs(1),
+        connect_timeout: std::time::Duration::from_secs(5),
+        program: PathBuf::from("/usr/bin/ssh"),
+    }
+}
+
 /// A job spec for plugin calls in tests.
 pub fn job_spec(options: wasmspawner_host::model::Options) -> wasmspawner_host::model::JobSpec {
     wasmspawner_host::model::JobSpec {
