@@ -10,8 +10,17 @@ use std::time::Duration;
 
 use service_common::{local_config, server_script, start_body, start_host_with, Host};
 
-/// A host whose state lives in `state` (so a "restart" finds it again).
+/// A host whose state lives in `state` (so a "restart" finds it again),
+/// keeping its tunnels.
 async fn host_on(state: &std::path::Path, body: &str) -> Host {
+    let host = host_without_tunnels(state, body).await;
+    let listen: std::net::SocketAddr = host.url.trim_start_matches("http://").parse().unwrap();
+    host.service.start_tunnel_keeper(listen);
+    host
+}
+
+/// The same, without the tunnel keeper (no ssh at all).
+async fn host_without_tunnels(state: &std::path::Path, body: &str) -> Host {
     let path = state.join("host.toml");
     let cache =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache");
@@ -28,14 +37,11 @@ async fn host_on(state: &std::path::Path, body: &str) -> Host {
     text.push_str(&body);
     std::fs::write(&path, text).unwrap();
     let config = wasmspawner_host::config::Config::load(&path).unwrap();
-    let host = start_host_with(common::Setup {
+    start_host_with(common::Setup {
         dir: tempfile::tempdir().unwrap(),
         config,
     })
-    .await;
-    let listen: std::net::SocketAddr = host.url.trim_start_matches("http://").parse().unwrap();
-    host.service.start_tunnel_keeper(listen);
-    host
+    .await
 }
 
 /// The response to `GET path` on 127.0.0.1:`port`, if it is a 200.
@@ -239,4 +245,87 @@ async fn jobs_call_back_through_a_reverse_tunnel_on_the_gateway() {
         ssh_pids(&forward).is_empty()
     })
     .await;
+}
+
+/// Through the gateway's tunnel the caller's address is the gateway's sshd,
+/// not the node: a callback without a host must wait (503, which the wrapper
+/// retries) until the scheduler names the execution host, or name the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostless_callback_through_the_gateway_waits_for_the_execution_host() {
+    let state = tempfile::tempdir().unwrap();
+    let known_hosts = state.path().join("known_hosts");
+    std::fs::write(&known_hosts, "").unwrap();
+    // No poll within the test: the scheduler has not named a host yet.
+    let body = format!(
+        r#"
+[instances.local]
+plugin = "{{plugin:local}}"
+[instances.local.grants]
+env = ["JUPYTERHUB_DEFAULT_URL"]
+[[instances.local.grants.detached]]
+program = "python3"
+args = ["**"]
+spawn_env = true
+[instances.local.lifecycle]
+poll_interval_secs = 3600
+fast_poll_secs = 3600
+[instances.local.ssh]
+known_hosts = "{}"
+[instances.local.tunnel]
+via = "gateway.invalid"
+[instances.local.tunnel.callback]
+port = 9571
+"#,
+        known_hosts.display()
+    );
+    let host = host_without_tunnels(state.path(), &body).await;
+    let script = server_script(state.path());
+    let never = state.path().join("never");
+    let r = host
+        .api(
+            "POST",
+            "/v1/spawns",
+            Some(&start_body(
+                "alice",
+                "",
+                "h1",
+                &["python3", &script, never.to_str().unwrap()],
+            )),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let s = host.wait_spawn(&id, 30, |s| s["job_id"].is_string()).await;
+    assert!(s["exec_host"].is_null(), "{s}");
+    let pid = service_common::pid_of(s["job_id"].as_str().unwrap());
+    let _cleanup = service_common::KillOnDrop(pid);
+    assert_eq!(
+        service_common::env_of(pid, "WASMSPAWNER_CALLBACK_URL").as_deref(),
+        Some(format!("http://gateway.invalid:9571/v1/spawns/{id}/ready").as_str())
+    );
+    let token = service_common::env_of(pid, "WASMSPAWNER_CALLBACK_TOKEN").unwrap();
+    let ready = format!("{}/v1/spawns/{id}/ready", host.url);
+
+    let r = service_common::request(
+        "POST",
+        &ready,
+        Some(&token),
+        Some(&serde_json::json!({"port": 8888})),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"], "execution_host_unknown");
+    // The token was not spent, and a named host passes the checks: the host
+    // goes on to open the server's tunnel (which fails here, as the gateway
+    // does not exist; a spent token would be a 401).
+    let r = service_common::request(
+        "POST",
+        &ready,
+        Some(&token),
+        Some(&serde_json::json!({"port": 8888, "host": "127.0.0.1"})),
+    )
+    .await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.json()["error"], "tunnel_failed");
+    assert!(r.body.contains("gateway.invalid"), "{}", r.body);
 }
