@@ -18,7 +18,8 @@
 //!   [`batch_plugin!`], so a scheduler plugin is its commands, its default
 //!   template and its status parser;
 //! - [`testing`]: a native test harness with a scripted [`testing::FakeHost`],
-//!   so plugin logic runs under plain `cargo test`, no wasm needed.
+//!   so plugin logic runs under plain `cargo test`, no wasm needed, and
+//!   [`testing::mangled`] for robustness tests of status parsers.
 //!
 //! ```ignore
 //! use wasmspawner_sdk::prelude::*;

@@ -273,9 +273,166 @@ pub fn int(field: &str, v: i64) -> crate::FieldValue {
     }
 }
 
+/// Variants of real scheduler output as a broken, cut-off or hostile
+/// scheduler might print them, for robustness tests of status parsers:
+/// every sample cut at many points, lines dropped, repeated and swapped,
+/// fields replaced by odd values (huge and negative numbers, separators,
+/// markup, control and non-ASCII characters, very long words), and bytes
+/// inserted. `per_sample` variants of each sample, deterministic (seeded),
+/// after the samples themselves and the empty output.
+///
+/// ```
+/// let variants = wasmspawner_sdk::testing::mangled(&["7|RUNNING|node01\n"], 50);
+/// assert_eq!(variants.len(), 2 + 50);
+/// assert!(variants.iter().any(|v| v.contains("node01") && v != "7|RUNNING|node01\n"));
+/// ```
+pub fn mangled(samples: &[&str], per_sample: usize) -> Vec<String> {
+    const ODD: &[&str] = &[
+        "",
+        " ",
+        "\n",
+        "\r\n",
+        "\t",
+        "\0",
+        "|",
+        "||",
+        ",",
+        ";",
+        ":",
+        "=",
+        "+",
+        "*",
+        "/",
+        "[",
+        "]",
+        "[0-",
+        "-",
+        "--",
+        "(",
+        ")",
+        "<",
+        ">",
+        "</",
+        "/>",
+        "<x>",
+        "&",
+        "&amp;",
+        "\"",
+        "'",
+        "\\",
+        ".",
+        "..",
+        "@",
+        "#",
+        "n/a",
+        "(null)",
+        "undefined",
+        "None",
+        "0",
+        "-1",
+        "1e999",
+        "NaN",
+        "18446744073709551616",
+        "99999999999999999999999999",
+        "é",
+        "\u{202e}",
+        "\u{feff}",
+        "日本",
+        "🦀",
+        "\u{7f}",
+        "\u{1b}[31m",
+    ];
+    // xorshift64*: no dependency, same variants on every run.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: usize| -> usize {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
+    };
+    let long = "x".repeat(5000);
+    let mut out = vec![String::new()];
+    for sample in samples {
+        out.push(sample.to_string());
+        let bounds: Vec<usize> = (0..=sample.len())
+            .filter(|&i| sample.is_char_boundary(i))
+            .collect();
+        for _ in 0..per_sample {
+            let mut lines: Vec<String> = sample.split_inclusive('\n').map(str::to_string).collect();
+            let variant = match next(7) {
+                // Cut anywhere (a dying scheduler, a closed pipe).
+                0 => sample[..bounds[next(bounds.len())]].to_string(),
+                // A line dropped, repeated or swapped with another.
+                1 if !lines.is_empty() => {
+                    let i = next(lines.len());
+                    lines.remove(i);
+                    lines.concat()
+                }
+                2 if !lines.is_empty() => {
+                    let i = next(lines.len());
+                    let l = lines[i].clone();
+                    lines.insert(i, l);
+                    lines.concat()
+                }
+                3 if lines.len() > 1 => {
+                    let (i, j) = (next(lines.len()), next(lines.len()));
+                    lines.swap(i, j);
+                    lines.concat()
+                }
+                // A field (a run between separators) replaced.
+                4 | 5 => {
+                    let seps = |c: char| " |,\t\n<>=:/\"".contains(c);
+                    let starts: Vec<usize> = sample
+                        .char_indices()
+                        .filter(|&(i, c)| !seps(c) && (i == 0 || sample[..i].ends_with(seps)))
+                        .map(|(i, _)| i)
+                        .collect();
+                    if starts.is_empty() {
+                        sample.to_string()
+                    } else {
+                        let a = starts[next(starts.len())];
+                        let b = sample[a..].find(seps).map_or(sample.len(), |e| a + e);
+                        let with = if next(10) == 0 {
+                            long.as_str()
+                        } else {
+                            ODD[next(ODD.len())]
+                        };
+                        format!("{}{with}{}", &sample[..a], &sample[b..])
+                    }
+                }
+                // Something inserted anywhere.
+                _ => {
+                    let at = bounds[next(bounds.len())];
+                    format!("{}{}{}", &sample[..at], ODD[next(ODD.len())], &sample[at..])
+                }
+            };
+            out.push(variant);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mangled_variants_differ_and_repeat() {
+        let sample = "1|RUNNING|node01|None\n2|PENDING|n/a|Resources\n";
+        let a = mangled(&[sample], 200);
+        assert_eq!(a, mangled(&[sample], 200), "deterministic");
+        let distinct: std::collections::BTreeSet<&String> = a.iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "only {} distinct variants",
+            distinct.len()
+        );
+        assert!(a
+            .iter()
+            .any(|v| sample.starts_with(v.as_str()) && v.len() < sample.len()));
+        assert!(a.iter().any(|v| v.lines().count() == 1 && v.len() > 5));
+        assert!(a.iter().any(|v| v.len() > 5000));
+    }
 
     #[test]
     fn unmatched_call_is_denied_and_recorded() {

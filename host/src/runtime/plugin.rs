@@ -428,7 +428,8 @@ fn check_form(f: &FormSchema) -> Result<(), String> {
 }
 
 /// Cuts over-long text in a status answer and drops a host that is not a
-/// plausible host name.
+/// host name or address ([`crate::model::valid_host`], the rule callbacks
+/// and tunnels use too).
 fn tidy_state(s: JobState) -> JobState {
     let cut = |mut t: String| {
         if t.len() > MAX_REASON {
@@ -452,12 +453,7 @@ fn tidy_state(s: JobState) -> JobState {
             expected_start,
         },
         JobState::Running { host } => JobState::Running {
-            host: host.filter(|h| {
-                !h.is_empty()
-                    && h.len() <= 253
-                    && h.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':')
-            }),
+            host: host.filter(|h| crate::model::valid_host(h)),
         },
         JobState::Done { exit_code, reason } => JobState::Done {
             exit_code,

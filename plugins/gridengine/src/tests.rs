@@ -1,5 +1,5 @@
 use super::*;
-use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, ok, text, FakeHost};
+use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, mangled, ok, text, FakeHost};
 use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
 
 fn plugin() -> GridEngine {
@@ -237,4 +237,27 @@ fn cancel_gone_is_fine() {
     ok(plugin().cancel(&host, &jobs(&["1"])[0]));
     ok(plugin().cancel(&host, &jobs(&["2"])[0]));
     assert!(plugin().cancel(&host, &jobs(&["3"])[0]).is_err());
+}
+
+/// Broken, cut-off or hostile scheduler output never panics the parser and
+/// always gets one answer per job, whatever the exit code.
+#[test]
+fn status_survives_mangled_output() {
+    let samples = [xml(
+        &[
+            ("1", "r", "all.q@node01"),
+            ("2", "t", "gpu.q@node02.example.org"),
+        ],
+        &[("3", "qw"), ("4", "Eqw")],
+    )];
+    let samples: Vec<&str> = samples.iter().map(String::as_str).collect();
+    for out in mangled(&samples, 400) {
+        for code in [0, 1] {
+            assert_eq!(
+                states(code, &out, "", &["1", "2", "3", "4"]).len(),
+                4,
+                "{out:?}"
+            );
+        }
+    }
 }

@@ -1,5 +1,5 @@
 use super::*;
-use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, ok, FakeHost};
+use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, mangled, ok, FakeHost};
 use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
 
 fn plugin() -> HtCondor {
@@ -208,4 +208,22 @@ fn cancel_finished_is_fine() {
     ok(plugin().cancel(&host, &jobs(&["1"])[0]));
     ok(plugin().cancel(&host, &jobs(&["2"])[0]));
     assert!(plugin().cancel(&host, &jobs(&["3"])[0]).is_err());
+}
+
+/// Broken, cut-off or hostile scheduler output never panics the parser and
+/// always gets one answer per job, whatever the exit code.
+#[test]
+fn status_survives_mangled_output() {
+    let samples = [
+        "301.0 2 slot1@node01.example.org undefined undefined\n302.0 5 undefined undefined via condor_hold (by user alice)\n303.0 4 undefined 0 undefined\n",
+    ];
+    for out in mangled(&samples, 400) {
+        for code in [0, 1] {
+            assert_eq!(
+                states(code, &out, "", &["301", "302", "303"]).len(),
+                3,
+                "{out:?}"
+            );
+        }
+    }
 }

@@ -1,5 +1,5 @@
 use super::*;
-use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, ok, text, FakeHost};
+use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, mangled, ok, text, FakeHost};
 use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
 
 fn plugin() -> Lsf {
@@ -199,4 +199,23 @@ fn cancel_finished_is_fine() {
     ok(plugin().cancel(&host, &jobs(&["1"])[0]));
     ok(plugin().cancel(&host, &jobs(&["2"])[0]));
     assert!(plugin().cancel(&host, &jobs(&["3"])[0]).is_err());
+}
+
+/// Broken, cut-off or hostile scheduler output never panics the parser and
+/// always gets one answer per job, whatever the exit code.
+#[test]
+fn status_survives_mangled_output() {
+    let samples = [
+        "4711|RUN|4*hostB:2*hostC|-|-\n4712|PEND|-|-|Job's requirements for reserving resource (mem) not satisfied: 2 hosts;\n4713|DONE|hostA|0|-\n",
+        "4711|EXIT|hostA|1|-\nJob <4712> is not found\n",
+    ];
+    for out in mangled(&samples, 400) {
+        for code in [0, 255] {
+            assert_eq!(
+                states(code, &out, "", &["4711", "4712", "4713"]).len(),
+                3,
+                "{out:?}"
+            );
+        }
+    }
 }

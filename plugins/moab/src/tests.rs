@@ -1,5 +1,5 @@
 use super::*;
-use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, ok, text, FakeHost};
+use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, mangled, ok, text, FakeHost};
 use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
 
 fn plugin() -> Moab {
@@ -192,4 +192,25 @@ fn cancel_is_mjobctl_c() {
     ok(plugin().cancel(&host, &jobs(&["1"])[0]));
     ok(plugin().cancel(&host, &jobs(&["2"])[0]));
     assert!(plugin().cancel(&host, &jobs(&["3"])[0]).is_err());
+}
+
+/// Broken, cut-off or hostile scheduler output never panics the parser and
+/// always gets one answer per job, whatever the exit code.
+#[test]
+fn status_survives_mangled_output() {
+    let samples = [xml(&[
+        "JobID=\"1234\" State=\"Running\" AllocNodeList=\"n1,n2\"",
+        "JobID=\"1235\" State=\"Idle\"",
+        "JobID=\"1236\" State=\"Completed\" CompletionCode=\"0\"",
+    ])];
+    let samples: Vec<&str> = samples.iter().map(String::as_str).collect();
+    for out in mangled(&samples, 400) {
+        for code in [0, 1] {
+            assert_eq!(
+                states(code, &out, "", &["1234", "1235", "1236"]).len(),
+                3,
+                "{out:?}"
+            );
+        }
+    }
 }

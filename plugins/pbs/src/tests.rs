@@ -1,5 +1,5 @@
 use super::*;
-use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, ok, text, FakeHost};
+use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, mangled, ok, text, FakeHost};
 use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
 
 fn plugin(config: &str) -> Pbs {
@@ -234,4 +234,25 @@ fn cancel_finished_is_fine() {
     ok(p.cancel(&host, &jobs(&["1.s"])[0]));
     ok(p.cancel(&host, &jobs(&["2.s"])[0]));
     assert!(p.cancel(&host, &jobs(&["3.s"])[0]).is_err());
+}
+
+/// Broken, cut-off or hostile scheduler output never panics the parser and
+/// always gets one answer per job, whatever the exit code.
+#[test]
+fn status_survives_mangled_output() {
+    let samples = [
+        block("    job_state = R\n    exec_host = cn042/0*2+cn043/0*2\n    exec_vnode = (cn042:ncpus=2)+(cn043:ncpus=2)\n")
+            + &block("    job_state = Q\n    comment = Not Running: Insufficient amount of resource: ncpus \n").replace("101.", "102."),
+        block("    job_state = F\n    Exit_status = 0\n"),
+    ];
+    let samples: Vec<&str> = samples.iter().map(String::as_str).collect();
+    for out in mangled(&samples, 400) {
+        for code in [0, 1] {
+            assert_eq!(
+                states(code, &out, "", &["101.pbs01", "102.pbs01"]).len(),
+                2,
+                "{out:?}"
+            );
+        }
+    }
 }

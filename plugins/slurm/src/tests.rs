@@ -1,6 +1,6 @@
 use super::*;
 use wasmspawner_sdk::batch::field_ids;
-use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, ok, text, user, FakeHost};
+use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, mangled, ok, text, user, FakeHost};
 use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
 
 fn plugin(config: &str) -> Slurm {
@@ -374,4 +374,23 @@ fn cancel_accepts_finished_jobs() {
     assert!(
         matches!(p.cancel(&host, &jobs(&["3"])[0]), Err(PluginError::Scheduler(m)) if m.contains("permission"))
     );
+}
+
+/// Broken, cut-off or hostile scheduler output never panics the parser and
+/// always gets one answer per job, whatever the exit code.
+#[test]
+fn status_survives_mangled_output() {
+    let samples = [
+        "7|RUNNING|node01|node01|None\n8|PENDING|n/a||Resources\n9|COMPLETED|node02|node02|None\n",
+        "7|RUNNING|n/a|gpu[03-04,07]|None\n8|REQUEUE_HOLD|n/a||JobHeldAdmin\n",
+    ];
+    for out in mangled(&samples, 400) {
+        for code in [0, 1] {
+            assert_eq!(
+                states("{}", code, &out, "", &["7", "8", "9"]).len(),
+                3,
+                "{out:?}"
+            );
+        }
+    }
 }

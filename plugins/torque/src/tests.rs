@@ -1,5 +1,5 @@
 use super::*;
-use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, ok, text, FakeHost};
+use wasmspawner_sdk::testing::{brief, int, job_spec, jobs, mangled, ok, text, FakeHost};
 use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
 
 fn plugin() -> Torque {
@@ -200,4 +200,22 @@ fn cancel_completed_is_fine() {
     ok(plugin().cancel(&host, &jobs(&["1.t"])[0]));
     ok(plugin().cancel(&host, &jobs(&["2.t"])[0]));
     assert!(plugin().cancel(&host, &jobs(&["3.t"])[0]).is_err());
+}
+
+/// Broken, cut-off or hostile scheduler output never panics the parser and
+/// always gets one answer per job, whatever the exit code.
+#[test]
+fn status_survives_mangled_output() {
+    let samples = [xml(&[
+        "123.torque01|<job_state>R</job_state><exec_host>node01/0-1+node02/0</exec_host>",
+        "124.torque01|<job_state>H</job_state><Hold_Types>u</Hold_Types>",
+        "125.torque01|<job_state>C</job_state><exit_status>0</exit_status>",
+    ])];
+    let samples: Vec<&str> = samples.iter().map(String::as_str).collect();
+    for out in mangled(&samples, 400) {
+        for code in [0, 1] {
+            let ids = ["123.torque01", "124.torque01", "125.torque01"];
+            assert_eq!(states(code, &out, "", &ids).len(), 3, "{out:?}");
+        }
+    }
 }
