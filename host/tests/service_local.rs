@@ -315,6 +315,7 @@ async fn requests_without_the_api_token_get_401() {
         ("GET", "/v1/plugins"),
         ("GET", "/v1/plugins/local/form?user=alice"),
         ("GET", "/v1/metrics"),
+        ("GET", "/v1/metrics?format=prometheus"),
         ("GET", "/v1/openapi.json"),
     ] {
         for t in [None, Some("wrong-token-wrong-token")] {

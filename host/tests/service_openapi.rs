@@ -108,6 +108,13 @@ async fn every_status_seen_in_a_test_run_is_documented() {
             None,
         ),
         ("GET", "/v1/metrics".into(), Some(TOKEN), None),
+        (
+            "GET",
+            "/v1/metrics?format=prometheus".into(),
+            Some(TOKEN),
+            None,
+        ),
+        ("GET", "/v1/metrics?format=xml".into(), Some(TOKEN), None),
         ("POST", "/v1/spawns".into(), Some(TOKEN), Some(good.clone())),
         ("POST", "/v1/spawns".into(), Some(TOKEN), Some(good.clone())),
         (

@@ -81,6 +81,36 @@ async fn one_status_call_per_interval_for_50_jobs() {
     assert!((3..=7).contains(&calls), "{calls} status calls in 3 s");
     assert_eq!(jobs, 50 * calls, "every call asked about all 50 jobs");
     assert_eq!(h.service.metrics()["spawns"]["running"], 50);
+
+    // The same counters for a Prometheus scraper.
+    let r = h.api("GET", "/v1/metrics?format=prometheus", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.headers
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{}",
+        r.headers
+    );
+    let sample = |name: &str| -> u64 {
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{}", r.body))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        sample("wasmspawner_spawns{instance=\"probe\",state=\"running\"}"),
+        50
+    );
+    let scraped = sample("wasmspawner_status_calls_total{instance=\"probe\"}");
+    assert!(scraped >= calls0 + calls, "{scraped}");
+    assert_eq!(
+        sample("wasmspawner_jobs_polled_total{instance=\"probe\"}"),
+        h.metrics("probe", "jobs_polled")
+    );
+    assert_eq!(sample("wasmspawner_plugin_healthy{instance=\"probe\"}"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

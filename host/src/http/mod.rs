@@ -12,6 +12,7 @@ pub mod auth;
 pub mod error;
 pub mod form_html;
 pub mod plugins;
+pub mod prometheus;
 pub mod spawns;
 
 use std::sync::Arc;

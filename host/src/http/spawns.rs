@@ -182,7 +182,38 @@ pub async fn ready(
     ))
 }
 
-/// `GET /v1/metrics`.
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(state.service.metrics())
+#[derive(Deserialize)]
+pub struct MetricsQuery {
+    /// `json` (default) or `prometheus` (the text exposition format).
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// `GET /v1/metrics[?format=prometheus]`.
+pub async fn metrics(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<MetricsQuery>,
+) -> Result<Response, ApiError> {
+    let metrics = state.service.metrics();
+    match q.format.as_deref() {
+        None | Some("json") => Ok(Json(metrics).into_response()),
+        Some("prometheus") => {
+            let health: Vec<_> = state
+                .registry
+                .instances()
+                .map(|i| (i.name().to_string(), i.health()))
+                .collect();
+            Ok((
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    super::prometheus::CONTENT_TYPE,
+                )],
+                super::prometheus::render(&metrics, &health),
+            )
+                .into_response())
+        }
+        Some(f) => Err(ApiError::bad_request(format!(
+            "format: {f:?} is neither \"json\" nor \"prometheus\""
+        ))),
+    }
 }
