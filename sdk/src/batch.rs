@@ -998,6 +998,17 @@ pub fn descriptor(sched: &Scheduler, version: &str, description: &str) -> crate:
 #[macro_export]
 macro_rules! batch_plugin {
     ($ty:ident, $sched:expr, $description:expr, $status:path) => {
+        $crate::batch_plugin_type!($ty, $sched, $description, $status);
+        $crate::export_plugin!($ty);
+    };
+}
+
+/// [`batch_plugin!`] without the export: for a scheduler crate that other
+/// plugins build on (a component has one set of exports, so only the final
+/// plugin exports).
+#[macro_export]
+macro_rules! batch_plugin_type {
+    ($ty:ident, $sched:expr, $description:expr, $status:path) => {
         pub struct $ty(pub $crate::batch::Batch);
 
         impl $crate::Plugin for $ty {
@@ -1045,8 +1056,6 @@ macro_rules! batch_plugin {
                 self.0.cancel(host, job)
             }
         }
-
-        $crate::export_plugin!($ty);
     };
 }
 

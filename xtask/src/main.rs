@@ -4,8 +4,9 @@
 //!   and the host binary.
 //! - `demo`: build, then run a host with the `local` plugin
 //!   (`examples/local.toml`) in the foreground.
-//! - `test`: build the plugins, then run every test of the workspace.
-//! - `plugins`: build the plugins only.
+//! - `test`: build the plugins, then run every test of the workspace and of
+//!   the example site plugin.
+//! - `plugins`: build the plugins only (the example site plugin included).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -120,6 +121,26 @@ fn plugin_crates() -> Result<Vec<(String, String)>> {
     Ok(found)
 }
 
+/// The example site plugin: its own workspace (as in a site's repository)
+/// and its own target directory, since it builds the `slurm` plugin crate
+/// without its exports (which must not overwrite the real `slurm.wasm`).
+const SITE_PLUGIN: &str = "examples/site-plugin";
+
+fn site_target_dir() -> PathBuf {
+    target_dir().join("site-plugin")
+}
+
+/// A cargo command for the example site plugin.
+fn site_cargo(args: &[&str]) -> Command {
+    let mut c = cargo();
+    c.args(args)
+        .arg("--manifest-path")
+        .arg(root().join(SITE_PLUGIN).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(site_target_dir());
+    c
+}
+
 /// Builds every plugin and copies it to `target/plugins/<short>.wasm`.
 fn build_plugins() -> Result<PathBuf> {
     ensure_wasm_target()?;
@@ -130,13 +151,29 @@ fn build_plugins() -> Result<PathBuf> {
         c.args(["-p", pkg]);
     }
     run(c)?;
+    run(site_cargo(&[
+        "build",
+        "--target",
+        WASM_TARGET,
+        "--profile",
+        "plugin",
+    ]))?;
     let out_dir = target_dir().join("plugins");
     std::fs::create_dir_all(&out_dir)?;
-    for (pkg, short) in &crates {
-        let built = target_dir()
-            .join(WASM_TARGET)
+    let built = |dir: PathBuf, pkg: &str| {
+        dir.join(WASM_TARGET)
             .join("plugin")
-            .join(format!("{}.wasm", pkg.replace('-', "_")));
+            .join(format!("{}.wasm", pkg.replace('-', "_")))
+    };
+    let mut outputs: Vec<(PathBuf, String)> = crates
+        .iter()
+        .map(|(pkg, short)| (built(target_dir(), pkg), short.clone()))
+        .collect();
+    outputs.push((
+        built(site_target_dir(), "example-site-plugin"),
+        "example-site".into(),
+    ));
+    for (built, short) in outputs {
         let dest = out_dir.join(format!("{short}.wasm"));
         // Copy through a temporary name and rename, so a running host's
         // watcher never sees half a file.
@@ -203,6 +240,8 @@ fn test(extra: &[String]) -> Result<()> {
     c.args(["test", "--workspace", "--no-fail-fast"])
         .args(extra);
     run(c)?;
+    // The example site plugin's own tests (its own workspace).
+    run(site_cargo(&["test"]))?;
     // The host binary the Python tests start.
     let mut c = cargo();
     c.args(["build", "-p", "wasmspawner"]);

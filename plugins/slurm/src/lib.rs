@@ -38,12 +38,17 @@ const TEMPLATE: &str = r#"#!/bin/bash
 {{ epilogue }}
 "#;
 
-wasmspawner_sdk::batch_plugin!(
+wasmspawner_sdk::batch_plugin_type!(
     Slurm,
     SLURM,
     "Runs the single-user server as a Slurm batch job.",
     status
 );
+
+// A site plugin built on this crate (examples/site-plugin) turns the export
+// off (`default-features = false`) and exports itself.
+#[cfg(feature = "export")]
+wasmspawner_sdk::export_plugin!(Slurm);
 
 /// `squeue -h -t all -j A,B,C -o %i|%T|%B|%N|%r`: one call for every job.
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
