@@ -329,6 +329,35 @@ fn moab() {
     cycle(&SCHEDULERS[6]);
 }
 
+/// The same cycle for Slurm written in Python (examples/python-plugin, built
+/// with componentize-py by `cargo xtask test`): one contract, any language.
+#[test]
+fn python_slurm() {
+    let dir = std::env::var_os("WASMSPAWNER_PLUGIN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    if !dir.join("python-slurm.wasm").exists() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI must test the Python plugin: build it with `cargo xtask python-plugin`");
+        }
+        eprintln!(
+            "\n*** SKIPPED (no python-slurm.wasm): build it with `cargo xtask python-plugin` ***\n"
+        );
+        return;
+    }
+    cycle(&Sched {
+        plugin: "python-slurm",
+        submit: "sbatch",
+        status: "squeue",
+        cancel: "scancel",
+        submitted: "101\n",
+        job_id: "101",
+        status_out: "101|RUNNING|node07|None\n",
+        queue: "partition",
+        script_line: "#SBATCH --partition=batch",
+    });
+}
+
 /// The example configs load, and every plugin accepts its site config; the
 /// only problems allowed are scheduler commands missing on this machine.
 #[test]

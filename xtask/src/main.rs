@@ -7,6 +7,7 @@
 //! - `test`: build the plugins, then run every test of the workspace and of
 //!   the example site plugin.
 //! - `plugins`: build the plugins only (the example site plugin included).
+//! - `python-plugin`: build the Python example plugin with componentize-py.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("pyenv") => pyenv().map(|_| ()),
+        Some("python-plugin") => pyenv().and_then(|v| build_python_plugin(&v)),
         _ => {
             eprintln!(
                 "usage: cargo xtask <build|plugins|demo|test [cargo test args]>\n\
@@ -30,7 +32,8 @@ fn main() -> ExitCode {
                  \n  plugins  build the plugins only, into target/plugins/\
                  \n  demo     build, then run a host with the local plugin (examples/local.toml)\
                  \n  test     build the plugins, then run all tests (Rust, then Python with a real JupyterHub)\
-                 \n  pyenv    create the Python venv for the JupyterHub tests ($WASMSPAWNER_VENV, default target/venv)"
+                 \n  pyenv    create the Python venv for the JupyterHub tests ($WASMSPAWNER_VENV, default target/venv)\
+                 \n  python-plugin  build examples/python-plugin with componentize-py (from that venv)"
             );
             return ExitCode::from(2);
         }
@@ -235,6 +238,10 @@ fn demo() -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     build_plugins()?;
+    // The venv first: it has componentize-py for the Python plugin, which
+    // the host's tests load.
+    let venv = pyenv()?;
+    build_python_plugin(&venv)?;
     let mut c = cargo();
     // Every failure in one run, not just the first test binary's.
     c.args(["test", "--workspace", "--no-fail-fast"])
@@ -246,7 +253,6 @@ fn test(extra: &[String]) -> Result<()> {
     let mut c = cargo();
     c.args(["build", "-p", "wasmspawner"]);
     run(c)?;
-    let venv = pyenv()?;
     pytest(&venv, &["tests"])?;
     // The hub side also against JupyterHub 5.
     let venv5 = hub5_env(&venv)?;
@@ -286,7 +292,7 @@ fn hub5_env(venv: &Path) -> Result<PathBuf> {
     let pip = v5.join("bin/pip");
     let mut c = Command::new(&pip);
     c.args(["install", "-q", "--disable-pip-version-check"])
-        .args(want.split(' ').filter(|w| *w != "v1"));
+        .args(want.rsplit_once(' ').map_or(want, |(p, _)| p).split(' '));
     run(c)?;
     let mut c = Command::new(&pip);
     c.args(["install", "-q", "--disable-pip-version-check", "-e"])
@@ -304,12 +310,31 @@ fn hub5_env(venv: &Path) -> Result<PathBuf> {
 /// from the system's `/usr/bin/python3` (so other users can run it), with
 /// JupyterHub 6.1, JupyterLab, the package itself, and configurable-http-proxy
 /// from npm inside it. Made once; reused while its stamp matches.
+/// The Python example plugin (examples/python-plugin), built with the venv's
+/// componentize-py against wit/, into `target/plugins/python-slurm.wasm`.
+fn build_python_plugin(venv: &Path) -> Result<()> {
+    let out_dir = target_dir().join("plugins");
+    std::fs::create_dir_all(&out_dir)?;
+    let tmp = out_dir.join(".python-slurm.wasm.tmp");
+    let mut c = Command::new(venv.join("bin/componentize-py"));
+    c.current_dir(root())
+        .args(["-d", "wit", "-w", "plugin", "componentize"])
+        .args(["-p", "examples/python-plugin", "app", "-o"])
+        .arg(&tmp);
+    run(c).context("componentize-py comes with the venv (cargo xtask pyenv)")?;
+    let dest = out_dir.join("python-slurm.wasm");
+    std::fs::rename(&tmp, &dest)?;
+    let size = std::fs::metadata(&dest)?.len();
+    eprintln!("xtask: {} ({} KiB)", dest.display(), size / 1024);
+    Ok(())
+}
+
 fn pyenv() -> Result<PathBuf> {
     let venv = std::env::var_os("WASMSPAWNER_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| target_dir().join("venv"));
     let stamp = venv.join(".wasmspawner-stamp");
-    let want = "jupyterhub==6.1.1 jupyterlab pytest pytest-asyncio requests playwright==1.55.0 v3";
+    let want = "jupyterhub==6.1.1 jupyterlab pytest pytest-asyncio requests playwright==1.55.0 componentize-py==0.25.1 v4";
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
         return Ok(venv);
     }
@@ -330,7 +355,8 @@ fn pyenv() -> Result<PathBuf> {
     let pip = venv.join("bin/pip");
     let mut c = Command::new(&pip);
     c.args(["install", "-q", "--disable-pip-version-check"])
-        .args(want.split(' ').filter(|w| *w != "v3"));
+        // The last word is the stamp's own version, not a package.
+        .args(want.rsplit_once(' ').map_or(want, |(p, _)| p).split(' '));
     run(c)?;
     let mut c = Command::new(&pip);
     c.args(["install", "-q", "--disable-pip-version-check", "-e"])
