@@ -159,24 +159,15 @@ impl Tunnels {
     ) -> Result<SocketAddr> {
         crate::capability::ssh::check_host(&spec.via).map_err(anyhow::Error::msg)?;
         crate::capability::ssh::check_host(&spec.target_host).map_err(anyhow::Error::msg)?;
-        let spec = Direction::ToServer(spec);
-        {
-            let tunnels = self.inner.lock().await;
-            if let Some(t) = tunnels.get(spec.key()) {
-                if t.spec == spec {
-                    return Ok(t.local);
-                }
-            }
+        let wanted = Direction::ToServer(spec.clone());
+        if let Some(local) = self.keep_or_close(&wanted).await {
+            return Ok(local);
         }
-        self.close(spec.key()).await;
         let port = match local_port {
             Some(p) => p,
             None => free_port()?,
         };
-        let mut child = start(ssh, &spec, port)?;
-        let Direction::ToServer(server) = &spec else {
-            unreachable!()
-        };
+        let mut child = start(ssh, &wanted, port)?;
         let local = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
         loop {
@@ -195,19 +186,19 @@ impl Tunnels {
                 let _ = child.kill().await;
                 bail!(
                     "the tunnel to {}:{} via {} did not open within {:?}",
-                    server.target_host,
-                    server.target_port,
-                    server.via,
+                    spec.target_host,
+                    spec.target_port,
+                    spec.via,
                     OPEN_TIMEOUT
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        drain_stderr(&mut child, spec.key());
+        drain_stderr(&mut child, &spec.key);
         self.inner.lock().await.insert(
-            spec.key().to_string(),
+            spec.key,
             Tunnel {
-                spec,
+                spec: wanted,
                 ssh: ssh.clone(),
                 local,
                 child,
@@ -221,23 +212,14 @@ impl Tunnels {
     /// gateway confirmed its listening port, or the reason it refused.
     pub async fn open_reverse(&self, ssh: &SshConfig, spec: ReverseSpec) -> Result<()> {
         crate::capability::ssh::check_host(&spec.via).map_err(anyhow::Error::msg)?;
-        let spec = Direction::ToHost(spec);
-        {
-            let tunnels = self.inner.lock().await;
-            if let Some(t) = tunnels.get(spec.key()) {
-                if t.spec == spec {
-                    return Ok(());
-                }
-            }
+        let wanted = Direction::ToHost(spec.clone());
+        if self.keep_or_close(&wanted).await.is_some() {
+            return Ok(());
         }
-        self.close(spec.key()).await;
-        let Direction::ToHost(reverse) = &spec else {
-            unreachable!()
-        };
-        let mut child = start(ssh, &spec, reverse.to.port())?;
+        let mut child = start(ssh, &wanted, spec.to.port())?;
         let stderr = child.stderr.take().expect("piped");
-        // ssh -v says `remote forward success` once the gateway listens
-        // (with ExitOnForwardFailure it exits if the gateway refuses).
+        // At LogLevel DEBUG1 ssh says `remote forward success` once the
+        // gateway listens (with ExitOnForwardFailure it exits if it refuses).
         let mut lines = tokio::io::BufReader::new(stderr).lines();
         let mut said = Vec::new();
         let confirmed = tokio::time::timeout(REVERSE_TIMEOUT, async {
@@ -258,7 +240,7 @@ impl Tunnels {
                 let status = child.wait().await?;
                 bail!(
                     "the callback tunnel {} ended ({status}): {}",
-                    describe(&spec, reverse.to),
+                    describe(&wanted, spec.to),
                     said.join("; ")
                 );
             }
@@ -266,23 +248,38 @@ impl Tunnels {
                 let _ = child.kill().await;
                 bail!(
                     "the callback tunnel {} was not confirmed within {REVERSE_TIMEOUT:?}: {}",
-                    describe(&spec, reverse.to),
+                    describe(&wanted, spec.to),
                     said.join("; ")
                 );
             }
         }
-        log_lines(lines, spec.key().to_string());
+        log_lines(lines, spec.key.clone());
         self.inner.lock().await.insert(
-            spec.key().to_string(),
+            spec.key,
             Tunnel {
-                local: reverse.to,
-                spec,
+                local: spec.to,
+                spec: wanted,
                 ssh: ssh.clone(),
                 child,
                 restarts: 0,
             },
         );
         Ok(())
+    }
+
+    /// The local address of the tunnel already open as `wanted`; a tunnel
+    /// under the same key with other settings is closed.
+    async fn keep_or_close(&self, wanted: &Direction) -> Option<SocketAddr> {
+        {
+            let tunnels = self.inner.lock().await;
+            if let Some(t) = tunnels.get(wanted.key()) {
+                if &t.spec == wanted {
+                    return Some(t.local);
+                }
+            }
+        }
+        self.close(wanted.key()).await;
+        None
     }
 
     /// Closes the tunnel of `key`, if any.

@@ -74,18 +74,11 @@ impl Service {
                 ),
             ));
         }
-        let rules = self
-            .registry
-            .config
-            .instances
-            .get(&spawn.instance)
+        let ic = self.registry.config.instances.get(&spawn.instance);
+        let rules = ic
             .map(|i| i.lifecycle.callback_hosts.clone())
             .unwrap_or_default();
-        let via_callback_tunnel = self
-            .registry
-            .config
-            .instances
-            .get(&spawn.instance)
+        let via_callback_tunnel = ic
             .and_then(|i| i.tunnel.as_ref())
             .is_some_and(|t| t.callback.is_some());
         let host = match &body.host {
@@ -130,34 +123,33 @@ impl Service {
         let port = body.port as u16;
         // A non-routable node: the hub reaches the server through a tunnel,
         // opened before the spawn is reported ready.
-        let (host, port, tunnel_target) =
-            match self.registry().config.instances.get(&spawn.instance) {
-                Some(ic) if ic.tunnel.is_some() => {
-                    let mut probe = spawn.clone();
-                    probe.tunnel_target = Some(format!("{host}:{port}"));
-                    let spec = self.tunnel_spec(&probe).ok_or_else(|| {
-                        refuse(
-                            500,
-                            "tunnel_failed",
-                            "the instance's tunnel settings are incomplete".into(),
-                        )
-                    })?;
-                    let ssh = ic.ssh.clone().expect("checked with the config");
-                    let local = self.tunnels.open(&ssh, spec, None).await.map_err(|e| {
-                        refuse(
-                            502,
-                            "tunnel_failed",
-                            format!("cannot open the tunnel to {host}:{port}: {e:#}"),
-                        )
-                    })?;
-                    (
-                        "127.0.0.1".to_string(),
-                        local.port(),
-                        Some(format!("{host}:{port}")),
+        let (host, port, tunnel_target) = match ic {
+            Some(ic) if ic.tunnel.is_some() => {
+                let mut probe = spawn.clone();
+                probe.tunnel_target = Some(format!("{host}:{port}"));
+                let spec = self.tunnel_spec(&probe).ok_or_else(|| {
+                    refuse(
+                        500,
+                        "tunnel_failed",
+                        "the instance's tunnel settings are incomplete".into(),
                     )
-                }
-                _ => (host, port, None),
-            };
+                })?;
+                let ssh = ic.ssh.clone().expect("checked with the config");
+                let local = self.tunnels.open(&ssh, spec, None).await.map_err(|e| {
+                    refuse(
+                        502,
+                        "tunnel_failed",
+                        format!("cannot open the tunnel to {host}:{port}: {e:#}"),
+                    )
+                })?;
+                (
+                    "127.0.0.1".to_string(),
+                    local.port(),
+                    Some(format!("{host}:{port}")),
+                )
+            }
+            _ => (host, port, None),
+        };
         let mut accepted = false;
         let out = self.update(id, |e| {
             // Checked again under the lock: once only.

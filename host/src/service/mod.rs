@@ -218,33 +218,8 @@ impl Service {
         } else {
             listen
         };
+        self.keep_callback_tunnels(listen);
         let weak = Arc::downgrade(self);
-        let callbacks = self.callback_tunnel_specs(listen);
-        if !callbacks.is_empty() {
-            let weak = weak.clone();
-            tokio::spawn(async move {
-                let mut wait = Duration::from_secs(1);
-                loop {
-                    let Some(svc) = weak.upgrade() else { return };
-                    let mut all_open = true;
-                    for (name, ssh, spec) in &callbacks {
-                        if let Err(e) = svc.tunnels.open_reverse(ssh, spec.clone()).await {
-                            all_open = false;
-                            tracing::error!(instance = %name, "cannot open the callback tunnel; jobs of this instance cannot report their servers until it opens (retrying in {:?}): {e:#}", wait * 2);
-                        }
-                    }
-                    drop(svc);
-                    // An open tunnel is watched by `Tunnels`; a refused
-                    // one is retried, less often each time.
-                    wait = if all_open {
-                        Duration::from_secs(1)
-                    } else {
-                        (wait * 2).min(Duration::from_secs(60))
-                    };
-                    tokio::time::sleep(wait).await;
-                }
-            });
-        }
         let tunneled = self
             .registry
             .config
@@ -307,6 +282,39 @@ impl Service {
                 Err(e) => tracing::warn!(spawn = %s.id, "cannot re-create the tunnel: {e:#}"),
             }
         }
+    }
+
+    /// Opens each instance's callback tunnel and retries a refused one, less
+    /// often each time (1 s doubling up to 60 s). `Tunnels` itself re-opens
+    /// one whose ssh dies.
+    fn keep_callback_tunnels(self: &Arc<Self>, listen: std::net::SocketAddr) {
+        let callbacks = self.callback_tunnel_specs(listen);
+        if callbacks.is_empty() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut wait = Duration::from_secs(1);
+            loop {
+                let Some(svc) = weak.upgrade() else { return };
+                let mut refused = Vec::new();
+                for (name, ssh, spec) in &callbacks {
+                    if let Err(e) = svc.tunnels.open_reverse(ssh, spec.clone()).await {
+                        refused.push((name, e));
+                    }
+                }
+                drop(svc);
+                wait = if refused.is_empty() {
+                    Duration::from_secs(1)
+                } else {
+                    (wait * 2).min(Duration::from_secs(60))
+                };
+                for (name, e) in refused {
+                    tracing::error!(instance = %name, "cannot open the callback tunnel; jobs of this instance cannot report their servers until it opens (retrying in {wait:?}): {e:#}");
+                }
+                tokio::time::sleep(wait).await;
+            }
+        });
     }
 
     /// The open tunnels (server and callback ones).
