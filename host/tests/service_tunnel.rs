@@ -8,7 +8,9 @@ mod service_common;
 
 use std::time::Duration;
 
-use service_common::{local_config, server_script, start_body, start_host_with, Host};
+use service_common::{
+    local_config, local_config_with, server_script, start_body, start_host_with, Host,
+};
 
 /// A host whose state lives in `state` (so a "restart" finds it again),
 /// keeping its tunnels.
@@ -256,27 +258,12 @@ async fn a_hostless_callback_through_the_gateway_waits_for_the_execution_host() 
     let known_hosts = state.path().join("known_hosts");
     std::fs::write(&known_hosts, "").unwrap();
     // No poll within the test: the scheduler has not named a host yet.
-    let body = format!(
-        r#"
-[instances.local]
-plugin = "{{plugin:local}}"
-[instances.local.grants]
-env = ["JUPYTERHUB_DEFAULT_URL"]
-[[instances.local.grants.detached]]
-program = "python3"
-args = ["**"]
-spawn_env = true
-[instances.local.lifecycle]
-poll_interval_secs = 3600
-fast_poll_secs = 3600
-[instances.local.ssh]
-known_hosts = "{}"
-[instances.local.tunnel]
-via = "gateway.invalid"
-[instances.local.tunnel.callback]
-port = 9571
-"#,
-        known_hosts.display()
+    let body = local_config_with(
+        "poll_interval_secs = 3600\nfast_poll_secs = 3600",
+        &format!(
+            "[instances.local.ssh]\nknown_hosts = \"{}\"\n[instances.local.tunnel]\nvia = \"gateway.invalid\"\n[instances.local.tunnel.callback]\nport = 9571\n",
+            known_hosts.display()
+        ),
     );
     let host = host_without_tunnels(state.path(), &body).await;
     let script = server_script(state.path());

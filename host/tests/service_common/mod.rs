@@ -261,6 +261,11 @@ srv.serve_forever()
 
 /// Config of a `local` instance that may run python3 (fast polling).
 pub fn local_config(extra: &str) -> String {
+    local_config_with("poll_interval_secs = 0.5\nfast_poll_secs = 0.2", extra)
+}
+
+/// The same with its own `[instances.local.lifecycle]` lines.
+pub fn local_config_with(lifecycle: &str, extra: &str) -> String {
     format!(
         r#"
 [instances.local]
@@ -272,8 +277,7 @@ program = "python3"
 args = ["**"]
 spawn_env = true
 [instances.local.lifecycle]
-poll_interval_secs = 0.5
-fast_poll_secs = 0.2
+{lifecycle}
 {extra}
 "#
     )
