@@ -175,6 +175,12 @@ pub struct ProgramGrant {
     /// The command may receive the spawn's environment (the hub's token).
     #[serde(default)]
     pub spawn_env: bool,
+    /// The executable that runs when the plugin asks for `program`, for a
+    /// site whose command has another name or place (e.g. a wrapper
+    /// `/opt/site/bin/sbatch-jupyter` for `sbatch`). Absolute; default:
+    /// `program` looked up in `search_path`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
 }
 
 fn any_args() -> Vec<String> {
@@ -478,6 +484,12 @@ fn resolve_instance(
             check_program_name(&g.program).map_err(|m| anyhow::anyhow!("{at}.program: {m}"))?;
             wasmspawner_argpattern::validate(&g.args)
                 .map_err(|e| anyhow::anyhow!("{at}.args: {e}"))?;
+            if let Some(p) = g.path.as_ref().filter(|p| !p.is_absolute()) {
+                bail!(
+                    "{at}.path: {} is not absolute; give the executable's full path, e.g. \"/opt/site/bin/sbatch-jupyter\"",
+                    p.display()
+                );
+            }
         }
     }
     let mut env = Vec::new();

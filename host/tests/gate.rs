@@ -430,3 +430,42 @@ async fn run_as_prefix_is_the_operators_with_the_user_as_one_argument() {
     .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("WS_RUN_AS"));
 }
+
+/// A site's command under another name or place: the grant names the
+/// executable that runs when the plugin asks for `program`.
+#[tokio::test]
+async fn a_grant_may_name_the_executable_for_a_program() {
+    let text = format!(
+        "{GRANTS}[[instances.t.grants.programs]]\nprogram = \"id\"\nargs = []\npath = \"/usr/bin/whoami\"\n"
+    );
+    let s = setup(&text);
+    std::fs::create_dir_all(&s.config.state_dir).unwrap();
+    let audit = Arc::new(AuditLog::open(&s.config.state_dir.join("audit.jsonl")).unwrap());
+    let gate = Gate::new(
+        s.config.instance("t").unwrap(),
+        &s.config.path,
+        &s.config.state_dir,
+        "d",
+        "test 1.0",
+        declared(),
+        audit,
+    );
+    let out = run_checked(&gate, &ctx(), Kind::Run, None, cmd("id", &[]))
+        .await
+        .unwrap();
+    // whoami ran, not id (which would print uid=…).
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(!printed.contains("uid="), "{printed}");
+    assert_eq!(s.audit()[0]["argv"][0], "/usr/bin/whoami");
+
+    // The path must be absolute, and the error names the key.
+    let bad = format!(
+        "state_dir = \"s\"\n{}",
+        text.replace("path = \"/usr/bin/whoami\"", "path = \"bin/whoami\"")
+    );
+    let e =
+        wasmspawner_host::config::Config::parse(std::path::Path::new("/etc/ws/host.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("grants.programs[5].path"), "{e}");
+}

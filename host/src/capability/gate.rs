@@ -169,15 +169,22 @@ impl Gate {
         declared: DeclaredCapabilities,
         audit: Arc<AuditLog>,
     ) -> Gate {
-        let resolve = |g: &ProgramGrant| ResolvedGrant {
-            grant: g.clone(),
-            hosts: vec![],
-            // A submit host's programs are found by its own PATH.
-            path: if inst.submit_host.is_some() {
-                Ok(PathBuf::from(&g.program))
-            } else {
-                resolve_program(&g.program, &inst.search_path)
-            },
+        let resolve = |g: &ProgramGrant| {
+            // The operator's executable for this program, if it names one.
+            let target = match &g.path {
+                Some(p) => p.display().to_string(),
+                None => g.program.clone(),
+            };
+            ResolvedGrant {
+                grant: g.clone(),
+                hosts: vec![],
+                // A submit host's programs are found by its own PATH.
+                path: if inst.submit_host.is_some() {
+                    Ok(PathBuf::from(target))
+                } else {
+                    resolve_program(&target, &inst.search_path)
+                },
+            }
         };
         let ssh_grants = inst
             .grants
@@ -188,6 +195,7 @@ impl Gate {
                     program: g.program.clone(),
                     args: g.args.clone(),
                     spawn_env: g.spawn_env,
+                    path: None,
                 },
                 hosts: g.hosts.clone(),
                 path: Ok(PathBuf::from(&g.program)),
