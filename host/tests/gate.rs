@@ -11,7 +11,7 @@ use wasmspawner_host::capability::audit::AuditLog;
 use wasmspawner_host::capability::gate::{CallContext, Gate, Kind};
 use wasmspawner_host::capability::process::run_checked;
 use wasmspawner_host::model::{DeclaredCapabilities, ProgramUse};
-use wasmspawner_host::runtime::bindings::process::{Command, EnvVar, RunError};
+use wasmspawner_host::runtime::bindings::process::{Command, EnvVar, Output, RunError};
 
 fn uses(program: &str, args: &[&str], spawn_env: bool) -> ProgramUse {
     ProgramUse {
@@ -90,6 +90,13 @@ fn fixture(extra: &str) -> Fixture {
     Fixture { s, gate }
 }
 
+impl Fixture {
+    /// A `process.run` call through the fixture's gate, for spawn `sp1`.
+    async fn run(&self, c: Command) -> Result<Output, RunError> {
+        run_checked(&self.gate, &ctx(), Kind::Run, None, c).await
+    }
+}
+
 fn cmd(program: &str, args: &[&str]) -> Command {
     Command {
         program: program.into(),
@@ -115,15 +122,10 @@ fn ctx() -> CallContext {
 #[tokio::test]
 async fn granted_and_declared_runs_without_a_shell() {
     let f = fixture("");
-    let out = run_checked(
-        &f.gate,
-        &ctx(),
-        Kind::Run,
-        None,
-        cmd("echo", &["hello", "$(id); `id` > /tmp/x"]),
-    )
-    .await
-    .unwrap();
+    let out = f
+        .run(cmd("echo", &["hello", "$(id); `id` > /tmp/x"]))
+        .await
+        .unwrap();
     assert_eq!(out.exit_code, 0);
     // The shell metacharacters arrive as one literal argument.
     assert_eq!(
@@ -140,15 +142,7 @@ async fn granted_and_declared_runs_without_a_shell() {
 #[tokio::test]
 async fn argument_patterns_outside_the_grant_are_denied() {
     let f = fixture("");
-    let err = run_checked(
-        &f.gate,
-        &ctx(),
-        Kind::Run,
-        None,
-        cmd("echo", &["goodbye", "x"]),
-    )
-    .await
-    .unwrap_err();
+    let err = f.run(cmd("echo", &["goodbye", "x"])).await.unwrap_err();
     let RunError::Denied(m) = err else {
         panic!("expected denial, got {err:?}")
     };
@@ -157,15 +151,7 @@ async fn argument_patterns_outside_the_grant_are_denied() {
         "{m}"
     );
     assert!(m.contains("host.toml"), "{m}");
-    let err = run_checked(
-        &f.gate,
-        &ctx(),
-        Kind::Run,
-        None,
-        cmd("echo", &["hello", "a", "b"]),
-    )
-    .await
-    .unwrap_err();
+    let err = f.run(cmd("echo", &["hello", "a", "b"])).await.unwrap_err();
     assert!(matches!(err, RunError::Denied(_)));
     assert_eq!(
         f.s.audit()
@@ -180,33 +166,22 @@ async fn argument_patterns_outside_the_grant_are_denied() {
 async fn undeclared_or_ungranted_programs_are_denied() {
     let f = fixture("");
     // Not declared by the plugin (even though /bin/rm exists).
-    let RunError::Denied(m) =
-        run_checked(&f.gate, &ctx(), Kind::Run, None, cmd("rm", &["-rf", "/"]))
-            .await
-            .unwrap_err()
-    else {
+    let RunError::Denied(m) = f.run(cmd("rm", &["-rf", "/"])).await.unwrap_err() else {
         panic!()
     };
     assert!(m.contains("outside what plugin test 1.0 declared"), "{m}");
     // Declared, not granted.
-    let RunError::Denied(m) = run_checked(&f.gate, &ctx(), Kind::Run, None, cmd("id", &[]))
-        .await
-        .unwrap_err()
-    else {
+    let RunError::Denied(m) = f.run(cmd("id", &[])).await.unwrap_err() else {
         panic!()
     };
     assert!(m.contains("not granted to instance `t`"), "{m}");
     assert!(m.contains("[[instances.t.grants.programs]]"), "{m}");
     // An absolute path is a different program than the bare name granted.
-    let RunError::Denied(_) = run_checked(
-        &f.gate,
-        &ctx(),
-        Kind::Run,
-        None,
-        cmd("/usr/bin/echo", &["hello", "x"]),
-    )
-    .await
-    .unwrap_err() else {
+    let RunError::Denied(_) = f
+        .run(cmd("/usr/bin/echo", &["hello", "x"]))
+        .await
+        .unwrap_err()
+    else {
         panic!()
     };
     // Detached use is a separate capability.
@@ -226,15 +201,7 @@ async fn undeclared_or_ungranted_programs_are_denied() {
 #[tokio::test]
 async fn programs_resolve_through_the_search_path_or_not_found() {
     let f = fixture("");
-    let err = run_checked(
-        &f.gate,
-        &ctx(),
-        Kind::Run,
-        None,
-        cmd("no-such-program-here", &[]),
-    )
-    .await
-    .unwrap_err();
+    let err = f.run(cmd("no-such-program-here", &[])).await.unwrap_err();
     let RunError::NotFound(m) = err else {
         panic!("{err:?}")
     };
@@ -271,9 +238,7 @@ async fn the_environment_is_built_from_grants_only() {
     let f = fixture("");
     let mut c = cmd("env", &[]);
     c.spawn_env = true;
-    let out = run_checked(&f.gate, &ctx(), Kind::Run, None, c)
-        .await
-        .unwrap();
+    let out = f.run(c).await.unwrap();
     let mut env: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
@@ -297,9 +262,7 @@ async fn the_environment_is_built_from_grants_only() {
         .any(|v| v == "JUPYTERHUB_API_TOKEN"));
 
     // Without spawn_env in the call, no spawn variables.
-    let out = run_checked(&f.gate, &ctx(), Kind::Run, None, cmd("env", &[]))
-        .await
-        .unwrap();
+    let out = f.run(cmd("env", &[])).await.unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("JUPYTERHUB_API_TOKEN"));
 
     // Plugin-set variables must be granted and not fixed.
@@ -308,10 +271,7 @@ async fn the_environment_is_built_from_grants_only() {
         name: "LD_PRELOAD".into(),
         value: "/tmp/evil.so".into(),
     }];
-    let RunError::Denied(m) = run_checked(&f.gate, &ctx(), Kind::Run, None, c)
-        .await
-        .unwrap_err()
-    else {
+    let RunError::Denied(m) = f.run(c).await.unwrap_err() else {
         panic!()
     };
     assert!(m.contains("LD_PRELOAD is not granted"), "{m}");
@@ -320,9 +280,7 @@ async fn the_environment_is_built_from_grants_only() {
         name: "WS_SETTABLE".into(),
         value: "ok".into(),
     }];
-    let out = run_checked(&f.gate, &ctx(), Kind::Run, None, c)
-        .await
-        .unwrap();
+    let out = f.run(c).await.unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("WS_SETTABLE=ok"));
 }
 
@@ -332,10 +290,7 @@ async fn spawn_env_needs_declaration_and_grant() {
     // echo is declared and granted without spawn_env.
     let mut c = cmd("echo", &["hello", "x"]);
     c.spawn_env = true;
-    let RunError::Denied(m) = run_checked(&f.gate, &ctx(), Kind::Run, None, c)
-        .await
-        .unwrap_err()
-    else {
+    let RunError::Denied(m) = f.run(c).await.unwrap_err() else {
         panic!()
     };
     assert!(m.contains("declared"), "{m}");
@@ -344,15 +299,10 @@ async fn spawn_env_needs_declaration_and_grant() {
 #[tokio::test]
 async fn secrets_never_travel_in_argv() {
     let f = fixture("");
-    let err = run_checked(
-        &f.gate,
-        &ctx(),
-        Kind::Run,
-        None,
-        cmd("echo", &["hello", "token=secret-hub-token-value"]),
-    )
-    .await
-    .unwrap_err();
+    let err = f
+        .run(cmd("echo", &["hello", "token=secret-hub-token-value"]))
+        .await
+        .unwrap_err();
     let RunError::Denied(m) = err else { panic!() };
     assert!(m.contains("JUPYTERHUB_API_TOKEN"), "{m}");
     let rec = f.s.audit().pop().unwrap();
@@ -369,9 +319,7 @@ async fn a_timeout_kills_the_program() {
     let mut c = cmd("sleep", &["30"]);
     c.timeout_ms = 300;
     let t = Instant::now();
-    let err = run_checked(&f.gate, &ctx(), Kind::Run, None, c)
-        .await
-        .unwrap_err();
+    let err = f.run(c).await.unwrap_err();
     assert!(matches!(err, RunError::TimedOut(_)), "{err:?}");
     assert!(t.elapsed().as_secs() < 5);
     // A requested timeout above the call deadline is capped at it (5 s here).
@@ -382,26 +330,16 @@ async fn a_timeout_kills_the_program() {
 #[tokio::test]
 async fn output_is_capped() {
     let f = fixture("");
-    let out = run_checked(
-        &f.gate,
-        &ctx(),
-        Kind::Run,
-        None,
-        cmd("head", &["-c", "3000000", "/dev/zero"]),
-    )
-    .await
-    .unwrap();
+    let out = f
+        .run(cmd("head", &["-c", "3000000", "/dev/zero"]))
+        .await
+        .unwrap();
     assert!(out.truncated);
     assert_eq!(out.stdout.len(), 1 << 20);
-    let out = run_checked(
-        &f.gate,
-        &ctx(),
-        Kind::Run,
-        None,
-        cmd("head", &["-c", "1000", "/dev/zero"]),
-    )
-    .await
-    .unwrap();
+    let out = f
+        .run(cmd("head", &["-c", "1000", "/dev/zero"]))
+        .await
+        .unwrap();
     assert!(!out.truncated);
     assert_eq!(out.stdout.len(), 1000);
 }
@@ -411,9 +349,7 @@ async fn run_as_prefix_is_the_operators_with_the_user_as_one_argument() {
     let f = fixture("run_as = [\"/usr/bin/env\", \"WS_RUN_AS={user}\"]\n");
     let mut c = cmd("env", &[]);
     c.spawn_env = true;
-    let out = run_checked(&f.gate, &ctx(), Kind::Run, None, c)
-        .await
-        .unwrap();
+    let out = f.run(c).await.unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("WS_RUN_AS=alice"));
     let rec = f.s.audit().pop().unwrap();
     assert_eq!(rec["argv"][0], "/usr/bin/env");
