@@ -123,20 +123,14 @@ async fn start_ready_server_answers_stop_stopped() {
 async fn a_job_that_exits_before_reporting_fails_fast() {
     let h = start_host(&local_config("start_timeout_secs = 600")).await;
     let t0 = Instant::now();
-    let r = h
-        .api(
-            "POST",
-            "/v1/spawns",
-            Some(&start_body(
-                "alice",
-                "",
-                "r",
-                &["python3", "-c", "import sys; sys.exit(3)"],
-            )),
-        )
+    let id = h
+        .start(&start_body(
+            "alice",
+            "",
+            "r",
+            &["python3", "-c", "import sys; sys.exit(3)"],
+        ))
         .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let id = r.json()["id"].as_str().unwrap().to_string();
     let events = read_events(
         &format!("{}/v1/spawns/{id}/events", h.url),
         &["ready", "failed"],

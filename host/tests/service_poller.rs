@@ -121,13 +121,7 @@ async fn unknown_is_never_done_and_is_flagged_after_the_grace() {
         "poll_interval_secs = 0.1\nfast_poll_secs = 0.1\nunknown_grace_polls = 3",
     ))
     .await;
-    let id = h
-        .api("POST", "/v1/spawns", Some(&body("alice", "r")))
-        .await
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = h.start(&body("alice", "r")).await;
     let s = h.wait_spawn(&id, 10, |s| !s["flagged"].is_null()).await;
     assert_eq!(s["state"], "queued", "{s}");
     assert!(s["unknown_polls"].as_u64().unwrap() >= 3);
@@ -184,13 +178,7 @@ async fn a_job_pending_past_the_queue_timeout_fails_with_the_reason() {
         "poll_interval_secs = 0.1\nfast_poll_secs = 0.1\nqueue_timeout_secs = 1",
     ))
     .await;
-    let id = h
-        .api("POST", "/v1/spawns", Some(&body("alice", "r")))
-        .await
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = h.start(&body("alice", "r")).await;
     let s = h.wait_spawn(&id, 5, |s| s["reason"] == "Resources").await;
     assert_eq!(s["state"], "queued");
     let events = read_events(
@@ -295,13 +283,7 @@ async fn a_server_that_never_reports_fails_after_the_start_timeout() {
         "poll_interval_secs = 0.1\nfast_poll_secs = 0.1\nstart_timeout_secs = 1",
     ))
     .await;
-    let id = h
-        .api("POST", "/v1/spawns", Some(&body("alice", "r")))
-        .await
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = h.start(&body("alice", "r")).await;
     let events = read_events(
         &format!("{}/v1/spawns/{id}/events", h.url),
         &["failed", "ready"],

@@ -66,9 +66,7 @@ callback_hosts = ["127.0.0.1"]
         "env": {"JUPYTERHUB_API_TOKEN": "hub-token-through-slurm"},
         "cmd": ["/usr/bin/python3", script.display().to_string()],
     });
-    let r = host.api("POST", "/v1/spawns", Some(&body)).await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let id = r.json()["id"].as_str().unwrap().to_string();
+    let id = host.start(&body).await;
     let s = host
         .wait_spawn(&id, 90, |s| s["state"] == "ready" || s["state"] == "failed")
         .await;

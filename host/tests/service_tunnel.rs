@@ -119,15 +119,9 @@ async fn a_tunnel_per_ready_server_survives_its_ssh_and_a_host_restart() {
     let host = host_on(state.path(), &body).await;
     let script = server_script(state.path());
 
-    let r = host
-        .api(
-            "POST",
-            "/v1/spawns",
-            Some(&start_body("alice", "", "t1", &["python3", &script])),
-        )
+    let id = host
+        .start(&start_body("alice", "", "t1", &["python3", &script]))
         .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let id = r.json()["id"].as_str().unwrap().to_string();
     let s = host.wait_spawn(&id, 60, |s| s["state"] == "ready").await;
     let local: u16 = s["port"].as_u64().unwrap() as u16;
     let target = s["tunnel_target"].as_str().unwrap().to_string();
@@ -201,15 +195,9 @@ async fn jobs_call_back_through_a_reverse_tunnel_on_the_gateway() {
     .await;
 
     let script = server_script(state.path());
-    let r = host
-        .api(
-            "POST",
-            "/v1/spawns",
-            Some(&start_body("alice", "", "r1", &["python3", &script])),
-        )
+    let id = host
+        .start(&start_body("alice", "", "r1", &["python3", &script]))
         .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let id = r.json()["id"].as_str().unwrap().to_string();
     let s = host.wait_spawn(&id, 60, |s| s["state"] == "ready").await;
     let pid = service_common::pid_of(s["job_id"].as_str().unwrap());
     assert_eq!(
@@ -268,20 +256,14 @@ async fn a_hostless_callback_through_the_gateway_waits_for_the_execution_host() 
     let host = host_without_tunnels(state.path(), &body).await;
     let script = server_script(state.path());
     let never = state.path().join("never");
-    let r = host
-        .api(
-            "POST",
-            "/v1/spawns",
-            Some(&start_body(
-                "alice",
-                "",
-                "h1",
-                &["python3", &script, never.to_str().unwrap()],
-            )),
-        )
+    let id = host
+        .start(&start_body(
+            "alice",
+            "",
+            "h1",
+            &["python3", &script, never.to_str().unwrap()],
+        ))
         .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let id = r.json()["id"].as_str().unwrap().to_string();
     let s = host.wait_spawn(&id, 30, |s| s["job_id"].is_string()).await;
     assert!(s["exec_host"].is_null(), "{s}");
     let pid = service_common::pid_of(s["job_id"].as_str().unwrap());

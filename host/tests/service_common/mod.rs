@@ -152,6 +152,13 @@ impl Host {
     }
 
     /// Polls `GET /v1/spawns/{id}` until `pred` holds.
+    /// `POST /v1/spawns` with `body`: must be created (201); the spawn id.
+    pub async fn start(&self, body: &Value) -> String {
+        let r = self.api("POST", "/v1/spawns", Some(body)).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["id"].as_str().unwrap().to_string()
+    }
+
     pub async fn wait_spawn(&self, id: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
