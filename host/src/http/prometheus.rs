@@ -23,12 +23,16 @@ pub fn render(metrics: &serde_json::Value, health: &[(String, HealthReport)]) ->
         "gauge",
         "Spawns the host tracks, by plugin instance and state.",
     );
+    // Every state of every instance, 0 included: a series does not vanish
+    // when its last spawn leaves the state. The totals list every state.
+    let states: Vec<&String> = metrics["spawns"]
+        .as_object()
+        .map(|t| t.keys().collect())
+        .unwrap_or_default();
     for (name, i) in &instances {
-        for (state, n) in i["spawns"].as_object().into_iter().flatten() {
-            out.sample(
-                &[("instance", name), ("state", state)],
-                n.as_u64().unwrap_or(0),
-            );
+        for state in &states {
+            let n = i["spawns"][state.as_str()].as_u64().unwrap_or(0);
+            out.sample(&[("instance", name), ("state", state)], n);
         }
     }
     for (key, kind, help) in [
@@ -131,7 +135,7 @@ mod tests {
     #[test]
     fn families_samples_and_escaping() {
         let metrics = serde_json::json!({
-            "spawns": {"ready": 2},
+            "spawns": {"queued": 1, "ready": 2, "stopped": 0},
             "instances": {
                 "slurm": {
                     "status_calls": 7, "jobs_polled": 70, "scheduler_commands": 9,
@@ -157,6 +161,8 @@ mod tests {
             "# TYPE wasmspawner_spawns gauge",
             "wasmspawner_spawns{instance=\"slurm\",state=\"queued\"} 1",
             "wasmspawner_spawns{instance=\"slurm\",state=\"ready\"} 2",
+            "wasmspawner_spawns{instance=\"slurm\",state=\"stopped\"} 0",
+            "wasmspawner_spawns{instance=\"a\\\"b\",state=\"ready\"} 0",
             "# TYPE wasmspawner_status_calls_total counter",
             "wasmspawner_status_calls_total{instance=\"slurm\"} 7",
             "wasmspawner_status_calls_total{instance=\"a\\\"b\"} 0",
