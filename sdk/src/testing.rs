@@ -412,6 +412,34 @@ pub fn mangled(samples: &[&str], per_sample: usize) -> Vec<String> {
     out
 }
 
+/// The robustness check every status parser gets: for each [`mangled`]
+/// variant of `samples` (400 per sample) and each exit code in `codes`,
+/// `status(code, stdout)` must return one answer per job (`jobs` of them)
+/// and must not panic.
+///
+/// ```
+/// use wasmspawner_sdk::testing::assert_survives_mangled;
+/// assert_survives_mangled(&["1|R\n"], &[0, 1], 1, |_code, out| {
+///     vec![out.len()] // a plugin's `status(...)`, one answer per job
+/// });
+/// ```
+pub fn assert_survives_mangled<T>(
+    samples: &[&str],
+    codes: &[i32],
+    jobs: usize,
+    status: impl Fn(i32, &str) -> Vec<T>,
+) {
+    for out in mangled(samples, 400) {
+        for &code in codes {
+            assert_eq!(
+                status(code, &out).len(),
+                jobs,
+                "exit {code}, output {out:?}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
