@@ -9,6 +9,7 @@ pub mod http;
 pub mod model;
 pub mod registry;
 pub mod runtime;
+pub mod sanitize;
 pub mod service;
 pub mod store;
 pub mod tunnel;
