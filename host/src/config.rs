@@ -19,7 +19,27 @@ pub struct Config {
     /// Compiled plugins (default `<state_dir>/cache`); may be shared.
     pub cache_dir: Option<PathBuf>,
     pub http: HttpConfig,
+    pub audit: AuditConfig,
     pub instances: BTreeMap<String, InstanceConfig>,
+}
+
+/// `[audit]`: the audit log's rotation. The log is `<state_dir>/audit.jsonl`;
+/// when it reaches `max_mib` it is renamed to `audit.jsonl.1` (older ones
+/// shift up) and at most `keep` old files stay, so the log never takes more
+/// than `max_mib × (keep + 1)` of disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub max_bytes: u64,
+    pub keep: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            max_bytes: 64 << 20,
+            keep: 4,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +137,12 @@ pub struct SshGrant {
     pub args: Vec<String>,
     #[serde(default)]
     pub spawn_env: bool,
+    /// The exports that may use this grant (default: submit, status, cancel).
+    #[serde(default = "default_phases")]
+    pub phases: Vec<Phase>,
+    /// As whom the program runs on the remote side (see [`GrantRunAs`]).
+    #[serde(default)]
+    pub run_as: Option<GrantRunAs>,
 }
 
 /// Per-instance lifecycle settings of the spawn service
@@ -136,9 +162,20 @@ pub struct Lifecycle {
     /// Consecutive `unknown` answers after which a spawn is flagged.
     pub unknown_grace_polls: u32,
     /// Extra hosts a callback may name when the scheduler reports another
-    /// execution host: an exact name, or a suffix starting with `.`
-    /// (e.g. `.cluster.example.org`).
+    /// execution host: an exact name, a suffix starting with `.`
+    /// (e.g. `.cluster.example.org`), an address or a CIDR network. They
+    /// still pass the execution-host rule ([`crate::exec_host`]), where they
+    /// count as allowed besides `execution_hosts`.
     pub callback_hosts: Vec<String>,
+    /// The hosts a spawn's server may be at (the scheduler's execution host
+    /// and the callback's host): exact names, `.suffix` domains, CIDR
+    /// networks. Empty: any name or address outside the classes
+    /// [`crate::exec_host`] never allows.
+    pub execution_hosts: Vec<crate::exec_host::Rule>,
+    /// Loopback execution hosts (127.0.0.0/8, ::1, `localhost`) are allowed.
+    /// Default: true only for a local instance (no `submit_host`, no
+    /// `tunnel`), whose jobs run on this host.
+    pub allow_loopback: bool,
 }
 
 impl Default for Lifecycle {
@@ -151,6 +188,9 @@ impl Default for Lifecycle {
             start_timeout: Duration::from_secs(300),
             unknown_grace_polls: 5,
             callback_hosts: Vec::new(),
+            execution_hosts: Vec::new(),
+            // A local instance's (see `resolve_lifecycle`).
+            allow_loopback: true,
         }
     }
 }
@@ -181,10 +221,114 @@ pub struct ProgramGrant {
     /// `program` looked up in `search_path`.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// The exports that may use this grant (default: submit, status,
+    /// cancel; `form` and `validate` only where written).
+    #[serde(default = "default_phases")]
+    pub phases: Vec<Phase>,
+    /// As whom the program runs (see [`GrantRunAs`]); default: as the hub
+    /// user when the instance has `run_as`, else as the host.
+    #[serde(default)]
+    pub run_as: Option<GrantRunAs>,
 }
 
 fn any_args() -> Vec<String> {
     vec!["**".into()]
+}
+
+/// A plugin export, the phase of the spawn a capability call is made in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Form,
+    Validate,
+    Submit,
+    Status,
+    Cancel,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Form,
+        Phase::Validate,
+        Phase::Submit,
+        Phase::Status,
+        Phase::Cancel,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Form => "form",
+            Phase::Validate => "validate",
+            Phase::Submit => "submit",
+            Phase::Status => "status",
+            Phase::Cancel => "cancel",
+        }
+    }
+
+    /// Whether calls of this phase are made for one hub user (so a grant
+    /// that runs as the user can run there). `status` asks about the jobs
+    /// of many users at once.
+    pub fn has_user(self) -> bool {
+        !matches!(self, Phase::Status)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The phases a grant has when it names none: never `form` or `validate`.
+pub fn default_phases() -> Vec<Phase> {
+    vec![Phase::Submit, Phase::Status, Phase::Cancel]
+}
+
+/// A grant's `run_as`: `"host"` (the host's own identity), `"user"` (the
+/// instance's `run_as` prefix), or its own argv prefix with `{user}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum GrantRunAs {
+    Named(RunAsName),
+    Prefix(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunAsName {
+    Host,
+    User,
+}
+
+/// Who a granted program runs as, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "as", content = "prefix")]
+pub enum Identity {
+    /// The host's own user.
+    Host,
+    /// The hub user, through this argv prefix (`{user}` replaced).
+    User(Vec<String>),
+}
+
+impl Identity {
+    /// The identity of a grant in an instance with `instance_run_as`.
+    pub fn of(grant: Option<&GrantRunAs>, instance_run_as: &[String]) -> Identity {
+        match grant {
+            Some(GrantRunAs::Named(RunAsName::Host)) => Identity::Host,
+            Some(GrantRunAs::Named(RunAsName::User)) => Identity::User(instance_run_as.to_vec()),
+            Some(GrantRunAs::Prefix(p)) => Identity::User(p.clone()),
+            None if instance_run_as.is_empty() => Identity::Host,
+            None => Identity::User(instance_run_as.to_vec()),
+        }
+    }
+
+    /// For `check` and `audit`: "as the host" or "as the user via …".
+    pub fn describe(&self) -> String {
+        match self {
+            Identity::Host => format!("as the host ({})", crate::users::current_user_name()),
+            Identity::User(p) => format!("as the hub user via `{}`", p.join(" ")),
+        }
+    }
 }
 
 /// One environment variable a child may receive.
@@ -217,6 +361,13 @@ pub struct Limits {
     pub output_bytes: usize,
     /// Plugin calls of this instance in flight at once.
     pub concurrent_calls: usize,
+    /// Programs (process, detached, ssh) one plugin call may start.
+    pub max_runs_per_call: u32,
+    /// Programs the instance may start in any one minute.
+    pub max_runs_per_minute: u32,
+    /// Plugin log lines the instance may write in any 10 seconds; the rest
+    /// are dropped and counted.
+    pub log_lines_per_10s: u32,
 }
 
 impl Default for Limits {
@@ -227,6 +378,9 @@ impl Default for Limits {
             command_timeout: Duration::from_secs(30),
             output_bytes: 1 << 20,
             concurrent_calls: 16,
+            max_runs_per_call: 32,
+            max_runs_per_minute: 600,
+            log_lines_per_10s: 200,
         }
     }
 }
@@ -241,7 +395,16 @@ struct RawConfig {
     #[serde(default)]
     http: RawHttp,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     instances: BTreeMap<String, RawInstance>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    max_mib: Option<u64>,
+    keep: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -300,6 +463,9 @@ struct RawLifecycle {
     unknown_grace_polls: Option<u32>,
     #[serde(default)]
     callback_hosts: Vec<String>,
+    #[serde(default)]
+    execution_hosts: Vec<String>,
+    allow_loopback: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -336,6 +502,9 @@ struct RawLimits {
     command_timeout_secs: Option<f64>,
     output_bytes: Option<usize>,
     concurrent_calls: Option<usize>,
+    max_runs_per_call: Option<u32>,
+    max_runs_per_minute: Option<u32>,
+    log_lines_per_10s: Option<u32>,
 }
 
 pub const DEFAULT_SEARCH_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
@@ -388,6 +557,19 @@ impl Config {
             },
         };
 
+        let d = AuditConfig::default();
+        let audit = AuditConfig {
+            max_bytes: match raw.audit.max_mib {
+                None => d.max_bytes,
+                Some(m) if (1..=1 << 20).contains(&m) => m << 20,
+                Some(m) => bail!("{file}: audit.max_mib: {m} is out of range; give 1 to 1048576"),
+            },
+            keep: match raw.audit.keep {
+                None => d.keep,
+                Some(k) if k <= 1000 => k,
+                Some(k) => bail!("{file}: audit.keep: {k} is out of range; give 0 to 1000"),
+            },
+        };
         let mut instances = BTreeMap::new();
         for (name, ri) in raw.instances {
             let key = format!("instances.{name}");
@@ -401,6 +583,7 @@ impl Config {
             cache_dir: raw.cache_dir.as_deref().map(abs),
             state_dir,
             http,
+            audit,
             instances,
         })
     }
@@ -484,6 +667,7 @@ fn resolve_instance(
             check_program_name(&g.program).map_err(|m| anyhow::anyhow!("{at}.program: {m}"))?;
             wasmspawner_argpattern::validate(&g.args)
                 .map_err(|e| anyhow::anyhow!("{at}.args: {e}"))?;
+            check_grant_identity(&at, &g.phases, g.run_as.as_ref(), &ri.run_as)?;
             if let Some(p) = g.path.as_ref().filter(|p| !p.is_absolute()) {
                 bail!(
                     "{at}.path: {} is not absolute; give the executable's full path, e.g. \"/opt/site/bin/sbatch-jupyter\"",
@@ -505,13 +689,8 @@ fn resolve_instance(
         }
         env.push(g);
     }
-    for (i, a) in ri.run_as.iter().enumerate() {
-        if i == 0 && !a.starts_with('/') {
-            bail!("run_as[0]: {a:?} must be an absolute path (e.g. \"/usr/sbin/runuser\")");
-        }
-    }
-    if !ri.run_as.is_empty() && !ri.run_as.iter().any(|a| a.contains("{user}")) {
-        bail!("run_as: no element contains {{user}}; e.g. [\"/usr/sbin/runuser\", \"-u\", \"{{user}}\", \"--\"]");
+    if !ri.run_as.is_empty() {
+        check_run_as("run_as", &ri.run_as)?;
     }
     let d = Limits::default();
     let secs = |v: Option<f64>, key: &str, default: Duration| -> Result<Duration> {
@@ -519,6 +698,13 @@ fn resolve_instance(
             None => Ok(default),
             Some(s) if s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
             Some(s) => bail!("limits.{key}: {s} is out of range; give seconds between 0 and 86400"),
+        }
+    };
+    let count = |v: Option<u32>, key: &str, min: u32, max: u32, default: u32| -> Result<u32> {
+        match v {
+            None => Ok(default),
+            Some(n) if (min..=max).contains(&n) => Ok(n),
+            Some(n) => bail!("limits.{key}: {n} is out of range; give {min} to {max}"),
         }
     };
     let limits = Limits {
@@ -543,11 +729,15 @@ fn resolve_instance(
             Some(n) if (1..=1024).contains(&n) => n,
             Some(n) => bail!("limits.concurrent_calls: {n} is out of range; give 1 to 1024"),
         },
+        max_runs_per_call: count(ri.limits.max_runs_per_call, "max_runs_per_call", 1, 10_000, d.max_runs_per_call)?,
+        max_runs_per_minute: count(ri.limits.max_runs_per_minute, "max_runs_per_minute", 1, 1_000_000, d.max_runs_per_minute)?,
+        log_lines_per_10s: count(ri.limits.log_lines_per_10s, "log_lines_per_10s", 1, 1_000_000, d.log_lines_per_10s)?,
     };
     for (i, g) in ri.grants.ssh.iter().enumerate() {
         let at = format!("grants.ssh[{i}]");
         check_program_name(&g.program).map_err(|m| anyhow::anyhow!("{at}.program: {m}"))?;
         wasmspawner_argpattern::validate(&g.args).map_err(|e| anyhow::anyhow!("{at}.args: {e}"))?;
+        check_grant_identity(&at, &g.phases, g.run_as.as_ref(), &ri.run_as)?;
         if g.hosts.is_empty() {
             bail!(
                 "{at}.hosts: name at least one host (globs allowed, e.g. \"login*.example.org\")"
@@ -603,7 +793,8 @@ fn resolve_instance(
     if !ri.grants.ssh.is_empty() && ssh.is_none() {
         bail!("grants.ssh needs [instances.{name}.ssh] with at least known_hosts");
     }
-    let lifecycle = resolve_lifecycle(&ri.lifecycle)?;
+    let local = ri.submit_host.is_none() && ri.tunnel.is_none();
+    let lifecycle = resolve_lifecycle(&ri.lifecycle, local)?;
     let tunnel = match &ri.tunnel {
         None => None,
         Some(t) => {
@@ -683,7 +874,9 @@ fn resolve_reverse_callback(
     })
 }
 
-fn resolve_lifecycle(r: &RawLifecycle) -> Result<Lifecycle> {
+/// `local`: the instance has no `submit_host` and no `tunnel` (the default
+/// of `allow_loopback`).
+fn resolve_lifecycle(r: &RawLifecycle, local: bool) -> Result<Lifecycle> {
     let d = Lifecycle::default();
     let secs =
         |v: Option<f64>, key: &str, min: f64, max: f64, default: Duration| -> Result<Duration> {
@@ -695,7 +888,7 @@ fn resolve_lifecycle(r: &RawLifecycle) -> Result<Lifecycle> {
                 ),
             }
         };
-    let l = Lifecycle {
+    let mut l = Lifecycle {
         poll_interval: secs(
             r.poll_interval_secs,
             "poll_interval_secs",
@@ -737,6 +930,8 @@ fn resolve_lifecycle(r: &RawLifecycle) -> Result<Lifecycle> {
             Some(n) => bail!("lifecycle.unknown_grace_polls: {n} is out of range; give 1 to 10000"),
         },
         callback_hosts: r.callback_hosts.clone(),
+        execution_hosts: Vec::new(),
+        allow_loopback: r.allow_loopback.unwrap_or(local),
     };
     if l.fast_poll > l.poll_interval {
         bail!(
@@ -745,13 +940,70 @@ fn resolve_lifecycle(r: &RawLifecycle) -> Result<Lifecycle> {
             l.poll_interval.as_secs_f64()
         );
     }
-    for (i, h) in l.callback_hosts.iter().enumerate() {
-        let name = h.strip_prefix('.').unwrap_or(h);
-        if !crate::model::valid_host(name) {
-            bail!("lifecycle.callback_hosts[{i}]: {h:?} is not a host name or a suffix like \".cluster.example.org\"");
+    for (key, list) in [
+        ("callback_hosts", &r.callback_hosts),
+        ("execution_hosts", &r.execution_hosts),
+    ] {
+        for (i, h) in list.iter().enumerate() {
+            let rule = crate::exec_host::Rule::parse(h)
+                .and_then(|rule| rule.check_config(l.allow_loopback).map(|_| rule))
+                .map_err(|m| anyhow::anyhow!("lifecycle.{key}[{i}]: {m}"))?;
+            if key == "execution_hosts" {
+                l.execution_hosts.push(rule);
+            }
         }
     }
     Ok(l)
+}
+
+/// A grant's phases and identity: at least one phase, none twice; `run_as =
+/// "user"` needs the instance's `run_as`; a prefix is checked like it; a
+/// grant that runs as the user cannot serve `status`, which is not made for
+/// one user.
+fn check_grant_identity(
+    at: &str,
+    phases: &[Phase],
+    run_as: Option<&GrantRunAs>,
+    instance_run_as: &[String],
+) -> Result<()> {
+    if phases.is_empty() {
+        bail!("{at}.phases: name at least one of \"form\", \"validate\", \"submit\", \"status\", \"cancel\" (or remove the key for submit, status and cancel)");
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(p) = phases.iter().find(|p| !seen.insert(**p)) {
+        bail!("{at}.phases: \"{p}\" appears twice");
+    }
+    match run_as {
+        Some(GrantRunAs::Named(RunAsName::User)) if instance_run_as.is_empty() => bail!(
+            "{at}.run_as: \"user\" means the instance's run_as prefix, but the instance has no run_as; set run_as = [\"/usr/sbin/runuser\", \"-u\", \"{{user}}\", \"--\"] on the instance or give the prefix here"
+        ),
+        Some(GrantRunAs::Prefix(p)) => check_run_as(&format!("{at}.run_as"), p)?,
+        _ => {}
+    }
+    if let Identity::User(prefix) = Identity::of(run_as, instance_run_as) {
+        if phases.contains(&Phase::Status) && run_as.is_some() {
+            bail!(
+                "{at}: runs as the hub user (`{}`) but lists phase \"status\", whose calls are made for many users at once; give status its own grant with run_as = \"host\"",
+                prefix.join(" ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An argv prefix that switches to the hub user.
+fn check_run_as(key: &str, prefix: &[String]) -> Result<()> {
+    match prefix.first() {
+        None => bail!("{key}: is empty; give e.g. [\"/usr/sbin/runuser\", \"-u\", \"{{user}}\", \"--\"], or \"host\""),
+        Some(a) if !a.starts_with('/') => {
+            bail!("{key}[0]: {a:?} must be an absolute path (e.g. \"/usr/sbin/runuser\")")
+        }
+        _ => {}
+    }
+    if !prefix.iter().any(|a| a.contains("{user}")) {
+        bail!("{key}: no element contains {{user}}; e.g. [\"/usr/sbin/runuser\", \"-u\", \"{{user}}\", \"--\"]");
+    }
+    Ok(())
 }
 
 fn check_program_name(p: &str) -> Result<(), String> {
@@ -844,6 +1096,35 @@ mod tests {
         assert!(e.contains("lifecycle.callback_hosts[0]"), "{e}");
         let e = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.lifecycle]\npoll_secs = 1\n").unwrap_err().to_string();
         assert!(e.contains("poll_secs"), "{e}");
+    }
+
+    #[test]
+    fn execution_hosts_and_allow_loopback() {
+        let local = "state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.lifecycle]\n";
+        let l = parse(local).unwrap().instance("a").unwrap().lifecycle.clone();
+        assert!(l.allow_loopback && l.execution_hosts.is_empty());
+        let c = parse(&format!("{local}execution_hosts = [\"node1\", \".cluster.example.org\", \"10.1.0.0/16\"]\ncallback_hosts = [\"127.0.0.1\"]\n")).unwrap();
+        let l = &c.instance("a").unwrap().lifecycle;
+        let shown: Vec<String> = l.execution_hosts.iter().map(|r| r.to_string()).collect();
+        assert_eq!(shown, ["node1", ".cluster.example.org", "10.1.0.0/16"]);
+        // A remote instance (submit_host or tunnel): no loopback by default.
+        let kh = tempfile::NamedTempFile::new().unwrap();
+        let remote = format!("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\nsubmit_host = \"login1\"\n[instances.a.ssh]\nknown_hosts = \"{}\"\n[instances.a.lifecycle]\n", kh.path().display());
+        let c = parse(&remote).unwrap();
+        assert!(!c.instance("a").unwrap().lifecycle.allow_loopback);
+        let e = parse(&format!("{remote}execution_hosts = [\"node1\", \"10.0.0.0/8\", \"localhost\"]\n")).unwrap_err().to_string();
+        assert!(e.contains("lifecycle.execution_hosts[2]") && e.contains("allow_loopback"), "{e}");
+        let c = parse(&format!("{remote}allow_loopback = true\nexecution_hosts = [\"localhost\"]\n")).unwrap();
+        assert!(c.instance("a").unwrap().lifecycle.allow_loopback);
+        for (list, bad) in [
+            ("execution_hosts = [\"169.254.169.254\"]", "execution_hosts[0]"),
+            ("execution_hosts = [\"a\", \"10.0.0.0/40\"]", "execution_hosts[1]"),
+            ("callback_hosts = [\"metadata.google.internal\"]", "callback_hosts[0]"),
+            ("execution_hosts = [\"fe80::/10\"]", "never allowed"),
+        ] {
+            let e = parse(&format!("{local}{list}\n")).unwrap_err().to_string();
+            assert!(e.contains(bad), "{list}: {e}");
+        }
     }
 
     #[test]

@@ -15,6 +15,125 @@ pub const PROFILE_FIELD: &str = "profile";
 pub const MAX_VALUE_BYTES: usize = 4096;
 /// Most fields accepted in one request.
 pub const MAX_FIELDS: usize = 256;
+/// Longest pattern a plugin's text field may have (bytes).
+pub const MAX_PATTERN: usize = 512;
+/// Longest label, unit, placeholder or choice a plugin's form may have.
+pub const MAX_LABEL: usize = 256;
+/// Longest help or profile description.
+pub const MAX_HELP: usize = 2048;
+/// Most choices of one field.
+pub const MAX_CHOICES: usize = 512;
+/// Memory a compiled field pattern may take.
+const PATTERN_SIZE_LIMIT: usize = 256 << 10;
+
+/// Checks a plugin's form before the host uses it: bounded sizes (so the
+/// host's own work on it — pattern compiles, HTML, JSON — stays small),
+/// patterns that compile, and every profile's fixed values passing the same
+/// checks as a user's value (type, range, choices, length, pattern, the
+/// profile's bounds). The error names the field or the profile.
+pub fn check_schema(schema: &FormSchema) -> Result<(), String> {
+    let long = |what: &str, id: &str, t: &str, max: usize| {
+        (t.len() > max).then(|| format!("field `{id}`: {what} is {} bytes; at most {max}", t.len()))
+    };
+    for f in &schema.fields {
+        let id = f.id.as_str();
+        if let Some(e) = long("the label", id, &f.label, MAX_LABEL)
+            .or_else(|| long("the help", id, &f.help, MAX_HELP))
+            .or_else(|| long("the default", id, f.default.as_deref().unwrap_or(""), MAX_VALUE_BYTES))
+        {
+            return Err(e);
+        }
+        match &f.kind {
+            FieldKind::Text {
+                pattern,
+                placeholder,
+                ..
+            } => {
+                if let Some(e) = long("the placeholder", id, placeholder.as_deref().unwrap_or(""), MAX_LABEL) {
+                    return Err(e);
+                }
+                if let Some(p) = pattern {
+                    if p.len() > MAX_PATTERN {
+                        return Err(format!(
+                            "field `{id}`: its pattern is {} bytes; at most {MAX_PATTERN}",
+                            p.len()
+                        ));
+                    }
+                    compile(p).map_err(|e| format!("field `{id}`: {e}"))?;
+                }
+            }
+            FieldKind::Integer { unit, .. } | FieldKind::Number { unit, .. } => {
+                if let Some(e) = long("the unit", id, unit.as_deref().unwrap_or(""), MAX_LABEL) {
+                    return Err(e);
+                }
+            }
+            FieldKind::Choice { choices } => {
+                if choices.len() > MAX_CHOICES {
+                    return Err(format!(
+                        "field `{id}`: {} choices; at most {MAX_CHOICES}",
+                        choices.len()
+                    ));
+                }
+                for c in choices {
+                    if let Some(e) = long("a choice", id, &c.value, MAX_LABEL)
+                        .or_else(|| long("a choice label", id, &c.label, MAX_LABEL))
+                    {
+                        return Err(e);
+                    }
+                }
+            }
+            FieldKind::Boolean => {}
+        }
+    }
+    for p in &schema.profiles {
+        if p.label.len() > MAX_LABEL || p.description.len() > MAX_HELP || p.id.len() > 64 {
+            return Err(format!(
+                "profile `{}`: its id, label or description is too long (64, {MAX_LABEL}, {MAX_HELP} bytes)",
+                crate::sanitize::text(&p.id, 64)
+            ));
+        }
+        for (key, value) in &p.fixed {
+            let Some(field) = schema.fields.iter().find(|f| &f.id == key) else {
+                return Err(format!(
+                    "profile `{}` fixes `{key}`, which is not a field of the form",
+                    p.id
+                ));
+            };
+            check_value(field, value)
+                .and_then(|()| match p.bounds.iter().find(|b| &b.field == key) {
+                    Some(b) => check_bound(field, b, value),
+                    None => Ok(()),
+                })
+                .map_err(|m| format!("profile `{}`, field `{key}`: fixed value {m}", p.id))?;
+        }
+    }
+    Ok(())
+}
+
+/// A typed value (a profile's fixed one) through the same checks as text a
+/// user typed.
+fn check_value(field: &Field, value: &Value) -> Result<(), String> {
+    let text = match (&field.kind, value) {
+        (FieldKind::Text { .. } | FieldKind::Choice { .. }, Value::Text(t)) => t.clone(),
+        (FieldKind::Integer { .. }, Value::Integer(i)) => i.to_string(),
+        (FieldKind::Number { .. }, Value::Number(n)) => n.to_string(),
+        (FieldKind::Number { .. }, Value::Integer(i)) => i.to_string(),
+        (FieldKind::Boolean, Value::Boolean(_)) => return Ok(()),
+        (_, v) => return Err(format!("{v:?} has the wrong type for {}", field.label)),
+    };
+    if text.len() > MAX_VALUE_BYTES {
+        return Err(format!("is longer than {MAX_VALUE_BYTES} bytes"));
+    }
+    // Untrimmed: a fixed value is used exactly as given.
+    parse(field, &text).map(|_| ())
+}
+
+fn compile(p: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{p})$"))
+        .size_limit(PATTERN_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("the plugin's pattern is invalid or too large: {e}"))
+}
 
 pub fn check(schema: &FormSchema, raw: &RawOptions) -> Result<Options, Vec<FieldError>> {
     let mut errors = Vec::new();
@@ -78,7 +197,13 @@ pub fn check(schema: &FormSchema, raw: &RawOptions) -> Result<Options, Vec<Field
     }
     for field in &schema.fields {
         if let Some(fixed) = profile.and_then(|p| p.fixed.get(&field.id)) {
-            out.insert(field.id.clone(), fixed.clone());
+            // Checked like a typed value (also by `check_schema` up front).
+            match check_value(field, fixed) {
+                Ok(()) => {
+                    out.insert(field.id.clone(), fixed.clone());
+                }
+                Err(m) => err(&mut errors, &field.id, format!("the profile's fixed value {m}")),
+            }
             continue;
         }
         let given = match single(raw, &field.id) {
@@ -168,10 +293,10 @@ fn parse(field: &Field, text: &str) -> Result<Value, String> {
                 }
             }
             if let Some(p) = pattern {
-                let re = regex::RegexBuilder::new(&format!("^(?:{p})$"))
-                    .size_limit(1 << 20)
-                    .build()
-                    .map_err(|e| format!("the plugin's pattern for {label} is invalid: {e}"))?;
+                if p.len() > MAX_PATTERN {
+                    return Err(format!("the plugin's pattern for {label} is longer than {MAX_PATTERN} bytes"));
+                }
+                let re = compile(p).map_err(|e| format!("{label}: {e}"))?;
                 if !re.is_match(text) {
                     return Err(format!(
                         "{label} {text:?} does not have the expected form ({p})"

@@ -87,6 +87,8 @@ impl Registry {
             }
         }
         let instances: Vec<Arc<PluginInstance>> = self.instances.values().cloned().collect();
+        let runtime = self.runtime.clone();
+        evict(&runtime, &instances);
         let task = tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut changed = HashSet::from([first]);
@@ -101,17 +103,28 @@ impl Registry {
                             Ok(false) => tracing::debug!(instance = inst.name(), "plugin file touched, content unchanged"),
                             Err(e) => tracing::error!(
                                 instance = inst.name(),
-                                "refused the changed plugin, the previous version keeps serving: {e:#}"
+                                "refused the changed plugin, the previous version keeps serving: {}",
+                                crate::sanitize::text(&format!("{e:#}"), 4096)
                             ),
                         }
                     }
                 }
+                evict(&runtime, &instances);
             }
         });
         Ok(WatchGuard {
             _watcher: watcher,
             task,
         })
+    }
+}
+
+/// Drops compiled artefacts that no instance's current version uses.
+fn evict(runtime: &Runtime, instances: &[Arc<PluginInstance>]) {
+    let keep: HashSet<String> = instances.iter().flat_map(|i| i.digests()).collect();
+    let n = runtime.cache.evict_except(&keep);
+    if n > 0 {
+        tracing::debug!("evicted {n} compiled plugin artefacts no instance uses");
     }
 }
 

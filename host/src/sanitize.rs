@@ -34,13 +34,22 @@ pub fn is_clean(s: &str) -> bool {
 pub fn text(s: &str, max: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max) + 3);
     for c in s.chars() {
-        if out.len() + c.len_utf8() > max {
+        if out.len().saturating_add(c.len_utf8()) > max {
             out.push('…');
             return out;
         }
         out.push(if is_unsafe(c) { ' ' } else { c });
     }
     out
+}
+
+/// [`text`] without a budget (for texts whose size is checked elsewhere).
+pub fn clean(s: &str) -> String {
+    if is_clean(s) {
+        s.to_string()
+    } else {
+        text(s, usize::MAX)
+    }
 }
 
 /// [`text`] with the default budget for reasons and errors.

@@ -31,6 +31,23 @@ pub fn home_of(user: &str) -> Option<String> {
     }
 }
 
+/// The name of the account the host runs as (`uid N` when it has none).
+pub fn current_user_name() -> String {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let mut buf: Vec<libc::c_char> = vec![0; 4096];
+    // SAFETY: as in `home_of`.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+        return format!("uid {uid}");
+    }
+    // SAFETY: pw_name points into `buf`, NUL-terminated.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    name.to_string_lossy().into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

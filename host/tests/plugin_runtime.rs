@@ -42,6 +42,8 @@ fn ctx() -> CallContext {
         spawn_id: Some("s1".into()),
         user: Some("alice".into()),
         spawn_env: Default::default(),
+        phase: Some(wasmspawner_host::config::Phase::Submit),
+        ..Default::default()
     }
 }
 

@@ -71,6 +71,8 @@ fn ctx() -> CallContext {
             "JUPYTERHUB_API_TOKEN".into(),
             "hub-secret-token-123".into(),
         )]),
+        phase: Some(wasmspawner_host::config::Phase::Submit),
+        ..Default::default()
     }
 }
 

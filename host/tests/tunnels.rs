@@ -60,6 +60,8 @@ async fn a_tunnel_reaches_a_loopback_server_and_survives_its_ssh_dying() {
         spawn_id: Some("t1".into()),
         user: Some("alice".into()),
         spawn_env: Arc::new(vec![]),
+        phase: Some(wasmspawner_host::config::Phase::Submit),
+        ..Default::default()
     };
     let job = inst.submit(ctx.clone(), &spec).await.unwrap();
 

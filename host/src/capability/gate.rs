@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::audit::{AuditLog, AuditRecord};
 use super::env::{child_env, EnvRequest};
-use crate::config::{EnvGrant, InstanceConfig, Limits, ProgramGrant, SshConfig};
+use crate::config::{EnvGrant, Identity, InstanceConfig, Limits, Phase, ProgramGrant, SshConfig};
 use crate::model::{DeclaredCapabilities, ProgramUse};
 
 /// Which capability a program call is for.
@@ -48,16 +48,35 @@ impl Kind {
     }
 }
 
-/// Who a plugin call is made for; set by the host, never by the plugin.
+/// Who a plugin call is made for, in which phase, until when; set by the
+/// host, never by the plugin.
 #[derive(Debug, Clone, Default)]
 pub struct CallContext {
+    /// The export being called; `None` while loading (`describe`), when
+    /// nothing is allowed.
+    pub phase: Option<Phase>,
     pub spawn_id: Option<String>,
-    /// The hub user, for calls about one user's job (submit, cancel). The
-    /// operator's run-as prefix applies only then.
+    /// The hub user, for calls made for one user (form, validate, submit,
+    /// cancel). A grant that runs as the user can run only then.
     pub user: Option<String>,
     /// The spawn's environment (hub token, callback token, …), injected only
     /// into commands declared and granted with `spawn_env`.
     pub spawn_env: Arc<Vec<(String, String)>>,
+    /// The call's hard end: program timeouts are cut to the time left.
+    pub deadline: Option<Instant>,
+    /// Programs started in this call so far (shared by the call's clones).
+    pub runs: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl CallContext {
+    /// A call of `phase` for `user` (if the phase is made for one user).
+    pub fn new(phase: Phase, user: Option<&str>) -> CallContext {
+        CallContext {
+            phase: Some(phase),
+            user: user.map(str::to_string),
+            ..Default::default()
+        }
+    }
 }
 
 /// A program call as the plugin asked for it.
@@ -89,14 +108,28 @@ impl From<Denial> for crate::runtime::bindings::process::RunError {
     }
 }
 
-/// A grant with its program resolved at load time.
+/// A grant with its program and identity resolved at load time.
 #[derive(Debug, Clone)]
 pub struct ResolvedGrant {
     pub grant: ProgramGrant,
+    /// Where it is in the config, e.g. `grants.programs[2]`.
+    pub key: String,
     /// For SSH grants: the host globs.
     pub hosts: Vec<String>,
     /// The absolute path, or why it could not be found.
     pub path: Result<PathBuf, String>,
+    /// As whom it runs.
+    pub identity: Identity,
+}
+
+impl ResolvedGrant {
+    /// Whether a call of `phase` may use this grant: the phase is listed,
+    /// and a grant that runs as the user is only usable where a call is
+    /// made for one user.
+    pub fn usable_in(&self, phase: Phase) -> bool {
+        self.grant.phases.contains(&phase)
+            && (phase.has_user() || self.identity == Identity::Host)
+    }
 }
 
 /// The gate of one loaded plugin version in one instance.
@@ -110,8 +143,9 @@ pub struct Gate {
     detached: Vec<ResolvedGrant>,
     ssh_grants: Vec<ResolvedGrant>,
     env: Vec<EnvGrant>,
-    run_as: Vec<String>,
     limits: Limits,
+    run_rate: RunRate,
+    log_rate: super::log::LogRate,
     audit: Arc<AuditLog>,
     ssh: Option<SshConfig>,
     submit_host: Option<String>,
@@ -141,6 +175,7 @@ impl Permit {
     /// Records how the call ended.
     pub fn finish(mut self, exit_code: Option<i32>, failure: Option<String>) {
         if let Some(mut r) = self.record.take() {
+            r.event = "end";
             r.exit_code = exit_code;
             r.reason = failure;
             r.duration_ms = Some(self.started.elapsed().as_millis() as u64);
@@ -152,6 +187,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(mut r) = self.record.take() {
+            r.event = "end";
             r.reason = Some("abandoned: the plugin call ended before the program".into());
             r.duration_ms = Some(self.started.elapsed().as_millis() as u64);
             self.audit.write(r);
@@ -169,7 +205,7 @@ impl Gate {
         declared: DeclaredCapabilities,
         audit: Arc<AuditLog>,
     ) -> Gate {
-        let resolve = |g: &ProgramGrant| {
+        let resolve = |key: &str, i: usize, g: &ProgramGrant| {
             // The operator's executable for this program, if it names one.
             let target = match &g.path {
                 Some(p) => p.display().to_string(),
@@ -177,6 +213,8 @@ impl Gate {
             };
             ResolvedGrant {
                 grant: g.clone(),
+                key: format!("{key}[{i}]"),
+                identity: Identity::of(g.run_as.as_ref(), &inst.run_as),
                 hosts: vec![],
                 // A submit host's programs are found by its own PATH.
                 path: if inst.submit_host.is_some() {
@@ -190,13 +228,18 @@ impl Gate {
             .grants
             .ssh
             .iter()
-            .map(|g| ResolvedGrant {
+            .enumerate()
+            .map(|(i, g)| ResolvedGrant {
                 grant: ProgramGrant {
                     program: g.program.clone(),
                     args: g.args.clone(),
                     spawn_env: g.spawn_env,
                     path: None,
+                    phases: g.phases.clone(),
+                    run_as: g.run_as.clone(),
                 },
+                key: format!("grants.ssh[{i}]"),
+                identity: Identity::of(g.run_as.as_ref(), &inst.run_as),
                 hosts: g.hosts.clone(),
                 path: Ok(PathBuf::from(&g.program)),
             })
@@ -207,12 +250,17 @@ impl Gate {
             digest: digest.to_string(),
             plugin: plugin.to_string(),
             declared,
-            programs: inst.grants.programs.iter().map(resolve).collect(),
-            detached: inst.grants.detached.iter().map(resolve).collect(),
+            programs: (inst.grants.programs.iter().enumerate())
+                .map(|(i, g)| resolve("grants.programs", i, g))
+                .collect(),
+            detached: (inst.grants.detached.iter().enumerate())
+                .map(|(i, g)| resolve("grants.detached", i, g))
+                .collect(),
             ssh_grants,
             env: inst.grants.env.clone(),
-            run_as: inst.run_as.clone(),
             limits: inst.limits.clone(),
+            run_rate: RunRate::new(inst.limits.max_runs_per_minute),
+            log_rate: super::log::LogRate::new(inst.limits.log_lines_per_10s),
             audit,
             ssh: inst.ssh.clone(),
             submit_host: inst.submit_host.clone(),
@@ -245,6 +293,7 @@ impl Gate {
         AuditRecord {
             instance: self.instance.clone(),
             digest: self.digest.clone(),
+            phase: call.phase.map_or("describe", Phase::name),
             spawn_id: call.spawn_id.clone(),
             user: call.user.clone(),
             capability,
@@ -276,15 +325,28 @@ impl Gate {
         req: &ProgramRequest<'_>,
     ) -> Result<Permit, Denial> {
         let record = self.record(call, req.kind.audit_name(), req.program);
-        let asked: Vec<String> = std::iter::once(req.program.to_string())
-            .chain(req.args.iter().cloned())
-            .collect();
-        match self.decide(call, req) {
+        // Every request counts against the call's budget, allowed or not.
+        let attempts = call.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let decided = if attempts >= self.limits.max_runs_per_call {
+            Err(Denial::Denied(format!(
+                "the {} call already asked for {attempts} programs, the limit of instance `{}` (limits.max_runs_per_call in {})",
+                call.phase.map_or("describe", Phase::name),
+                self.instance,
+                self.config_file
+            )))
+        } else {
+            self.decide(call, req)
+        };
+        match decided {
             Ok(shaped) => {
                 let mut record = record;
                 record.decision = "allow";
+                record.event = "start";
+                record.identity = Some(shaped.identity);
                 record.argv = redact(&shaped.argv, &call.spawn_env);
                 record.env = shaped.env_names;
+                // Audit before act: the start is on file before the program runs.
+                self.audit.write(record.clone());
                 Ok(Permit {
                     argv: shaped.argv,
                     env: shaped.env,
@@ -297,12 +359,45 @@ impl Gate {
                     audit: self.audit.clone(),
                 })
             }
-            Err(d) => Err(self.deny(record, &asked, call, d)),
+            Err(d) => {
+                let asked: Vec<String> = std::iter::once(req.program)
+                    .chain(req.args.iter().take(super::audit::MAX_ARGS).map(String::as_str))
+                    .map(str::to_string)
+                    .chain(
+                        (req.args.len() > super::audit::MAX_ARGS)
+                            .then(|| format!("<{} more arguments>", req.args.len() - super::audit::MAX_ARGS)),
+                    )
+                    .collect();
+                Err(self.deny(record, &asked, call, d))
+            }
         }
     }
 
     fn decide(&self, call: &CallContext, req: &ProgramRequest<'_>) -> Result<Shaped, Denial> {
         let denied = |m: String| Err(Denial::Denied(m));
+        let Some(phase) = call.phase else {
+            return denied(format!(
+                "plugin {} may not run programs while it is being loaded (describe)",
+                self.plugin
+            ));
+        };
+        let remaining = match call.deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => self.limits.call_timeout,
+        };
+        if remaining < MIN_RUN_TIME {
+            return denied(format!(
+                "the {phase} call has {} ms left before its deadline (limits.call_timeout_secs = {}); no program is started",
+                remaining.as_millis(),
+                self.limits.call_timeout.as_secs_f64()
+            ));
+        }
+        if !self.run_rate.admit() {
+            return denied(format!(
+                "instance `{}` started more than {} programs in the last minute (limits.max_runs_per_minute in {}); try again later",
+                self.instance, self.limits.max_runs_per_minute, self.config_file
+            ));
+        }
         if req.program.is_empty() || req.program.contains('\0') {
             return denied("the program name is empty or has a NUL byte".into());
         }
@@ -373,10 +468,42 @@ impl Gate {
                 self.config_file
             ));
         }
-        let Some(grant) = same_program
+        let fitting: Vec<&ResolvedGrant> = same_program
             .iter()
-            .find(|g| wasmspawner_argpattern::matches(&g.grant.args, req.args))
-        else {
+            .copied()
+            .filter(|g| wasmspawner_argpattern::matches(&g.grant.args, req.args))
+            .collect();
+        if let (false, None) = (
+            fitting.is_empty(),
+            fitting.iter().find(|g| g.usable_in(phase)),
+        ) {
+            let g = fitting[0];
+            return denied(if g.grant.phases.contains(&phase) {
+                format!(
+                    "`{}` runs {} by {} of instance `{}`, and a {phase} call is not made for one user; an operator may add a grant for {phase} with run_as = \"host\" in {}",
+                    req.program,
+                    g.identity.describe(),
+                    g.key,
+                    self.instance,
+                    self.config_file
+                )
+            } else {
+                format!(
+                    "`{}` is granted to instance `{}` only for {} ({}.phases in {}); a {phase} call may not run it",
+                    req.program,
+                    self.instance,
+                    g.grant
+                        .phases
+                        .iter()
+                        .map(|p| p.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    g.key,
+                    self.config_file
+                )
+            });
+        }
+        let Some(grant) = fitting.into_iter().find(|g| g.usable_in(phase)) else {
             return denied(format!(
                 "`{}` does not match the granted argument patterns of `{}` ({}) in [instances.{}] of {}",
                 display_argv(req.program, req.args),
@@ -413,19 +540,30 @@ impl Gate {
         })
         .map_err(Denial::Denied)?;
 
-        let mut argv = Vec::with_capacity(self.run_as.len() + 1 + req.args.len());
-        if let (false, Some(user)) = (self.run_as.is_empty(), call.user.as_deref()) {
-            argv.extend(self.run_as.iter().map(|a| a.replace("{user}", user)));
+        let mut argv = Vec::with_capacity(8 + req.args.len());
+        if let Identity::User(prefix) = &grant.identity {
+            let Some(user) = call.user.as_deref() else {
+                return denied(format!(
+                    "`{}` runs as the hub user ({}), but this {phase} call is made for no user",
+                    req.program, grant.key
+                ));
+            };
+            argv.extend(prefix.iter().map(|a| a.replace("{user}", user)));
         }
         argv.push(path.display().to_string());
         argv.extend(req.args.iter().cloned());
 
-        let max = self.limits.call_timeout;
+        // Never past the call's own deadline.
         let timeout = match req.timeout_ms {
             0 => self.limits.command_timeout,
             ms => Duration::from_millis(ms as u64),
         }
-        .min(max);
+        .min(self.limits.call_timeout)
+        .min(remaining);
+        let identity = match grant.identity {
+            Identity::Host => "host",
+            Identity::User(_) => "user",
+        };
         let env_names = env.iter().map(|(k, _)| k.clone()).collect();
 
         // Over SSH: to the host the plugin named, or to the submit host.
@@ -452,6 +590,7 @@ impl Gate {
                 &env,
             );
             return Ok(Shaped {
+                identity,
                 argv: ssh_argv,
                 env: vec![],
                 env_names,
@@ -461,6 +600,7 @@ impl Gate {
             });
         }
         Ok(Shaped {
+            identity,
             argv,
             env,
             env_names,
@@ -484,6 +624,19 @@ impl Gate {
         self.audit.write(r);
     }
 
+    /// Signals to detached processes: only in the phases a detached grant
+    /// lists, and in `cancel`.
+    pub fn check_signal_phase(&self, call: &CallContext) -> Result<(), String> {
+        match call.phase {
+            Some(p) if p == Phase::Cancel || self.detached.iter().any(|g| g.grant.phases.contains(&p)) => Ok(()),
+            p => Err(format!(
+                "instance `{}` may not signal detached processes from {} (only from cancel and the phases of its grants.detached)",
+                self.instance,
+                p.map_or("describe", Phase::name)
+            )),
+        }
+    }
+
     /// Detached-process queries need a detached declaration.
     pub fn check_detached_declared(&self) -> Result<(), String> {
         if self.declared.detached.is_empty() {
@@ -496,23 +649,59 @@ impl Gate {
         }
     }
 
-    /// Logging: capped and stripped of control characters.
-    pub fn log_message(&self, message: &str) -> String {
-        const MAX: usize = 4096;
-        let mut m: String = message
-            .chars()
-            .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
-            .take(MAX)
-            .collect();
-        if message.chars().count() > MAX {
-            m.push('…');
+    /// Logging: sanitised and capped at 4 KiB; `None` when the instance
+    /// is over its log rate (`limits.log_lines_per_10s`).
+    pub fn log_message(&self, message: &str) -> Option<String> {
+        if let Some(dropped) = self.log_rate.admit() {
+            if dropped > 0 {
+                tracing::warn!(instance = %self.instance, "{dropped} plugin log lines dropped (over limits.log_lines_per_10s = {})", self.limits.log_lines_per_10s);
+            }
+            Some(crate::sanitize::text(message, 4096))
+        } else {
+            None
         }
-        m
+    }
+}
+
+/// A program is not started with less than this left of its call.
+const MIN_RUN_TIME: Duration = Duration::from_millis(50);
+
+/// A sliding one-minute count of program starts of one instance version.
+#[derive(Debug)]
+pub struct RunRate {
+    max: u32,
+    starts: std::sync::Mutex<std::collections::VecDeque<Instant>>,
+}
+
+impl RunRate {
+    pub fn new(max: u32) -> RunRate {
+        RunRate {
+            max,
+            starts: Default::default(),
+        }
+    }
+
+    /// Counts a start if fewer than `max` happened in the last minute.
+    pub fn admit(&self) -> bool {
+        let now = Instant::now();
+        let mut q = self.starts.lock().unwrap_or_else(|p| p.into_inner());
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            q.pop_front();
+        }
+        if q.len() as u32 >= self.max {
+            return false;
+        }
+        q.push_back(now);
+        true
     }
 }
 
 /// A permitted call, shaped for execution.
 struct Shaped {
+    identity: &'static str,
     argv: Vec<String>,
     env: Vec<(String, String)>,
     /// The variables the program receives (locally or on the remote side).

@@ -6,6 +6,7 @@
 use serde::Serialize;
 
 use super::gate::{Gate, Kind};
+use crate::config::{Identity, Phase};
 use crate::model::ProgramUse;
 
 /// One program the plugin may actually run.
@@ -21,6 +22,22 @@ pub struct Effective {
     pub granted_args: Vec<String>,
     /// Receives the spawn's environment (declared and granted).
     pub spawn_env: bool,
+    /// The grant in the config, e.g. `grants.programs[0]`.
+    pub grant: String,
+    /// The exports that can use it.
+    pub phases: Vec<Phase>,
+    /// As whom it runs.
+    pub identity: Identity,
+    /// The same, in words.
+    pub runs_as: String,
+}
+
+/// What one export may run, and as whom: the reviewer's view.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseView {
+    pub phase: Phase,
+    /// `capability program [declared ∩ granted args] as …`; empty: nothing.
+    pub programs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -29,6 +46,8 @@ pub struct Review {
     pub missing: Vec<String>,
     pub unused: Vec<String>,
     pub unresolved: Vec<String>,
+    /// Per export, in order: form, validate, submit, status, cancel.
+    pub by_phase: Vec<PhaseView>,
 }
 
 pub fn review(gate: &Gate, section: &str) -> Review {
@@ -73,8 +92,26 @@ pub fn review(gate: &Gate, section: &str) -> Review {
                     g.grant.program
                 ));
             }
+            let phases: Vec<Phase> = Phase::ALL
+                .into_iter()
+                .filter(|p| g.usable_in(*p))
+                .collect();
+            for p in &g.grant.phases {
+                if !phases.contains(p) {
+                    r.unused.push(format!(
+                        "{section} {} `{}` lists phase {p}, but it runs {} and {p} calls are not made for one user, so {p} can never run it; give {p} its own grant with run_as = \"host\"",
+                        g.key,
+                        g.grant.program,
+                        g.identity.describe()
+                    ));
+                }
+            }
             for u in uses {
                 r.effective.push(Effective {
+                    grant: g.key.clone(),
+                    phases: phases.clone(),
+                    identity: g.identity.clone(),
+                    runs_as: g.identity.describe(),
                     capability: kind.audit_name(),
                     program: g.grant.program.clone(),
                     path: g.path.clone().map(|p| p.display().to_string()),
@@ -85,5 +122,27 @@ pub fn review(gate: &Gate, section: &str) -> Review {
             }
         }
     }
+    r.by_phase = Phase::ALL
+        .into_iter()
+        .map(|phase| PhaseView {
+            phase,
+            programs: r
+                .effective
+                .iter()
+                .filter(|e| e.phases.contains(&phase))
+                .map(|e| {
+                    format!(
+                        "{} {} [{}] ∩ [{}]{} {}",
+                        e.capability,
+                        e.program,
+                        e.declared_args.join(" "),
+                        e.granted_args.join(" "),
+                        if e.spawn_env { " +spawn-env" } else { "" },
+                        e.runs_as
+                    )
+                })
+                .collect(),
+        })
+        .collect();
     r
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::capability::review::{review, Effective};
+use crate::capability::review::{review, Effective, PhaseView};
 use crate::config::{Config, EnvGrant, InstanceConfig, ProgramGrant};
 use crate::model::DeclaredCapabilities;
 use crate::runtime::plugin::PluginInstance;
@@ -26,6 +26,8 @@ pub struct InstanceAudit {
     pub declared: Option<DeclaredCapabilities>,
     pub granted: Granted,
     pub effective: Vec<Effective>,
+    /// Per export: what it may run and as whom.
+    pub by_phase: Vec<PhaseView>,
     pub missing: Vec<String>,
     pub unused: Vec<String>,
     pub run_as: Vec<String>,
@@ -57,6 +59,9 @@ pub struct Limits {
     pub command_timeout_secs: f64,
     pub output_bytes: usize,
     pub concurrent_calls: usize,
+    pub max_runs_per_call: u32,
+    pub max_runs_per_minute: u32,
+    pub log_lines_per_10s: u32,
 }
 
 pub async fn run(config_path: &Path, json: bool) -> Result<i32> {
@@ -117,6 +122,7 @@ async fn audit_instance(
                 .collect(),
         },
         effective: vec![],
+        by_phase: vec![],
         missing: vec![],
         unused: vec![],
         run_as: ic.run_as.clone(),
@@ -144,6 +150,9 @@ async fn audit_instance(
             command_timeout_secs: l.command_timeout.as_secs_f64(),
             output_bytes: l.output_bytes,
             concurrent_calls: l.concurrent_calls,
+            max_runs_per_call: l.max_runs_per_call,
+            max_runs_per_minute: l.max_runs_per_minute,
+            log_lines_per_10s: l.log_lines_per_10s,
         },
         load_error: None,
     };
@@ -162,6 +171,7 @@ async fn audit_instance(
             a.declared = Some(loaded.descriptor.capabilities.clone());
             let r = review(&loaded.gate, &format!("[instances.{}]", ic.name));
             a.effective = r.effective;
+            a.by_phase = r.by_phase;
             a.missing = r.missing;
             a.unused = r.unused;
         }
@@ -213,10 +223,11 @@ fn print_table(a: &InstanceAudit) {
             v.iter()
                 .map(|g| {
                     format!(
-                        "{} [{}]{}",
+                        "{} [{}]{} for {}",
                         g.program,
                         g.args.join(" "),
-                        if g.spawn_env { " +spawn-env" } else { "" }
+                        if g.spawn_env { " +spawn-env" } else { "" },
+                        g.phases.iter().map(|p| p.name()).collect::<Vec<_>>().join(",")
                     )
                 })
                 .collect::<Vec<_>>()
@@ -254,6 +265,31 @@ fn print_table(a: &InstanceAudit) {
                 Err(why) => format!("NOT FOUND: {why}"),
             }
         );
+        println!(
+            "               {:<15} {} in: {}; runs {}",
+            "",
+            e.grant,
+            if e.phases.is_empty() {
+                "no export".to_string()
+            } else {
+                e.phases.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+            },
+            e.runs_as
+        );
+    }
+    if !a.by_phase.is_empty() {
+        println!("  by export    (who runs what from which export)");
+    }
+    for v in &a.by_phase {
+        if v.programs.is_empty() {
+            println!("               {:<9} nothing", v.phase.name());
+        }
+        for (i, p) in v.programs.iter().enumerate() {
+            println!(
+                "               {:<9} {p}",
+                if i == 0 { v.phase.name() } else { "" }
+            );
+        }
     }
     for m in &a.missing {
         println!("  missing      {m}");
@@ -274,15 +310,16 @@ fn print_table(a: &InstanceAudit) {
             "the host's own user".into()
         } else {
             format!(
-                "{} (submit and cancel; status runs as the host)",
+                "{} (the default identity of this instance's grants; see each grant above)",
                 a.run_as.join(" ")
             )
         }
     );
     let l = &a.limits;
     println!(
-        "  limits       memory {} MiB, call {} s, command {} s, output {} bytes, {} concurrent calls",
-        l.memory_mib, l.call_timeout_secs, l.command_timeout_secs, l.output_bytes, l.concurrent_calls
+        "  limits       memory {} MiB, call {} s, command {} s, output {} bytes, {} concurrent calls,\n               {} programs per call, {} per minute, {} log lines per 10 s",
+        l.memory_mib, l.call_timeout_secs, l.command_timeout_secs, l.output_bytes, l.concurrent_calls,
+        l.max_runs_per_call, l.max_runs_per_minute, l.log_lines_per_10s
     );
     println!("  sandbox      no files, no environment, no network; every capability call audited in the state directory's audit.jsonl");
     println!();

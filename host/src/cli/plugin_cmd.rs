@@ -116,6 +116,7 @@ pub async fn run(cmd: PluginCommand) -> Result<i32> {
                 spawn_id: Some(spawn_id),
                 user: Some(user.name.clone()),
                 spawn_env: Arc::new(spawn_env),
+                ..Default::default()
             };
             print(&inst.submit(ctx, &job).await?)?;
         }
@@ -170,7 +171,7 @@ pub async fn run(cmd: PluginCommand) -> Result<i32> {
             let ctx = CallContext {
                 spawn_id: None,
                 user: Some(user),
-                spawn_env: Default::default(),
+                ..Default::default()
             };
             inst.cancel(ctx, &job).await?;
             print(&serde_json::json!({ "job_id": job_id, "cancelled": true }))?;

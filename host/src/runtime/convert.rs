@@ -1,7 +1,12 @@
 //! Between the host's [`crate::model`] types and the WIT bindings.
+//!
+//! The boundary: every text a plugin returns (names, errors, reasons, form
+//! labels) passes [`crate::sanitize`] here, cut to its budget, before the
+//! host logs, stores, serves or renders it.
 
 use super::bindings::wit as w;
 use crate::model as m;
+use crate::sanitize::{clean as tidy, reason as clean, text};
 
 pub fn user(u: &m::User) -> w::User {
     w::User {
@@ -22,10 +27,10 @@ fn program_use(p: w::ProgramUse) -> m::ProgramUse {
 pub fn descriptor(d: w::Descriptor) -> m::Descriptor {
     let c = d.capabilities;
     m::Descriptor {
-        name: d.name,
-        version: d.version,
-        api_version: d.api_version,
-        description: d.description,
+        name: text(&d.name, 128),
+        version: text(&d.version, 64),
+        api_version: text(&d.api_version, 64),
+        description: text(&d.description, 4096),
         capabilities: m::DeclaredCapabilities {
             programs: c.programs.into_iter().map(program_use).collect(),
             ssh: c.ssh.into_iter().map(program_use).collect(),
@@ -75,8 +80,8 @@ pub fn form(f: w::FormSchema) -> m::FormSchema {
             .into_iter()
             .map(|p| m::Profile {
                 id: p.id,
-                label: p.label,
-                description: p.description,
+                label: tidy(&p.label),
+                description: tidy(&p.description),
                 fixed: options_from_wit(p.fixed),
                 bounds: p
                     .bounds
@@ -96,34 +101,34 @@ pub fn form(f: w::FormSchema) -> m::FormSchema {
 fn field(f: w::Field) -> m::Field {
     m::Field {
         id: f.id,
-        label: f.label,
-        help: f.help,
+        label: tidy(&f.label),
+        help: tidy(&f.help),
         default: f.default,
         required: f.required,
         kind: match f.kind {
             w::FieldKind::Text(t) => m::FieldKind::Text {
                 max_length: t.max_length,
                 pattern: t.pattern,
-                placeholder: t.placeholder,
+                placeholder: t.placeholder.as_deref().map(tidy),
             },
             w::FieldKind::Integer(i) => m::FieldKind::Integer {
                 min: i.min,
                 max: i.max,
                 step: i.step,
-                unit: i.unit,
+                unit: i.unit.as_deref().map(tidy),
             },
             w::FieldKind::Number(n) => m::FieldKind::Number {
                 min: n.min,
                 max: n.max,
                 step: n.step,
-                unit: n.unit,
+                unit: n.unit.as_deref().map(tidy),
             },
             w::FieldKind::Choice(c) => m::FieldKind::Choice {
                 choices: c
                     .into_iter()
                     .map(|c| m::Choice {
                         value: c.value,
-                        label: c.label,
+                        label: tidy(&c.label),
                     })
                     .collect(),
             },
@@ -134,9 +139,10 @@ fn field(f: w::Field) -> m::Field {
 
 pub fn field_errors(e: Vec<w::FieldError>) -> Vec<m::FieldError> {
     e.into_iter()
+        .take(crate::form::MAX_FIELDS)
         .map(|e| m::FieldError {
-            field: e.field,
-            message: e.message,
+            field: text(&e.field, 64),
+            message: clean(&e.message),
         })
         .collect()
 }
@@ -171,23 +177,23 @@ pub fn submitted(s: w::Submitted) -> m::Submitted {
 pub fn job_state(s: w::JobState) -> m::JobState {
     match s {
         w::JobState::Pending(p) => m::JobState::Pending {
-            reason: p.reason,
+            reason: clean(&p.reason),
             expected_start: p.expected_start,
         },
         w::JobState::Running(r) => m::JobState::Running { host: r.host },
         w::JobState::Done(d) => m::JobState::Done {
             exit_code: d.exit_code,
-            reason: d.reason,
+            reason: clean(&d.reason),
         },
-        w::JobState::Unknown(r) => m::JobState::Unknown { reason: r },
+        w::JobState::Unknown(r) => m::JobState::Unknown { reason: clean(&r) },
     }
 }
 
 pub fn plugin_error(e: w::PluginError) -> m::PluginError {
     match e {
-        w::PluginError::Config(s) => m::PluginError::Config(s),
-        w::PluginError::Capability(s) => m::PluginError::Capability(s),
-        w::PluginError::Scheduler(s) => m::PluginError::Scheduler(s),
-        w::PluginError::Other(s) => m::PluginError::Other(s),
+        w::PluginError::Config(s) => m::PluginError::Config(clean(&s)),
+        w::PluginError::Capability(s) => m::PluginError::Capability(clean(&s)),
+        w::PluginError::Scheduler(s) => m::PluginError::Scheduler(clean(&s)),
+        w::PluginError::Other(s) => m::PluginError::Other(clean(&s)),
     }
 }

@@ -3,22 +3,33 @@
 //! [`Store`] for every plugin call so a trapped instance is never reused.
 //!
 //! Limits per call: linear memory ([`StoreLimits`]), a wall-clock deadline
-//! (epoch interruption; a ticker thread advances the epoch every
-//! [`TICK`]), and the instance's concurrency cap (in [`plugin`]).
+//! (epoch interruption; a ticker thread advances the epoch every [`TICK`],
+//! and at each tick a running guest either yields to the executor or, past
+//! its deadline, traps), and the instance's concurrency cap (in
+//! [`plugin`]). Guest code runs on the [`executor`], never on the runtime
+//! that serves HTTP.
+//!
+//! The pooling allocator's slots are partitioned: the pool holds the sum of
+//! every instance's `limits.concurrent_calls` plus [`LOAD_SLOTS`] for
+//! loading, and each instance's semaphore keeps it within its share, so one
+//! instance can never take another's slots ([`pool_slots_for`] checks the
+//! sum against [`MAX_POOL`] at load, naming the keys to change).
 
 pub mod bindings;
 pub mod cache;
 pub mod convert;
+pub mod executor;
 pub mod plugin;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+    UpdateDeadline,
 };
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::WasiCtx;
@@ -38,6 +49,37 @@ const MAX_MEMORY: usize = 4096 << 20;
 /// Guest stderr kept per call (for trap messages).
 const STDERR_CAP: usize = 16 * 1024;
 
+/// Pool slots kept for loading components (describe), beside the calls.
+pub const LOAD_SLOTS: u32 = 8;
+
+/// The most component instances the pool may hold host-wide.
+pub const MAX_POOL: u32 = 1024;
+
+/// The pool size a config needs: the sum of its instances'
+/// `concurrent_calls` plus [`LOAD_SLOTS`] (at least 128), or an error that
+/// names the keys to lower.
+pub fn pool_slots_for(config: &crate::config::Config) -> Result<u32> {
+    let sum: usize = config
+        .instances
+        .values()
+        .map(|i| i.limits.concurrent_calls)
+        .sum();
+    let need = sum as u64 + LOAD_SLOTS as u64;
+    if need > MAX_POOL as u64 {
+        let keys: Vec<String> = config
+            .instances
+            .values()
+            .map(|i| format!("instances.{}.limits.concurrent_calls = {}", i.name, i.limits.concurrent_calls))
+            .collect();
+        anyhow::bail!(
+            "{}: the instances' limits.concurrent_calls add up to {sum}, but the host runs at most {} plugin calls at once; lower some of: {}",
+            config.path.display(),
+            MAX_POOL - LOAD_SLOTS,
+            keys.join(", ")
+        );
+    }
+    Ok((need as u32).max(128))
+}
 /// The engine, linker and host-wide capability state.
 pub struct Runtime {
     pub engine: Engine,
@@ -48,6 +90,10 @@ pub struct Runtime {
     pub state_dir: PathBuf,
     /// Whether the pooling allocator could be used (else on-demand).
     pub pooling: bool,
+    /// Component instances the pool holds.
+    pub pool_slots: u32,
+    /// Where guest code runs.
+    pub executor: executor::Executor,
 }
 
 impl Runtime {
@@ -57,13 +103,29 @@ impl Runtime {
         Self::with_cache_dir(state_dir, None)
     }
 
-    /// The runtime for a config (its state and cache directories).
+    /// The runtime for a config (its state and cache directories, its
+    /// audit rotation, a pool sized for its instances).
     pub fn for_config(config: &crate::config::Config) -> Result<Arc<Runtime>> {
-        Self::with_cache_dir(&config.state_dir, config.cache_dir.as_deref())
+        let slots = pool_slots_for(config)?;
+        Self::build(
+            &config.state_dir,
+            config.cache_dir.as_deref(),
+            &config.audit,
+            slots,
+        )
     }
 
     /// Like [`Runtime::new`], with the compile cache in `cache_dir`.
     pub fn with_cache_dir(state_dir: &Path, cache_dir: Option<&Path>) -> Result<Arc<Runtime>> {
+        Self::build(state_dir, cache_dir, &Default::default(), 128)
+    }
+
+    fn build(
+        state_dir: &Path,
+        cache_dir: Option<&Path>,
+        rotation: &crate::config::AuditConfig,
+        slots: u32,
+    ) -> Result<Arc<Runtime>> {
         std::fs::create_dir_all(state_dir).with_context(|| {
             format!("cannot create the state directory {}", state_dir.display())
         })?;
@@ -72,11 +134,20 @@ impl Runtime {
         let ssh_dir = state_dir.join("ssh");
         std::fs::create_dir_all(&ssh_dir)?;
         restrict(&ssh_dir)?;
-        let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?);
+        let audit = Arc::new(AuditLog::open_with(
+            &state_dir.join("audit.jsonl"),
+            rotation.clone(),
+        )?);
+        let shared = cache_dir.is_some();
         let cache_dir = cache_dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| state_dir.join("cache"));
-        Self::with_audit(state_dir, &cache_dir, audit)
+        let mut rt = Self::with_audit_slots(state_dir, &cache_dir, audit, slots)?;
+        if shared {
+            // Another host may use those artefacts: never evict them.
+            Arc::get_mut(&mut rt).expect("not shared yet").cache.shared = true;
+        }
+        Ok(rt)
     }
 
     pub fn with_audit(
@@ -84,11 +155,20 @@ impl Runtime {
         cache_dir: &Path,
         audit: Arc<AuditLog>,
     ) -> Result<Arc<Runtime>> {
-        let (engine, pooling) = match Engine::new(&engine_config(true)) {
+        Self::with_audit_slots(state_dir, cache_dir, audit, 128)
+    }
+
+    fn with_audit_slots(
+        state_dir: &Path,
+        cache_dir: &Path,
+        audit: Arc<AuditLog>,
+        slots: u32,
+    ) -> Result<Arc<Runtime>> {
+        let (engine, pooling) = match Engine::new(&engine_config(Some(slots))) {
             Ok(e) => (e, true),
             Err(e) => {
                 tracing::warn!("pooling allocator unavailable ({e:#}); using on-demand allocation");
-                (Engine::new(&engine_config(false))?, false)
+                (Engine::new(&engine_config(None))?, false)
             }
         };
         start_ticker(&engine);
@@ -104,17 +184,24 @@ impl Runtime {
             audit,
             state_dir: state_dir.to_path_buf(),
             pooling,
+            pool_slots: slots,
+            executor: executor::Executor::new()?,
         }))
     }
 
-    /// Compiles (or loads from the cache) the component at `path`. Blocking:
-    /// call it off the async runtime.
-    pub fn compile(&self, path: &Path) -> Result<(Component, String)> {
-        self.cache.load(&self.engine, path)
+    /// Compiles (or loads from the cache) a component read by
+    /// [`cache::read_component`]. Blocking: call it off the async runtime.
+    pub fn compile(&self, path: &Path, bytes: &[u8], digest: &str) -> Result<Component> {
+        self.cache.compile(&self.engine, path, bytes, digest)
     }
 
-    /// A fresh store for one call of a plugin version.
-    pub fn store(&self, gate: Arc<Gate>, call: CallContext) -> Store<CallState> {
+    /// A fresh store for one call of a plugin version; it traps at the
+    /// call's deadline (`call.deadline`, default: `limits.call_timeout`
+    /// from now) and yields to the executor at every tick before it.
+    pub fn store(&self, gate: Arc<Gate>, mut call: CallContext) -> Store<CallState> {
+        let deadline = *call
+            .deadline
+            .get_or_insert_with(|| Instant::now() + gate.limits().call_timeout);
         let limits = gate.limits().clone();
         let stderr = MemoryOutputPipe::new(STDERR_CAP);
         let mut wasi = WasiCtx::builder();
@@ -142,9 +229,17 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        let ticks = (limits.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            }
+        });
         store
     }
 }
@@ -158,19 +253,19 @@ impl Drop for Runtime {
     }
 }
 
-fn engine_config(pooling: bool) -> Config {
+fn engine_config(pool_slots: Option<u32>) -> Config {
     let mut c = Config::new();
     c.epoch_interruption(true);
     c.wasm_component_model(true);
-    if pooling {
+    if let Some(slots) = pool_slots {
         let mut p = PoolingAllocationConfig::default();
-        // Room for 128 concurrent calls of components with a few core
-        // instances each; memory slots are reserved (virtual), not committed.
-        p.total_component_instances(128)
-            .total_core_instances(1024)
-            .total_memories(256)
-            .total_tables(1024)
-            .total_stacks(128)
+        // `slots` concurrent calls of components with a few core instances
+        // each; memory slots are reserved (virtual), not committed.
+        p.total_component_instances(slots)
+            .total_core_instances(slots * 8)
+            .total_memories(slots * 2)
+            .total_tables(slots * 8)
+            .total_stacks(slots)
             .max_memory_size(MAX_MEMORY);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
     }

@@ -15,11 +15,11 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use wasmtime::Store;
 
-use super::bindings::PluginPre;
+use super::bindings::{wit as w, Plugin, PluginPre};
 use super::{convert, Runtime};
 use crate::capability::gate::{CallContext, Gate};
 use crate::capability::CallState;
-use crate::config::InstanceConfig;
+use crate::config::{InstanceConfig, Limits, Phase};
 use crate::model::{
     Descriptor, FieldError, FormSchema, Job, JobSpec, JobState, Options, PluginError, RawOptions,
     Submitted, User,
@@ -91,6 +91,9 @@ pub struct PluginInstance {
     current: ArcSwap<LoadedPlugin>,
     permits: Semaphore,
     health: Health,
+    /// The digest of the last file refused, so the same bytes are not
+    /// compiled again at every touch.
+    refused: Mutex<Option<(String, String)>>,
 }
 
 impl PluginInstance {
@@ -100,7 +103,7 @@ impl PluginInstance {
         config_file: &Path,
         config: InstanceConfig,
     ) -> Result<Arc<PluginInstance>> {
-        let loaded = load_version(&runtime, config_file, &config).await?;
+        let loaded = load_version(&runtime, config_file, &config, None).await?;
         Ok(Arc::new(PluginInstance {
             config_json: config.config.to_string(),
             permits: Semaphore::new(config.limits.concurrent_calls),
@@ -109,6 +112,7 @@ impl PluginInstance {
             runtime,
             current: ArcSwap::from_pointee(loaded),
             health: Health::default(),
+            refused: Mutex::new(None),
         }))
     }
 
@@ -123,22 +127,60 @@ impl PluginInstance {
 
     /// Loads the component file again; swaps it in when it changed and
     /// passed every check. Returns whether it swapped. On error the current
-    /// version keeps serving.
+    /// version keeps serving. The same bytes as the current version, or as
+    /// the last refused file, are not compiled again.
     pub async fn reload(&self) -> Result<bool> {
-        let next = load_version(&self.runtime, &self.config_file, &self.config).await?;
         let old = self.current();
-        if next.digest == old.digest {
+        let (bytes, digest) = read_file(&self.config).await?;
+        if digest == old.digest {
             return Ok(false);
         }
+        if let Some((d, why)) = self.refused.lock().unwrap().as_ref() {
+            if *d == digest {
+                bail!("{why} (the file is unchanged since it was refused)");
+            }
+        }
+        let next = match load_version(&self.runtime, &self.config_file, &self.config, Some((bytes, digest.clone()))).await {
+            Ok(n) => n,
+            Err(e) => {
+                *self.refused.lock().unwrap() = Some((digest, format!("{e:#}")));
+                return Err(e);
+            }
+        };
+        let widened = widened(&old.descriptor.capabilities, &next.descriptor.capabilities);
         tracing::info!(
             instance = %self.config.name,
             "plugin reloaded: {} {} ({}…) → {} {} ({}…)",
-            old.descriptor.name, old.descriptor.version, &old.digest[..12],
-            next.descriptor.name, next.descriptor.version, &next.digest[..12]
+            crate::sanitize::text(&old.descriptor.name, 64), crate::sanitize::text(&old.descriptor.version, 64), &old.digest[..12],
+            crate::sanitize::text(&next.descriptor.name, 64), crate::sanitize::text(&next.descriptor.version, 64), &next.digest[..12]
         );
+        if !widened.is_empty() {
+            tracing::warn!(
+                instance = %self.config.name,
+                "the reloaded plugin declares more than the version before it: {}",
+                widened.join("; ")
+            );
+        }
+        self.runtime.audit.write(crate::capability::audit::AuditRecord {
+            instance: self.config.name.clone(),
+            digest: next.digest.clone(),
+            phase: "describe",
+            capability: "plugin.reload",
+            event: "decision",
+            program: self.config.plugin.display().to_string(),
+            argv: widened,
+            decision: "allow",
+            reason: Some(format!("replaces {}", old.digest)),
+            ..Default::default()
+        });
         self.current.store(Arc::new(next));
         self.health.consecutive_failures.store(0, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// The digest of every version this instance holds (for cache eviction).
+    pub fn digests(&self) -> Vec<String> {
+        vec![self.current().digest.clone()]
     }
 
     pub fn health(&self) -> HealthReport {
@@ -162,43 +204,120 @@ impl PluginInstance {
         }
     }
 
-    fn settle<T>(&self, r: wasmtime::Result<T>, store: &Store<CallState>) -> Result<T, CallError> {
+    /// Runs one export on a fresh instance of the current version, on the
+    /// plugin executor, bounded end to end by the call deadline.
+    async fn call(&self, phase: Phase, mut ctx: CallContext, req: Request) -> Result<Answer, CallError> {
+        let _permit = self.acquire().await?;
+        let loaded = self.current();
+        let deadline = std::time::Instant::now() + self.config.limits.call_timeout;
+        ctx.phase = Some(phase);
+        ctx.deadline = Some(deadline);
+        let r = run_on_executor(
+            &self.runtime,
+            loaded.pre.clone(),
+            loaded.gate.clone(),
+            ctx,
+            &self.config.limits,
+            deadline,
+            req,
+        )
+        .await;
         self.health.calls.fetch_add(1, Ordering::Relaxed);
         match r {
             Ok(v) => {
                 self.health.consecutive_failures.store(0, Ordering::Relaxed);
                 Ok(v)
             }
-            Err(e) => Err(self.failed(
-                "plugin call failed",
-                describe_failure(&e, store, &self.config),
-            )),
+            Err(message) => Err(self.failed("plugin call failed", message)),
         }
     }
 }
 
-/// Runs one export on a fresh instance of the current version.
-macro_rules! plugin_call {
-    ($self:ident, $ctx:expr, |$p:ident, $store:ident| $body:expr) => {{
-        let _permit = $self.acquire().await?;
-        let loaded = $self.current();
-        let mut $store = $self.runtime.store(loaded.gate.clone(), $ctx);
-        let result = async {
-            let $p = loaded.pre.instantiate_async(&mut $store).await?;
-            $body.await
+/// One export call with its arguments.
+enum Request {
+    Describe,
+    Form(String, w::User),
+    Validate(String, w::User, Vec<w::FieldValue>),
+    Submit(String, w::JobSpec),
+    Status(String, Vec<w::Job>),
+    Cancel(String, w::Job),
+}
+
+/// What an export returned.
+enum Answer {
+    Describe(w::Descriptor),
+    Form(Result<w::FormSchema, w::PluginError>),
+    Validate(Result<Vec<w::FieldValue>, Vec<w::FieldError>>),
+    Submit(Result<w::Submitted, w::PluginError>),
+    Status(Vec<w::JobState>),
+    Cancel(Result<(), w::PluginError>),
+}
+
+impl Request {
+    async fn call(self, p: &Plugin, store: &mut Store<CallState>) -> wasmtime::Result<Answer> {
+        let s = p.wasmspawner_plugin_spawner();
+        Ok(match self {
+            Request::Describe => Answer::Describe(s.call_describe(&mut *store).await?),
+            Request::Form(c, u) => Answer::Form(s.call_form(&mut *store, &c, &u).await?),
+            Request::Validate(c, u, o) => {
+                Answer::Validate(s.call_validate(&mut *store, &c, &u, &o).await?)
+            }
+            Request::Submit(c, j) => Answer::Submit(s.call_submit(&mut *store, &c, &j).await?),
+            Request::Status(c, j) => Answer::Status(s.call_status(&mut *store, &c, &j).await?),
+            Request::Cancel(c, j) => Answer::Cancel(s.call_cancel(&mut *store, &c, &j).await?),
+        })
+    }
+}
+
+/// Extra time past the deadline for a guest to notice its trap before the
+/// host drops the call.
+const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Instantiates `loaded` in a fresh store and makes the call on the plugin
+/// executor; `Err` is a readable account of a trap, timeout or panic.
+async fn run_on_executor(
+    runtime: &Arc<Runtime>,
+    pre: PluginPre<CallState>,
+    gate: Arc<Gate>,
+    mut ctx: CallContext,
+    limits: &Limits,
+    deadline: std::time::Instant,
+    req: Request,
+) -> Result<Answer, String> {
+    let rt = runtime.clone();
+    let lim = limits.clone();
+    ctx.deadline = Some(deadline);
+    let mut task = runtime.executor.spawn(async move {
+        let mut store = rt.store(gate, ctx);
+        let r = async {
+            let p = pre.instantiate_async(&mut store).await?;
+            req.call(&p, &mut store).await
         }
         .await;
-        $self.settle(result, &$store)
-    }};
+        r.map_err(|e| describe_failure(&e, &store, &lim))
+    });
+    let until = tokio::time::Instant::from_std(deadline + DEADLINE_GRACE);
+    match tokio::time::timeout_at(until, &mut task).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(format!("the call ended abnormally: {e}")),
+        Err(_) => {
+            // Dropped where it waits (a program is killed with it).
+            task.abort();
+            Err(format!(
+                "ran past its call deadline of {:.1} s (limits.call_timeout_secs) and was stopped",
+                limits.call_timeout.as_secs_f64()
+            ))
+        }
+    }
 }
 
 impl PluginInstance {
     pub async fn form(&self, user: &User) -> Result<FormSchema, CallError> {
-        let u = convert::user(user);
-        let cfg = &self.config_json;
-        let r = plugin_call!(self, CallContext::default(), |p, store| p
-            .wasmspawner_plugin_spawner()
-            .call_form(&mut store, cfg, &u))?;
+        let req = Request::Form(self.config_json.clone(), convert::user(user));
+        let ctx = CallContext::new(Phase::Form, Some(&user.name));
+        let Answer::Form(r) = self.call(Phase::Form, ctx, req).await? else {
+            unreachable!("a form request gets a form answer")
+        };
         let form = r
             .map(convert::form)
             .map_err(|e| CallError::Plugin(convert::plugin_error(e)))?;
@@ -210,24 +329,30 @@ impl PluginInstance {
     pub async fn validate(&self, user: &User, raw: &RawOptions) -> Result<Options, ValidateError> {
         let schema = self.form(user).await?;
         let checked = crate::form::check(&schema, raw).map_err(ValidateError::Fields)?;
-        let u = convert::user(user);
-        let opts = convert::options_to_wit(&checked);
-        let cfg = &self.config_json;
-        let r = plugin_call!(self, CallContext::default(), |p, store| p
-            .wasmspawner_plugin_spawner()
-            .call_validate(&mut store, cfg, &u, &opts))?;
+        let req = Request::Validate(
+            self.config_json.clone(),
+            convert::user(user),
+            convert::options_to_wit(&checked),
+        );
+        let ctx = CallContext::new(Phase::Validate, Some(&user.name));
+        let Answer::Validate(r) = self.call(Phase::Validate, ctx, req).await? else {
+            unreachable!("a validate request gets a validate answer")
+        };
         match r {
-            Ok(o) => Ok(convert::options_from_wit(o)),
+            Ok(o) => {
+                let o = convert::options_from_wit(o);
+                check_options(&o).map_err(|m| ValidateError::Call(self.garbage(m)))?;
+                Ok(o)
+            }
             Err(e) => Err(ValidateError::Fields(convert::field_errors(e))),
         }
     }
 
     pub async fn submit(&self, ctx: CallContext, job: &JobSpec) -> Result<Submitted, CallError> {
-        let j = convert::job_spec(job);
-        let cfg = &self.config_json;
-        let r = plugin_call!(self, ctx, |p, store| p
-            .wasmspawner_plugin_spawner()
-            .call_submit(&mut store, cfg, &j))?;
+        let req = Request::Submit(self.config_json.clone(), convert::job_spec(job));
+        let Answer::Submit(r) = self.call(Phase::Submit, ctx, req).await? else {
+            unreachable!("a submit request gets a submit answer")
+        };
         let sub = r
             .map(convert::submitted)
             .map_err(|e| CallError::Plugin(convert::plugin_error(e)))?;
@@ -242,6 +367,7 @@ impl PluginInstance {
 
     /// Counts a failed call against the instance's health.
     fn failed(&self, what: &str, message: String) -> CallError {
+        let message = crate::sanitize::text(&message, 2048);
         self.health
             .consecutive_failures
             .fetch_add(1, Ordering::Relaxed);
@@ -257,17 +383,22 @@ impl PluginInstance {
     /// One call for many jobs. The result has one state per job, in order;
     /// a plugin that returns fewer gets `unknown` for the rest.
     pub async fn status(&self, jobs: &[Job]) -> Result<Vec<JobState>, CallError> {
-        let js: Vec<_> = jobs.iter().map(convert::job).collect();
-        let cfg = &self.config_json;
-        let r = plugin_call!(self, CallContext::default(), |p, store| p
-            .wasmspawner_plugin_spawner()
-            .call_status(&mut store, cfg, &js))?;
+        let req = Request::Status(
+            self.config_json.clone(),
+            jobs.iter().map(convert::job).collect(),
+        );
+        let Answer::Status(r) = self
+            .call(Phase::Status, CallContext::new(Phase::Status, None), req)
+            .await?
+        else {
+            unreachable!("a status request gets a status answer")
+        };
         let mut states: Vec<JobState> = r
             .into_iter()
+            .take(jobs.len())
             .map(convert::job_state)
             .map(tidy_state)
             .collect();
-        states.truncate(jobs.len());
         while states.len() < jobs.len() {
             states.push(JobState::Unknown {
                 reason: "the plugin returned no state for this job".into(),
@@ -277,11 +408,10 @@ impl PluginInstance {
     }
 
     pub async fn cancel(&self, ctx: CallContext, job: &Job) -> Result<(), CallError> {
-        let j = convert::job(job);
-        let cfg = &self.config_json;
-        let r = plugin_call!(self, ctx, |p, store| p
-            .wasmspawner_plugin_spawner()
-            .call_cancel(&mut store, cfg, &j))?;
+        let req = Request::Cancel(self.config_json.clone(), convert::job(job));
+        let Answer::Cancel(r) = self.call(Phase::Cancel, ctx, req).await? else {
+            unreachable!("a cancel request gets a cancel answer")
+        };
         r.map_err(|e| CallError::Plugin(convert::plugin_error(e)))
     }
 }
@@ -289,17 +419,19 @@ impl PluginInstance {
 /// Compiles and checks one version: the component links against this host's
 /// world, its API version is compatible, its digest matches the pin, and its
 /// declaration is well formed.
+/// `read`: the file's bytes and digest when the caller has read them.
 async fn load_version(
     runtime: &Arc<Runtime>,
     config_file: &Path,
     cfg: &InstanceConfig,
+    read: Option<(Vec<u8>, String)>,
 ) -> Result<LoadedPlugin> {
-    let rt = runtime.clone();
-    let path = cfg.plugin.clone();
-    let (component, digest) = tokio::task::spawn_blocking(move || rt.compile(&path))
-        .await
-        .context("the compile task panicked")??;
+    let (bytes, digest) = match read {
+        Some(r) => r,
+        None => read_file(cfg).await?,
+    };
     let where_ = format!("instance `{}` ({})", cfg.name, cfg.plugin.display());
+    // The pin before anything is compiled.
     if let Some(pin) = &cfg.sha256 {
         if *pin != digest {
             bail!(
@@ -309,6 +441,12 @@ async fn load_version(
             );
         }
     }
+    let rt = runtime.clone();
+    let path = cfg.plugin.clone();
+    let d = digest.clone();
+    let component = tokio::task::spawn_blocking(move || rt.compile(&path, &bytes, &d))
+        .await
+        .context("the compile task panicked")??;
     let instance_pre = runtime.linker.instantiate_pre(&component).map_err(|e| {
         anyhow::anyhow!("{where_}: the component does not fit this host's world wasmspawner:plugin@{API_VERSION}: {e:#}")
     })?;
@@ -326,20 +464,21 @@ async fn load_version(
         Default::default(),
         runtime.audit.clone(),
     ));
-    let mut store = runtime.store(probe_gate, CallContext::default());
-    let descriptor = async {
-        let p = pre.instantiate_async(&mut store).await?;
-        p.wasmspawner_plugin_spawner()
-            .call_describe(&mut store)
-            .await
-    }
+    let deadline = std::time::Instant::now() + cfg.limits.call_timeout;
+    let answer = run_on_executor(
+        runtime,
+        pre.clone(),
+        probe_gate,
+        CallContext::default(),
+        &cfg.limits,
+        deadline,
+        Request::Describe,
+    )
     .await
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "{where_}: describe() failed: {}",
-            describe_failure(&e, &store, cfg)
-        )
-    })?;
+    .map_err(|m| anyhow::anyhow!("{where_}: describe() failed: {m}"))?;
+    let Answer::Describe(descriptor) = answer else {
+        unreachable!("a describe request gets a descriptor")
+    };
     let descriptor = convert::descriptor(descriptor);
     check_api_version(&descriptor.api_version).map_err(|m| anyhow::anyhow!("{where_}: {m}"))?;
     for (kind, uses) in [
@@ -373,6 +512,36 @@ async fn load_version(
     })
 }
 
+/// [`super::cache::read_component`] off the async runtime.
+async fn read_file(cfg: &InstanceConfig) -> Result<(Vec<u8>, String)> {
+    let path = cfg.plugin.clone();
+    tokio::task::spawn_blocking(move || super::cache::read_component(&path))
+        .await
+        .context("the read task panicked")?
+}
+
+/// What `next` declares that `old` did not, as `capability program [args]`.
+fn widened(old: &crate::model::DeclaredCapabilities, next: &crate::model::DeclaredCapabilities) -> Vec<String> {
+    let mut out = Vec::new();
+    for (kind, o, n) in [
+        ("process.run", &old.programs, &next.programs),
+        ("detached.start", &old.detached, &next.detached),
+        ("ssh.run", &old.ssh, &next.ssh),
+    ] {
+        for u in n {
+            if !o.contains(u) {
+                out.push(format!(
+                    "{kind} {} [{}]{}",
+                    crate::sanitize::text(&u.program, 256),
+                    crate::sanitize::text(&u.args.join(" "), 512),
+                    if u.spawn_env { " with spawn_env" } else { "" }
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Longest job id the host stores.
 pub const MAX_JOB_ID: usize = 256;
 /// Largest plugin state the host stores per job.
@@ -381,10 +550,10 @@ pub const MAX_PLUGIN_STATE: usize = 64 * 1024;
 pub const MAX_REASON: usize = 1024;
 
 fn check_submitted(s: &Submitted) -> Result<(), String> {
-    if s.job_id.is_empty() || s.job_id.len() > MAX_JOB_ID || s.job_id.chars().any(char::is_control)
+    if s.job_id.is_empty() || s.job_id.len() > MAX_JOB_ID || !crate::sanitize::is_clean(&s.job_id)
     {
         return Err(format!(
-            "submit returned a job id that is empty, longer than {MAX_JOB_ID} bytes or has control characters ({} bytes)",
+            "submit returned a job id that is empty, longer than {MAX_JOB_ID} bytes or has control, bidi or line-separator characters ({} bytes)",
             s.job_id.len()
         ));
     }
@@ -392,6 +561,36 @@ fn check_submitted(s: &Submitted) -> Result<(), String> {
         return Err(format!(
             "submit returned {} bytes of plugin state; the host stores at most {MAX_PLUGIN_STATE}",
             s.state.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Most bytes of options (ids and values) a plugin's `validate` may return.
+pub const MAX_OPTIONS_BYTES: usize = 64 * 1024;
+
+/// Validated options the host will store: bounded, ids like form ids, text
+/// without control characters.
+fn check_options(o: &Options) -> Result<(), String> {
+    let mut total = 0usize;
+    for (k, v) in o {
+        total += k.len()
+            + match v {
+                crate::model::Value::Text(t) => t.len(),
+                _ => 8,
+            };
+        if k.len() > 64 || !crate::sanitize::is_clean(k) {
+            return Err(format!("validate returned an option id of {} bytes or with control characters", k.len()));
+        }
+        if let crate::model::Value::Text(t) = v {
+            if !crate::sanitize::is_clean(t) {
+                return Err(format!("validate returned option `{k}` with control, bidi or line-separator characters"));
+            }
+        }
+    }
+    if total > MAX_OPTIONS_BYTES {
+        return Err(format!(
+            "validate returned {total} bytes of options; the host keeps at most {MAX_OPTIONS_BYTES}"
         ));
     }
     Ok(())
@@ -424,26 +623,14 @@ fn check_form(f: &FormSchema) -> Result<(), String> {
             return Err(format!("form field id {:?} appears twice", field.id));
         }
     }
-    Ok(())
+    crate::form::check_schema(f)
 }
 
 /// Cuts over-long text in a status answer and drops a host that is not a
 /// host name or address ([`crate::model::valid_host`], the rule callbacks
 /// and tunnels use too).
 fn tidy_state(s: JobState) -> JobState {
-    let cut = |mut t: String| {
-        if t.len() > MAX_REASON {
-            let mut i = MAX_REASON;
-            while !t.is_char_boundary(i) {
-                i -= 1;
-            }
-            t.truncate(i);
-            t.push('…');
-        }
-        t.chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect::<String>()
-    };
+    let cut = |t: String| crate::sanitize::text(&t, MAX_REASON);
     match s {
         JobState::Pending {
             reason,
@@ -486,25 +673,31 @@ pub fn check_api_version(v: &str) -> Result<(), String> {
 }
 
 /// A user-readable account of a failed call.
-fn describe_failure(e: &wasmtime::Error, store: &Store<CallState>, cfg: &InstanceConfig) -> String {
+fn describe_failure(e: &wasmtime::Error, store: &Store<CallState>, limits: &Limits) -> String {
     let stderr = String::from_utf8_lossy(&store.data().stderr.contents())
         .trim()
         .to_string();
     let mut msg = match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => format!(
             "ran past its call deadline of {:.1} s (limits.call_timeout_secs) and was stopped",
-            cfg.limits.call_timeout.as_secs_f64()
+            limits.call_timeout.as_secs_f64()
         ),
         _ => {
-            let text = format!("{e:#}");
+            // The cause without wasmtime's multi-line backtrace context.
+            let text = e
+                .chain()
+                .map(|c| c.to_string())
+                .filter(|c| !c.starts_with("error while executing at wasm backtrace"))
+                .collect::<Vec<_>>()
+                .join(": ");
             if text.contains("memory") && (text.contains("limit") || text.contains("grow")) {
                 format!(
                     "exceeded its memory limit of {} MiB (limits.memory_mib): {}",
-                    cfg.limits.memory_bytes >> 20,
-                    first_line(&text)
+                    limits.memory_bytes >> 20,
+                    crate::sanitize::text(&text, 1000)
                 )
             } else {
-                format!("trapped: {}", first_line(&text))
+                format!("trapped: {}", crate::sanitize::text(&text, 1000))
             }
         }
     };
@@ -517,11 +710,8 @@ fn describe_failure(e: &wasmtime::Error, store: &Store<CallState>, cfg: &Instanc
             .into_iter()
             .rev()
             .collect();
-        msg.push_str(&format!("; plugin stderr: {tail}"));
+        msg.push_str(&format!("; plugin stderr: {}", crate::sanitize::text(&tail, 4000)));
     }
     msg
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
-}
