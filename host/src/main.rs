@@ -17,6 +17,8 @@ fn main() {
             1
         }
     };
-    drop(rt);
+    // Never wait for work still in flight (a plugin call, a compile): the
+    // state is on disk, and SIGTERM must end the host within its grace.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     std::process::exit(code);
 }

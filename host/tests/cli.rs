@@ -283,3 +283,112 @@ fn every_example_config_loads() {
     }
     assert!(seen >= 6, "only {seen} example configs found");
 }
+
+/// `serve` with a plugin that spins and one that floods: health answers at
+/// once, no plugin newline reaches the host's log, and SIGTERM ends the
+/// host within its grace although calls are still spinning.
+#[test]
+fn serve_stays_responsive_keeps_its_log_clean_and_stops_on_sigterm() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let s = setup(&format!(
+        r#"
+[http]
+listen = "127.0.0.1:{port}"
+token_env = "WS_TEST_TOKEN"
+[instances.spin]
+plugin = "{{plugin:probe}}"
+[instances.spin.config]
+behavior = "spin"
+[instances.spin.limits]
+call_timeout_secs = 20
+[instances.flood]
+plugin = "{{plugin:probe}}"
+[instances.flood.config]
+behavior = "flood-audit"
+[instances.flood.limits]
+memory_mib = 512
+"#
+    ));
+    let log = s.dir.path().join("host.log");
+    // Killed (by PID) whatever happens to the test.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut guard = Guard(
+        bin()
+            .args(["serve", "--config"])
+            .arg(&s.config.path)
+            .env("WS_TEST_TOKEN", "cli-test-token-0123456789")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut guard.0;
+    let get = move |path: &str| -> (u16, Duration) {
+        let t = Instant::now();
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer cli-test-token-0123456789\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, t.elapsed())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "serve never listened: {}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let spinners: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || get("/v1/plugins/spin/form?user=alice")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The flooding plugin's form: 10 denied calls named with a newline and
+    // 2 000 log lines with newlines.
+    let (code, _) = get("/v1/plugins/flood/form?user=alice");
+    assert_eq!(code, 200);
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let (code, took) = get("/healthz");
+        assert_eq!(code, 200);
+        worst = worst.max(took);
+    }
+    assert!(worst < Duration::from_secs(1), "healthz took {worst:?} while two calls spun");
+
+    let t = Instant::now();
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            panic!("the host did not stop within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(6), "stopped after {:?}", t.elapsed());
+    for s in spinners {
+        let _ = s.join();
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    for line in text.lines() {
+        assert!(
+            !line.starts_with("2026-12-01T00:00:00Z ERROR forged") && !line.contains('\u{2028}'),
+            "a plugin forged a log line: {line:?}"
+        );
+    }
+    assert!(text.contains("plugin log lines dropped") || text.matches("forged").count() <= 400, "the log rate was not applied");
+    let lines = text.lines().count();
+    assert!(lines < 600, "{lines} log lines from one flooding call");
+}

@@ -25,6 +25,8 @@ fn ctx() -> CallContext {
         spawn_id: Some("s1".into()),
         user: Some("alice".into()),
         spawn_env: Default::default(),
+        phase: Some(wasmspawner_host::config::Phase::Submit),
+        ..Default::default()
     }
 }
 
@@ -83,9 +85,12 @@ async fn user_values_reach_argv_as_single_literal_arguments() {
         };
         assert_eq!(f[0].field, "raw");
     }
-    // Every one of those calls was audited as allowed, argv as executed.
+    // Every one of those calls was audited as allowed, argv as executed:
+    // a start record before it ran, an end record after.
     let audit = s.audit();
-    assert_eq!(audit.len(), 8);
+    assert_eq!(audit.len(), 16);
+    assert!(audit.iter().step_by(2).all(|r| r["event"] == "start"));
+    assert!(audit.iter().skip(1).step_by(2).all(|r| r["event"] == "end"));
     assert!(audit
         .iter()
         .all(|r| r["decision"] == "allow" && r["argv"][0] == "/usr/bin/echo"));

@@ -208,3 +208,300 @@ async fn a_file_that_is_not_a_component_is_refused_clearly() {
         "{err}"
     );
 }
+
+// ----- isolation: a hostile plugin cannot stall the host or its neighbours -----
+
+mod service_common;
+
+use std::time::Duration;
+
+use service_common::{request, start_host, TOKEN};
+
+fn two_instances(a_behavior: &str, a_limits: &str) -> String {
+    format!(
+        r#"
+[instances.a]
+plugin = "{{plugin:probe}}"
+[instances.a.config]
+behavior = "{a_behavior}"
+seconds = "2"
+[[instances.a.grants.programs]]
+program = "sleep"
+args = ["*"]
+phases = ["form", "submit", "status", "cancel"]
+[instances.a.limits]
+call_timeout_secs = 3
+{a_limits}
+[instances.b]
+plugin = "{{plugin:probe}}"
+[instances.b.config]
+behavior = "ok"
+"#
+    )
+}
+
+/// Two spinning form calls: the API (health, another instance's form) keeps
+/// answering at once; the spinning calls end at their deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_calls_never_stall_the_api_or_another_instance() {
+    let host = start_host(&two_instances("spin", "")).await;
+    let form = |inst: &str| format!("{}/v1/plugins/{inst}/form?user=alice", host.url);
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let url = form("a");
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = request("GET", &url, Some(TOKEN), None).await;
+                (r.status, t.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = request("GET", &format!("{}/healthz", host.url), None, None).await;
+        assert_eq!(r.status, 200);
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(worst < Duration::from_secs(1), "healthz took {worst:?} while two calls spun");
+    let t = Instant::now();
+    let r = request("GET", &form("b"), Some(TOKEN), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(t.elapsed() < Duration::from_secs(1), "b's form took {:?}", t.elapsed());
+    for s in spinners {
+        let (status, took) = s.await.unwrap();
+        assert_eq!(status, 502);
+        assert!(took < Duration::from_millis(3800), "a spinning call ran {took:?} (deadline 3 s)");
+    }
+    // a's failures count against a only.
+    let plugins = request("GET", &format!("{}/v1/plugins", host.url), Some(TOKEN), None).await.json();
+    let health = |n: &str| {
+        plugins
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["instance"] == n)
+            .map(|p| p["health"]["failures"].as_u64().unwrap())
+            .unwrap()
+    };
+    assert_eq!(health("a"), 2, "{plugins}");
+    assert_eq!(health("b"), 0, "{plugins}");
+}
+
+/// One instance's many slow calls cannot take another's pool slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_slow_calls_of_one_instance_leave_the_others_slots_alone() {
+    let s = setup(&two_instances("sleep", "concurrent_calls = 140\nmax_runs_per_minute = 1000"));
+    let runtime = s.runtime();
+    assert!(runtime.pool_slots >= 140 + 16, "{}", runtime.pool_slots);
+    let registry = wasmspawner_host::registry::Registry::load(runtime, s.config.clone()).await.unwrap();
+    let a = registry.get("a").unwrap().clone();
+    let b = registry.get("b").unwrap().clone();
+    let slow: Vec<_> = (0..140)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { a.form(&user("alice")).await.map(|_| ()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.form(&user("bob")).await.expect("b keeps its own slots");
+    assert_eq!(b.health().failures, 0);
+    let mut ok = 0;
+    for t in slow {
+        if t.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 140, "every slow call of a finished");
+}
+
+#[test]
+fn instances_whose_calls_exceed_the_pool_are_refused_naming_the_keys() {
+    let mut body = String::new();
+    for i in 0..3 {
+        body.push_str(&format!(
+            "[instances.i{i}]\nplugin = \"{{plugin:probe}}\"\n[instances.i{i}.limits]\nconcurrent_calls = 400\n"
+        ));
+    }
+    let s = setup(&body);
+    let e = wasmspawner_host::runtime::Runtime::for_config(&s.config).err().expect("refused");
+    let e = format!("{e:#}");
+    assert!(e.contains("instances.i0.limits.concurrent_calls = 400") && e.contains("1200"), "{e}");
+}
+
+/// Flooding denied calls and log lines: the audit log stays small, the
+/// plugin's newlines never reach a record, and the call is stopped by its
+/// run budget.
+#[tokio::test]
+async fn an_audit_flood_is_cut_and_bounded() {
+    let s = setup(
+        "[instances.p]\nplugin = \"{plugin:probe}\"\n[instances.p.config]\nbehavior = \"flood-audit\"\n[instances.p.limits]\nmemory_mib = 512\ncall_timeout_secs = 30\n",
+    );
+    let inst = s.instance("p").await;
+    let sub = inst.submit(ctx(), &job_spec()).await.unwrap();
+    assert_eq!(sub.state, "denied=10");
+    let path = s.config.state_dir.join("audit.jsonl");
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size < 512 * 1024, "audit log is {size} bytes after 10 floods of 120 MiB");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for line in text.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let program = r["program"].as_str().unwrap();
+        assert!(!program.contains('\n'), "{program:?}");
+        let argv = r["argv"].as_array().unwrap();
+        assert!(argv.len() <= 66, "{}", argv.len());
+        assert!(argv.iter().any(|a| a.as_str().unwrap().contains("<cut: 1048576 bytes, sha256 ")));
+    }
+}
+
+#[tokio::test]
+async fn one_call_runs_at_most_its_budget_of_programs() {
+    let s = probe("run-many", "", "");
+    let inst = s.instance("p").await;
+    let sub = inst.submit(ctx(), &job_spec()).await.unwrap();
+    assert_eq!(sub.state, "ran=32");
+    let starts = s.audit().iter().filter(|r| r["event"] == "start").count();
+    assert_eq!(starts, 32);
+}
+
+/// form and validate get no process rights unless a grant names them; with
+/// run_as, a program from form runs as the user or not at all.
+#[tokio::test]
+async fn form_cannot_run_a_submit_grant() {
+    let config = |grant: &str| {
+        format!(
+            r#"
+[instances.p]
+plugin = "{{plugin:probe}}"
+run_as = ["/usr/bin/env", "WS_AS={{user}}"]
+[instances.p.config]
+behavior = "form-run"
+argv = ["id"]
+[[instances.p.grants.programs]]
+program = "id"
+args = []
+{grant}
+"#
+        )
+    };
+    let s = setup(&config(""));
+    let inst = s.instance("p").await;
+    let e = inst.form(&user("alice")).await.unwrap_err();
+    assert!(format!("{e}").contains("only for submit, status, cancel"), "{e}");
+    let s = setup(&config("phases = [\"form\"]"));
+    let inst = s.instance("p").await;
+    let e = inst.form(&user("alice")).await.unwrap_err();
+    assert!(format!("{e}").contains("ran: uid="), "{e}");
+    let start = s.audit().into_iter().find(|r| r["event"] == "start").unwrap();
+    assert_eq!(start["phase"], "form");
+    assert_eq!(start["identity"], "user");
+    assert_eq!(start["argv"][1], "WS_AS=alice");
+}
+
+#[tokio::test]
+async fn profiles_fixed_values_pass_the_field_checks() {
+    let s = probe("bad-profile", "seconds = \"huge\"", "");
+    let inst = s.instance("p").await;
+    let e = inst.form(&user("alice")).await.unwrap_err().to_string();
+    assert!(e.contains("profile `huge`, field `cores`") && e.contains("at most 8"), "{e}");
+}
+
+#[tokio::test]
+async fn a_form_with_huge_patterns_is_refused_quickly() {
+    let s = setup(
+        "[instances.p]\nplugin = \"{plugin:probe}\"\n[instances.p.config]\nbehavior = \"big-pattern\"\n[instances.p.limits]\nmemory_mib = 512\n",
+    );
+    let inst = s.instance("p").await;
+    let t = Instant::now();
+    let e = inst.form(&user("alice")).await.unwrap_err().to_string();
+    assert!(e.contains("field `f0`: its pattern is") && e.contains("at most 512"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+/// Hot reload reads only regular files: a FIFO or a device at the plugin
+/// path is refused at once and the old version keeps serving; a symlink to
+/// a regular component is fine; a pinned instance compiles nothing it
+/// refuses, and artefacts nobody uses are evicted.
+#[tokio::test]
+async fn reload_refuses_special_files_and_checks_the_pin_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.wasm");
+    std::fs::copy(common::plugin_wasm("probe"), &path).unwrap();
+    let s = setup(&format!(
+        "[instances.p]\nplugin = \"{}\"\n[instances.p.config]\nbehavior = \"ok\"\n",
+        path.display()
+    ));
+    // A private compile cache (the tests' shared one is never evicted).
+    let state = dir.path().join("state");
+    let runtime = wasmspawner_host::runtime::Runtime::new(&state).unwrap();
+    let inst = load(&runtime, &s.config).await;
+    let before = inst.current().digest.clone();
+
+    std::fs::remove_file(&path).unwrap();
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let t = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(5), inst.reload()).await.expect("never blocks").unwrap_err();
+    assert!(format!("{e:#}").contains("is a FIFO"), "{e:#}");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    inst.form(&user("alice")).await.expect("the old version serves");
+
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+    let e = inst.reload().await.unwrap_err();
+    assert!(format!("{e:#}").contains("character device"), "{e:#}");
+    assert_eq!(inst.current().digest, before);
+
+    // A symlink to a regular component (another build) is loaded.
+    std::fs::remove_file(&path).unwrap();
+    let other = dir.path().join("local.wasm");
+    std::fs::copy(common::plugin_wasm("local"), &other).unwrap();
+    std::os::unix::fs::symlink(&other, &path).unwrap();
+    assert!(inst.reload().await.unwrap());
+    let now = inst.current().digest.clone();
+    assert_ne!(now, before);
+
+    // Eviction keeps only what is in use.
+    let cache = state.join("cache");
+    let count = || std::fs::read_dir(&cache).unwrap().count();
+    assert!(count() >= 2);
+    let keep = std::collections::HashSet::from([now.clone()]);
+    runtime.cache.evict_except(&keep);
+    let left: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.iter().all(|n| n.starts_with(&now)), "{left:?}");
+
+    // Pinned to the current digest: another component is refused before
+    // it is compiled (nothing new in the cache).
+    let pinned = setup(&format!(
+        "[instances.p]\nplugin = \"{}\"\nsha256 = \"{now}\"\n",
+        path.display()
+    ));
+    let pstate = dir.path().join("pinned-state");
+    let pruntime = wasmspawner_host::runtime::Runtime::new(&pstate).unwrap();
+    let pinst = load(&pruntime, &pinned.config).await;
+    let pcache = pstate.join("cache");
+    let n_before = std::fs::read_dir(&pcache).unwrap().count();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::copy(common::plugin_wasm("slurm"), &path).unwrap();
+    let e = pinst.reload().await.unwrap_err();
+    assert!(format!("{e:#}").contains("but the config pins"), "{e:#}");
+    assert_eq!(std::fs::read_dir(&pcache).unwrap().count(), n_before, "a refused component was compiled");
+}
+
+async fn load(
+    rt: &std::sync::Arc<wasmspawner_host::runtime::Runtime>,
+    c: &wasmspawner_host::config::Config,
+) -> std::sync::Arc<wasmspawner_host::runtime::plugin::PluginInstance> {
+    wasmspawner_host::runtime::plugin::PluginInstance::load(
+        rt.clone(),
+        &c.path,
+        c.instance("p").unwrap().clone(),
+    )
+    .await
+    .unwrap()
+}

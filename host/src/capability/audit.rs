@@ -66,16 +66,25 @@ pub struct AuditRecord {
     pub duration_ms: Option<u64>,
 }
 
+/// Room for the cut marker after a cut element.
+const MARK: usize = 96;
+
 /// `argv` bounded for a record: long elements cut, the count capped, each
-/// cut marked with the original length and a sha256 prefix.
-pub fn bounded_argv(argv: &[String]) -> Vec<String> {
+/// cut marked with the original length and a sha256 prefix; each element
+/// first passes `redact`. Elements already bounded pass unchanged.
+pub fn bounded_argv_with<S: AsRef<str>>(
+    argv: &[S],
+    redact: impl Fn(&str) -> Option<String>,
+) -> Vec<String> {
     let hash = |b: &[u8]| hex::encode(&Sha256::digest(b)[..8]);
     let mut out: Vec<String> = argv
         .iter()
         .take(MAX_ARGS)
         .map(|a| {
-            if a.len() <= MAX_ARG && sanitize::is_clean(a) {
-                a.clone()
+            let redacted = redact(a.as_ref());
+            let a = redacted.as_deref().unwrap_or(a.as_ref());
+            if a.len() <= MAX_ARG + MARK && sanitize::is_clean(a) {
+                a.to_string()
             } else {
                 let kept = sanitize::text(a, MAX_ARG.min(a.len()));
                 if a.len() <= MAX_ARG {
@@ -86,10 +95,11 @@ pub fn bounded_argv(argv: &[String]) -> Vec<String> {
             }
         })
         .collect();
-    if argv.len() > MAX_ARGS {
+    if argv.len() > MAX_ARGS + 1 || (argv.len() == MAX_ARGS + 1 && !argv[MAX_ARGS].as_ref().starts_with("<cut: ")) {
         let mut h = Sha256::new();
         let mut bytes = 0usize;
         for a in &argv[MAX_ARGS..] {
+            let a = a.as_ref();
             h.update((a.len() as u64).to_le_bytes());
             h.update(a.as_bytes());
             bytes += a.len();
@@ -99,8 +109,15 @@ pub fn bounded_argv(argv: &[String]) -> Vec<String> {
             argv.len() - MAX_ARGS,
             hex::encode(&h.finalize()[..8])
         ));
+    } else if argv.len() == MAX_ARGS + 1 {
+        out.push(argv[MAX_ARGS].as_ref().to_string());
     }
     out
+}
+
+/// [`bounded_argv_with`] without redaction.
+pub fn bounded_argv<S: AsRef<str>>(argv: &[S]) -> Vec<String> {
+    bounded_argv_with(argv, |_| None)
 }
 
 struct Sink {
@@ -186,7 +203,9 @@ impl AuditLog {
             record.time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         }
         record.program = sanitize::text(&record.program, MAX_PROGRAM);
-        record.argv = bounded_argv(&record.argv);
+        if record.argv.len() > MAX_ARGS + 1 || record.argv.iter().any(|a| a.len() > MAX_ARG + MARK) {
+            record.argv = bounded_argv(&record.argv);
+        }
         record.reason = record.reason.as_deref().map(sanitize::reason);
         record.user = record.user.as_deref().map(|u| sanitize::text(u, 256));
         if record.decision == "deny" {

@@ -305,7 +305,7 @@ impl Gate {
     fn deny(
         &self,
         mut record: AuditRecord,
-        argv: &[String],
+        argv: &[&str],
         call: &CallContext,
         d: Denial,
     ) -> Denial {
@@ -360,13 +360,8 @@ impl Gate {
                 })
             }
             Err(d) => {
-                let asked: Vec<String> = std::iter::once(req.program)
-                    .chain(req.args.iter().take(super::audit::MAX_ARGS).map(String::as_str))
-                    .map(str::to_string)
-                    .chain(
-                        (req.args.len() > super::audit::MAX_ARGS)
-                            .then(|| format!("<{} more arguments>", req.args.len() - super::audit::MAX_ARGS)),
-                    )
+                let asked: Vec<&str> = std::iter::once(req.program)
+                    .chain(req.args.iter().map(String::as_str))
                     .collect();
                 Err(self.deny(record, &asked, call, d))
             }
@@ -745,8 +740,12 @@ pub fn resolve_program(program: &str, search_path: &[PathBuf]) -> Result<PathBuf
 }
 
 fn display_argv(program: &str, args: &[String]) -> String {
-    let mut s = program.to_string();
+    let mut s = crate::sanitize::text(program, 300);
     for a in args {
+        if s.len() > 300 {
+            break;
+        }
+        let a = if a.len() > 300 { &a[..a.floor_char_boundary(300)] } else { a.as_str() };
         s.push(' ');
         if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c.is_control()) {
             s.push_str(&format!("{a:?}"));
@@ -765,17 +764,17 @@ fn display_argv(program: &str, args: &[String]) -> String {
     s
 }
 
-/// Replaces spawn secrets in argv with `<redacted:NAME>`.
-fn redact(argv: &[String], spawn_env: &[(String, String)]) -> Vec<String> {
-    argv.iter()
-        .map(|a| {
-            let mut a = a.clone();
-            for (name, value) in spawn_env {
-                if value.len() >= 8 && a.contains(value.as_str()) {
-                    a = a.replace(value.as_str(), &format!("<redacted:{name}>"));
-                }
+/// argv for an audit record: spawn secrets replaced with
+/// `<redacted:NAME>` (before anything is cut), then bounded.
+fn redact<S: AsRef<str>>(argv: &[S], spawn_env: &[(String, String)]) -> Vec<String> {
+    super::audit::bounded_argv_with(argv, |a| {
+        let mut out: Option<String> = None;
+        for (name, value) in spawn_env {
+            let cur = out.as_deref().unwrap_or(a);
+            if value.len() >= 8 && cur.contains(value.as_str()) {
+                out = Some(cur.replace(value.as_str(), &format!("<redacted:{name}>")));
             }
-            a
-        })
-        .collect()
+        }
+        out
+    })
 }

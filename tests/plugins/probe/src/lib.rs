@@ -18,6 +18,17 @@
 //! | `inject` | submit runs `echo hello <option raw>` (a user value into argv) |
 //! | `short-status` | returns no states at all |
 //! | `bad-status` | status says "done" only for job "finished", else pending |
+//! | `big-error` | submit fails with an 8 MiB error (newlines, bidi overrides) |
+//! | `big-options` | validate returns a 32 MiB option (`note`) |
+//! | `cancel-fails` | cancel always fails (status: every job running) |
+//! | `changing-reason` | status: pending, with a reason that differs every call |
+//! | `bad-host` | status: running on the host in option `raw` (else config `host`) |
+//!
+//! | `flood-audit` | 10 denied runs of a program named with a newline and 120 arguments of 1 MiB each, then 2 000 log lines with newlines |
+//! | `run-many` | runs `sleep 0` up to 10 000 times; returns how many ran |
+//! | `form-run` | `form` runs `argv` (the result is the error: `ran: …` or the denial) |
+//! | `bad-profile` | `form` has profiles whose fixed values break the field rules |
+//! | `big-pattern` | `form` has 256 fields with a 20 000-term alternation each |
 //!
 //! Whatever the behaviour, `status` first sleeps N seconds (through the
 //! host's `sleep`) for a job whose id is `sleep:N`.
@@ -28,6 +39,7 @@
 
 use serde::Deserialize;
 use wasmspawner_sdk::prelude::*;
+use wasmspawner_sdk::Profile;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +84,10 @@ impl Probe {
     fn act(&self, host: &dyn Host) -> Result<String, PluginError> {
         match self.c.behavior.as_str() {
             "ok" | "short-status" | "bad-status" | "inject" => Ok(String::new()),
+            // Hostile in one export only (see there).
+            "big-error" | "big-options" | "cancel-fails" | "changing-reason" | "bad-host" => {
+                Ok(String::new())
+            }
             "sleep" => {
                 let out = host.run(&Command::new("sleep").arg(self.c.seconds.clone()))?;
                 Ok(out.stdout_str())
@@ -90,6 +106,31 @@ impl Probe {
                 }
             }
             "trap" => panic!("probe plugin panics on purpose"),
+            "flood-audit" => {
+                let big = "x".repeat(1 << 20);
+                let args: Vec<String> = (0..120).map(|_| big.clone()).collect();
+                let mut denied = 0;
+                for _ in 0..10 {
+                    let c = Command::new("nope\n2026-12-01T00:00:00Z ERROR forged line")
+                        .args(args.iter().cloned());
+                    if host.run(&c).is_err() {
+                        denied += 1;
+                    }
+                }
+                for i in 0..2000 {
+                    host.log(Level::Error, &format!("line {i}\n2026-12-01T00:00:00Z ERROR forged\u{2028}x"));
+                }
+                Ok(format!("denied={denied}"))
+            }
+            "run-many" => {
+                let mut ran = 0;
+                for _ in 0..10_000 {
+                    if host.run(&Command::new("sleep").arg("0")).is_ok() {
+                        ran += 1;
+                    }
+                }
+                Ok(format!("ran={ran}"))
+            }
             "run" | "ssh" => {
                 let (program, args) = self
                     .c
@@ -218,6 +259,48 @@ impl Plugin for Probe {
     }
 
     fn form(&self, host: &dyn Host, _user: &User) -> Result<FormSchema, PluginError> {
+        if self.c.behavior == "form-run" {
+            let (program, args) = self
+                .c
+                .argv
+                .split_first()
+                .ok_or_else(|| PluginError::Config("argv: empty".into()))?;
+            return Err(match host.run(&Command::new(program.clone()).args(args.iter().cloned())) {
+                Ok(out) => PluginError::Other(format!("ran: {}", out.stdout_str().trim())),
+                Err(e) => PluginError::Capability(wasmspawner_sdk::host::run_error_message(&e)),
+            });
+        }
+        if self.c.behavior == "big-pattern" {
+            let alternation = (0..20_000).map(|i| format!("w{i}")).collect::<Vec<_>>().join("|");
+            return Ok(FormSchema {
+                fields: (0..256)
+                    .map(|i| text_field(&format!("f{i}"), "F").pattern(&alternation))
+                    .collect(),
+                profiles: vec![],
+            });
+        }
+        if self.c.behavior == "bad-profile" {
+            let profile = |id: &str, field: &str, value: Value| Profile {
+                id: id.into(),
+                label: id.into(),
+                description: String::new(),
+                fixed: vec![FieldValue {
+                    field: field.into(),
+                    value,
+                }],
+                bounds: vec![],
+            };
+            return Ok(FormSchema {
+                fields: vec![
+                    integer_field("cores", "Cores", Some(1), Some(8)).default_value("1"),
+                    text_field("note", "Note").pattern("[a-z ]*"),
+                ],
+                profiles: vec![
+                    profile(&self.c.seconds, "cores", Value::Integer(1_000_000)),
+                    profile("sneaky", "note", Value::Text("x\n#SBATCH --uid=0".into())),
+                ],
+            });
+        }
         if !matches!(
             self.c.behavior.as_str(),
             "ok" | "run" | "ssh" | "short-status" | "bad-status"
@@ -234,7 +317,31 @@ impl Plugin for Probe {
         })
     }
 
+    fn validate(
+        &self,
+        _host: &dyn Host,
+        _user: &User,
+        mut options: Options,
+    ) -> Result<Options, Vec<FieldError>> {
+        if self.c.behavior == "big-options" {
+            options.set("note", Value::Text("x".repeat(32 << 20)));
+        }
+        Ok(options)
+    }
+
     fn submit(&self, host: &dyn Host, job: &JobSpec) -> Result<Submitted, PluginError> {
+        if self.c.behavior == "bad-host" {
+            // The host status will report, kept as the job's state.
+            let raw = Options::from(job.options.clone());
+            return Ok(Submitted {
+                job_id: format!("probe-{}", job.spawn_id),
+                state: raw.text("raw").unwrap_or_default().to_string(),
+            });
+        }
+        if self.c.behavior == "big-error" {
+            let line = "sbatch: error: forged\n2026-01-01 INFO ok \u{202e}gnp.exe\r\u{1b}[31m ";
+            return Err(PluginError::Scheduler(line.repeat((8 << 20) / line.len())));
+        }
         if self.c.behavior == "inject" {
             let raw = Options::from(job.options.clone())
                 .text("raw")
@@ -274,6 +381,32 @@ impl Plugin for Probe {
         }
         match self.c.behavior.as_str() {
             "short-status" => vec![],
+            "changing-reason" => {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                jobs.iter()
+                    .map(|_| {
+                        JobState::Pending(PendingInfo {
+                            reason: format!("Priority\n\u{202e}(t={t})"),
+                            expected_start: None,
+                        })
+                    })
+                    .collect()
+            }
+            "bad-host" => jobs
+                .iter()
+                .map(|j| {
+                    JobState::Running(RunningInfo {
+                        host: Some(if j.state.is_empty() {
+                            self.c.host.clone()
+                        } else {
+                            j.state.clone()
+                        }),
+                    })
+                })
+                .collect(),
             "bad-status" => jobs
                 .iter()
                 .map(|j| {
@@ -301,7 +434,13 @@ impl Plugin for Probe {
         }
     }
 
-    fn cancel(&self, host: &dyn Host, _job: &Job) -> Result<(), PluginError> {
+    fn cancel(&self, host: &dyn Host, job: &Job) -> Result<(), PluginError> {
+        if self.c.behavior == "cancel-fails" {
+            return Err(PluginError::Scheduler(format!(
+                "scancel: error: Kill job error on job id {}: Access/permission denied",
+                job.job_id
+            )));
+        }
         self.act(host).map(|_| ())
     }
 }
