@@ -782,7 +782,7 @@ fn resolve_instance(
         }
     };
     if let Some(h) = &ri.submit_host {
-        crate::capability::ssh::check_host(h).map_err(|m| anyhow::anyhow!("submit_host: {m}"))?;
+        crate::ssh_cmd::check_host(h).map_err(|m| anyhow::anyhow!("submit_host: {m}"))?;
         if ssh.is_none() {
             bail!("submit_host is set but [instances.{name}.ssh] is missing; it needs at least known_hosts");
         }
@@ -805,7 +805,7 @@ fn resolve_instance(
                 .ok_or_else(|| {
                     anyhow::anyhow!("tunnel.via: name the gateway host (or set submit_host)")
                 })?;
-            crate::capability::ssh::check_host(&via)
+            crate::ssh_cmd::check_host(&via)
                 .map_err(|m| anyhow::anyhow!("tunnel.via: {m}"))?;
             let Some(ssh) = &ssh else {
                 bail!("[instances.{name}.tunnel] needs [instances.{name}.ssh] with at least known_hosts");
@@ -1101,7 +1101,12 @@ mod tests {
     #[test]
     fn execution_hosts_and_allow_loopback() {
         let local = "state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.lifecycle]\n";
-        let l = parse(local).unwrap().instance("a").unwrap().lifecycle.clone();
+        let l = parse(local)
+            .unwrap()
+            .instance("a")
+            .unwrap()
+            .lifecycle
+            .clone();
         assert!(l.allow_loopback && l.execution_hosts.is_empty());
         let c = parse(&format!("{local}execution_hosts = [\"node1\", \".cluster.example.org\", \"10.1.0.0/16\"]\ncallback_hosts = [\"127.0.0.1\"]\n")).unwrap();
         let l = &c.instance("a").unwrap().lifecycle;
@@ -1112,14 +1117,33 @@ mod tests {
         let remote = format!("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\nsubmit_host = \"login1\"\n[instances.a.ssh]\nknown_hosts = \"{}\"\n[instances.a.lifecycle]\n", kh.path().display());
         let c = parse(&remote).unwrap();
         assert!(!c.instance("a").unwrap().lifecycle.allow_loopback);
-        let e = parse(&format!("{remote}execution_hosts = [\"node1\", \"10.0.0.0/8\", \"localhost\"]\n")).unwrap_err().to_string();
-        assert!(e.contains("lifecycle.execution_hosts[2]") && e.contains("allow_loopback"), "{e}");
-        let c = parse(&format!("{remote}allow_loopback = true\nexecution_hosts = [\"localhost\"]\n")).unwrap();
+        let e = parse(&format!(
+            "{remote}execution_hosts = [\"node1\", \"10.0.0.0/8\", \"localhost\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("lifecycle.execution_hosts[2]") && e.contains("allow_loopback"),
+            "{e}"
+        );
+        let c = parse(&format!(
+            "{remote}allow_loopback = true\nexecution_hosts = [\"localhost\"]\n"
+        ))
+        .unwrap();
         assert!(c.instance("a").unwrap().lifecycle.allow_loopback);
         for (list, bad) in [
-            ("execution_hosts = [\"169.254.169.254\"]", "execution_hosts[0]"),
-            ("execution_hosts = [\"a\", \"10.0.0.0/40\"]", "execution_hosts[1]"),
-            ("callback_hosts = [\"metadata.google.internal\"]", "callback_hosts[0]"),
+            (
+                "execution_hosts = [\"169.254.169.254\"]",
+                "execution_hosts[0]",
+            ),
+            (
+                "execution_hosts = [\"a\", \"10.0.0.0/40\"]",
+                "execution_hosts[1]",
+            ),
+            (
+                "callback_hosts = [\"metadata.google.internal\"]",
+                "callback_hosts[0]",
+            ),
             ("execution_hosts = [\"fe80::/10\"]", "never allowed"),
         ] {
             let e = parse(&format!("{local}{list}\n")).unwrap_err().to_string();

@@ -4,6 +4,7 @@
 pub mod capability;
 pub mod cli;
 pub mod config;
+pub mod exec_host;
 pub mod form;
 pub mod http;
 pub mod model;
@@ -11,6 +12,7 @@ pub mod registry;
 pub mod runtime;
 pub mod sanitize;
 pub mod service;
+pub mod ssh_cmd;
 pub mod store;
 pub mod tunnel;
 pub mod users;

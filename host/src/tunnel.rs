@@ -157,8 +157,8 @@ impl Tunnels {
         spec: TunnelSpec,
         local_port: Option<u16>,
     ) -> Result<SocketAddr> {
-        crate::capability::ssh::check_host(&spec.via).map_err(anyhow::Error::msg)?;
-        crate::capability::ssh::check_host(&spec.target_host).map_err(anyhow::Error::msg)?;
+        crate::ssh_cmd::check_host(&spec.via).map_err(anyhow::Error::msg)?;
+        crate::ssh_cmd::check_host(&spec.target_host).map_err(anyhow::Error::msg)?;
         let wanted = Direction::ToServer(spec.clone());
         if let Some(local) = self.keep_or_close(&wanted).await {
             return Ok(local);
@@ -211,7 +211,7 @@ impl Tunnels {
     /// Opens (or keeps) the callback tunnel `spec`: returns once the
     /// gateway confirmed its listening port, or the reason it refused.
     pub async fn open_reverse(&self, ssh: &SshConfig, spec: ReverseSpec) -> Result<()> {
-        crate::capability::ssh::check_host(&spec.via).map_err(anyhow::Error::msg)?;
+        crate::ssh_cmd::check_host(&spec.via).map_err(anyhow::Error::msg)?;
         let wanted = Direction::ToHost(spec.clone());
         if self.keep_or_close(&wanted).await.is_some() {
             return Ok(());
@@ -374,7 +374,7 @@ fn start(ssh: &SshConfig, spec: &Direction, local_port: u16) -> Result<Child> {
         extra.push("LogLevel=DEBUG1".into());
     }
     let mut argv = vec!["-N".to_string()];
-    argv.extend(crate::capability::ssh::client_args(
+    argv.extend(crate::ssh_cmd::client_args(
         ssh,
         user.as_deref(),
         &extra,

@@ -358,7 +358,9 @@ async fn an_audit_flood_is_cut_and_bounded() {
 
 #[tokio::test]
 async fn one_call_runs_at_most_its_budget_of_programs() {
-    let s = probe("run-many", "", "");
+    let s = setup(
+        "[instances.p]\nplugin = \"{plugin:probe}\"\n[instances.p.config]\nbehavior = \"run-many\"\n[[instances.p.grants.programs]]\nprogram = \"sleep\"\nargs = [\"*\"]\n[instances.p.limits]\ncall_timeout_secs = 60\n",
+    );
     let inst = s.instance("p").await;
     let sub = inst.submit(ctx(), &job_spec()).await.unwrap();
     assert_eq!(sub.state, "ran=32");

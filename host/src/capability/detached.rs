@@ -8,6 +8,16 @@
 //! with a key kept in the state directory, so a plugin can only query or
 //! signal processes this host started for that same instance — also after a
 //! host restart.
+//!
+//! Every start is *contained* ([`super::contain`]): the process and
+//! everything it starts — double-forked, `setsid` or not — are one unit, in
+//! a cgroup v2 of its own or, where the host may not make one, tracked as a
+//! process tree under the host as child subreaper. `terminate` sends SIGTERM
+//! to the whole unit (and kills it if the main process still runs
+//! [`super::contain::TERM_GRACE`] later), `kill` kills it, and when the main
+//! process exits whatever is left of the unit is killed.
+//! [`DetachedRegistry::kill_all_for`] kills everything of a spawn. At most
+//! [`MAX_DETACHED_PER_INSTANCE`] main processes run per instance.
 
 use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
@@ -19,10 +29,16 @@ use anyhow::{Context, Result};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::contain::{Contain, Containment, Mechanism};
 use super::gate::{Kind, ProgramRequest};
 use super::CallState;
 use crate::runtime::bindings::detached::{self as wit, Launch, ProcessState, Signal};
 use crate::runtime::bindings::process::RunError;
+
+/// The most detached main processes one instance may have running at once
+/// (servers of the `local` plugin: one per running spawn). A start beyond it
+/// fails with an error the plugin sees.
+pub const MAX_DETACHED_PER_INSTANCE: usize = 256;
 
 /// Processes started by this host, and the key their handles are signed with.
 pub struct DetachedRegistry {
@@ -30,6 +46,8 @@ pub struct DetachedRegistry {
     log_dir: PathBuf,
     /// Exit codes of children this host reaped, by PID and start time.
     exited: Mutex<HashMap<(u32, u64), Option<i32>>>,
+    /// How their process trees are contained.
+    contain: Arc<Contain>,
 }
 
 /// A verified handle.
@@ -40,8 +58,16 @@ struct Handle {
 }
 
 impl DetachedRegistry {
-    /// Loads (or creates, 0600) the handle key in `state_dir`.
+    /// Loads (or creates, 0600) the handle key in `state_dir`; containment
+    /// as [`super::contain::MODE_VAR`] asks (default: cgroup v2 where
+    /// possible, else the process tree).
     pub fn open(state_dir: &Path) -> Result<Arc<DetachedRegistry>> {
+        Self::open_with(state_dir, Containment::from_env())
+    }
+
+    /// Like [`Self::open`], with the containment mechanism given (tests
+    /// force the process-tree fallback with [`Containment::ProcessTree`]).
+    pub fn open_with(state_dir: &Path, mode: Containment) -> Result<Arc<DetachedRegistry>> {
         let key_path = state_dir.join("detached.key");
         let key = match std::fs::read(&key_path) {
             Ok(k) if k.len() == 32 => k,
@@ -62,11 +88,30 @@ impl DetachedRegistry {
             }
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", key_path.display())),
         };
+        let key: [u8; 32] = key.try_into().expect("32 bytes");
         Ok(Arc::new(DetachedRegistry {
-            key: key.try_into().expect("32 bytes"),
+            key,
             log_dir: state_dir.join("logs"),
             exited: Mutex::new(HashMap::new()),
+            contain: Contain::open(state_dir, &key, mode),
         }))
+    }
+
+    /// The containment mechanism in use.
+    pub fn containment(&self) -> &Mechanism {
+        self.contain.mechanism()
+    }
+
+    /// Kills everything this host started as detached processes for
+    /// `spawn_id` of `instance`: every main process and all they started
+    /// (cgroups, or process trees by their marker), also those of an
+    /// earlier run of the host, and removes their cgroups. For the service
+    /// to call when a spawn ends (whatever the plugin did); idempotent and
+    /// blocking for at most a few seconds (call it off the async runtime,
+    /// e.g. in `spawn_blocking`). Returns how many units still had
+    /// processes.
+    pub fn kill_all_for(&self, instance: &str, spawn_id: &str) -> usize {
+        self.contain.kill_all_for(instance, spawn_id)
     }
 
     fn mac(&self, instance: &str, h: Handle) -> String {
@@ -99,7 +144,7 @@ impl DetachedRegistry {
         same.then_some(h)
     }
 
-    /// Starts the permitted process; returns its handle.
+    /// Starts the permitted process, contained; returns its handle.
     async fn start(
         self: &Arc<Self>,
         instance: &str,
@@ -108,47 +153,81 @@ impl DetachedRegistry {
         env: &[(String, String)],
         workdir: &Path,
     ) -> Result<String, String> {
+        if self.contain.running(instance) >= MAX_DETACHED_PER_INSTANCE {
+            return Err(format!(
+                "instance `{instance}` already runs {MAX_DETACHED_PER_INSTANCE} detached processes, the most this host allows"
+            ));
+        }
         let dir = self.log_dir.join(instance);
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let name = spawn_id.unwrap_or("process");
         let log_path = dir.join(format!("{name}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&log_path)
-            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let mut cmd = tokio::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .current_dir(workdir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        // SAFETY: setsid is async-signal-safe; it makes the child the leader
-        // of a new session and process group, detached from the host's.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        let command = |prep: &super::contain::Prepared| -> Result<tokio::process::Command, String> {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&log_path)
+                .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+            let log2 = log.try_clone().map_err(|e| e.to_string())?;
+            let mut cmd = tokio::process::Command::new(&argv[0]);
+            cmd.args(&argv[1..])
+                .env_clear()
+                .envs(
+                    env.iter()
+                        .filter(|(k, _)| k != super::contain::TAG_VAR)
+                        .map(|(k, v)| (k, v)),
+                )
+                .current_dir(workdir)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2);
+            // Enters its cgroup (if any), then setsid: the leader of a new
+            // session and process group, detached from the host's.
+            Contain::configure(prep, &mut cmd);
+            Ok(cmd)
+        };
+        let mut prep = self.contain.prepare(instance, spawn_id);
+        // Held until the main process is registered, so the process-tree
+        // tracker never takes it for an orphan of its own (no await inside).
+        let mut guard = Contain::spawn_guard();
+        let mut spawned = command(&prep).map(|mut c| c.spawn());
+        if matches!(&spawned, Ok(Err(e)) if Contain::placement_failed(e)) {
+            prep = self.contain.fallback(prep);
+            drop(guard);
+            guard = Contain::spawn_guard();
+            spawned = command(&prep).map(|mut c| c.spawn());
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
-        let pid = child.id().ok_or("the process exited at once")?;
-        let start = proc_start_time(pid).ok_or("the process exited at once")?;
+        let mut child = match spawned {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.contain.abandon(prep);
+                return Err(format!("cannot start {}: {e}", argv[0]));
+            }
+            Err(m) => {
+                self.contain.abandon(prep);
+                return Err(m);
+            }
+        };
+        let Some((pid, start)) = child
+            .id()
+            .and_then(|pid| Some((pid, proc_start_time(pid)?)))
+        else {
+            self.contain.abandon(prep);
+            return Err("the process exited at once".into());
+        };
         let h = Handle { pid, start };
-        // Reap it when it ends and remember its exit code.
+        self.contain.started(prep, instance, spawn_id, (pid, start));
+        drop(guard);
+        // Reap it when it ends, remember its exit code, then kill what is
+        // left of its tree.
         let me = self.clone();
         tokio::spawn(async move {
             let code = child.wait().await.ok().map(super::process::exit_code);
             me.exited.lock().unwrap().insert((h.pid, h.start), code);
+            let contain = me.contain.clone();
+            let _ = tokio::task::spawn_blocking(move || contain.ended((h.pid, h.start))).await;
         });
         Ok(self.encode(instance, h))
     }
@@ -185,18 +264,26 @@ impl DetachedRegistry {
         self.state(instance, handle)
     }
 
+    /// Signals a detached process: interrupt its process group; terminate
+    /// every process of its tree (killed if the main process still runs
+    /// after the grace period); kill the whole tree, also what is left
+    /// after the main process ended.
     fn signal(&self, instance: &str, handle: &str, sig: Signal) -> Result<(), String> {
         let h = self.decode(instance, handle).ok_or_else(|| {
             format!("{handle:?} is not a process handle this host issued to instance `{instance}`")
         })?;
-        if !matches!(self.state(instance, handle), ProcessState::Running) {
-            return Ok(()); // already gone: nothing to signal
-        }
         let signo = match sig {
             Signal::Interrupt => libc::SIGINT,
             Signal::Terminate => libc::SIGTERM,
             Signal::Kill => libc::SIGKILL,
         };
+        if let Some(outcome) = self.contain.signal(instance, (h.pid, h.start), signo) {
+            return outcome;
+        }
+        // No containment record (a process of an older host): its group.
+        if !matches!(self.state(instance, handle), ProcessState::Running) {
+            return Ok(()); // already gone: nothing to signal
+        }
         // SAFETY: plain syscall to the process group the child leads.
         let rc = unsafe { libc::kill(-(h.pid as i32), signo) };
         if rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
@@ -209,18 +296,20 @@ impl DetachedRegistry {
 
 /// Field 22 of /proc/PID/stat: start time in clock ticks after boot.
 fn proc_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and ')': skip past the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    super::contain::stat(pid).map(|s| s.start)
 }
 
 fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
-        .unwrap_or(false)
+    super::contain::stat(pid).is_some_and(|s| s.zombie)
 }
+
+/// `detached` in the capability list.
+pub const CAPABILITY: super::Capability = super::Capability {
+    interface: "detached",
+    add_to_linker: |l| {
+        wit::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(l, |s| s)
+    },
+};
 
 impl wit::Host for CallState {
     async fn start(&mut self, req: Launch) -> Result<String, RunError> {
@@ -287,6 +376,7 @@ impl wit::Host for CallState {
         let outcome = self
             .gate
             .check_detached_declared()
+            .and_then(|()| self.gate.check_signal_phase(&self.call))
             .and_then(|()| self.detached.signal(self.gate.instance(), &handle, sig));
         self.gate.audit_signal(&self.call, &handle, outcome.clone());
         outcome.map_err(RunError::Denied)

@@ -434,7 +434,7 @@ impl Gate {
         let grants = self.grants(req.kind);
         let ssh_host = match (req.kind, req.ssh_host) {
             (Kind::Ssh, Some(h)) => {
-                super::ssh::check_host(h).map_err(Denial::Denied)?;
+                crate::ssh_cmd::check_host(h).map_err(Denial::Denied)?;
                 Some(h)
             }
             (Kind::Ssh, None) => return denied("an SSH call names no host".into()),
@@ -575,8 +575,8 @@ impl Gate {
                 ))
             })?;
             let user =
-                super::ssh::remote_user(cfg, call.user.as_deref()).map_err(Denial::Denied)?;
-            let (ssh_argv, prefix) = super::ssh::wrap(
+                crate::ssh_cmd::remote_user(cfg, call.user.as_deref()).map_err(Denial::Denied)?;
+            let (ssh_argv, prefix) = crate::ssh_cmd::wrap(
                 cfg,
                 &self.ssh_control_dir,
                 &host,

@@ -43,6 +43,14 @@ impl LogRate {
     }
 }
 
+/// `log` in the capability list.
+pub const CAPABILITY: super::Capability = super::Capability {
+    interface: "log",
+    add_to_linker: |l| {
+        wit::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(l, |s| s)
+    },
+};
+
 impl wit::Host for CallState {
     async fn log(&mut self, level: Level, message: String) {
         let Some(message) = self.gate.log_message(&message) else {

@@ -9,11 +9,17 @@
 //! | [`ssh`] | `ssh` | run a program over SSH |
 //! | [`log`] | `log` | write to the host's log |
 //!
+//! Each capability module holds its WIT `Host` impl and its linker wiring
+//! (a [`Capability`] entry); [`CAPABILITIES`] is the one registration list
+//! the runtime links from. Adding a capability: its module, its WIT
+//! interface, one line in that list, and its grant kind in the gate.
+//!
 //! [`CallState`] is the data of one call's store: WASI (no files, no
 //! environment, no network), memory limits, and the gate with the call's
-//! context.
+//! context (phase, user, deadline, run budget).
 
 pub mod audit;
+pub mod contain;
 pub mod detached;
 pub mod env;
 pub mod gate;
@@ -25,7 +31,7 @@ pub mod ssh;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::StoreLimits;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -57,3 +63,33 @@ impl WasiView for CallState {
 }
 
 impl crate::runtime::bindings::wit::Host for CallState {}
+
+/// One host capability: its WIT interface and how it is linked.
+pub struct Capability {
+    /// The WIT interface, e.g. `process`.
+    pub interface: &'static str,
+    pub add_to_linker: fn(&mut Linker<CallState>) -> wasmtime::Result<()>,
+}
+
+/// Every capability a plugin may import, in link order.
+pub const CAPABILITIES: &[Capability] = &[
+    Capability {
+        interface: "types",
+        add_to_linker: |l| {
+            crate::runtime::bindings::wasmspawner::plugin::types::add_to_linker::<CallState, HasSelf<CallState>>(l, |s| s)
+        },
+    },
+    process::CAPABILITY,
+    detached::CAPABILITY,
+    ssh::CAPABILITY,
+    log::CAPABILITY,
+];
+
+/// Links every capability onto `linker`.
+pub fn add_to_linker(linker: &mut Linker<CallState>) -> anyhow::Result<()> {
+    for c in CAPABILITIES {
+        (c.add_to_linker)(linker)
+            .map_err(|e| anyhow::anyhow!("linking capability `{}`: {e:#}", c.interface))?;
+    }
+    Ok(())
+}

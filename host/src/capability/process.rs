@@ -168,7 +168,7 @@ pub async fn run_checked(
             // ssh's own failures (not the remote program's) exit 255.
             if let Some(why) = permit
                 .remote
-                .then(|| super::ssh::ssh_failure(f.exit_code, &f.stderr))
+                .then(|| crate::ssh_cmd::ssh_failure(f.exit_code, &f.stderr))
                 .flatten()
             {
                 permit.finish(Some(f.exit_code), Some(why.clone()));
@@ -197,6 +197,14 @@ pub async fn run_checked(
         }
     }
 }
+
+/// `process` in the capability list.
+pub const CAPABILITY: super::Capability = super::Capability {
+    interface: "process",
+    add_to_linker: |l| {
+        wit::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(l, |s| s)
+    },
+};
 
 impl wit::Host for CallState {
     async fn run(&mut self, cmd: wit::Command) -> Result<Output, RunError> {

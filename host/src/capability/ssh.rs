@@ -1,195 +1,23 @@
-//! SSH: the plugin's `ssh.run` capability, and remote submission (an
-//! instance with a `submit_host` runs every granted program there).
-//!
-//! The system OpenSSH client runs with `-F /dev/null` (no user config),
-//! `BatchMode`, strict host-key checking against the configured known_hosts
-//! only, and connection sharing (ControlMaster/ControlPersist, sockets under
-//! `<state_dir>/ssh/`), so a poll does not pay a handshake.
-//!
-//! ssh hands the remote side one command *string*, which the remote login
-//! shell parses. The host builds that string itself: every argv element is
-//! single-quoted, so each arrives as one word whatever it contains. The
-//! environment (granted variables, the spawn's secrets) never goes into that
-//! string or any argv: it travels on stdin, ahead of the program's own stdin,
-//! as `NAME=<base64>` lines ended by an empty line, and a fixed prelude
-//! exports them on the remote side before `exec`ing the program. The remote
-//! environment is the remote account's login environment plus those
-//! variables.
-
-use std::path::Path;
+//! `ssh.run`: the plugin runs a program on a host over SSH. The gate checks
+//! it (declared ∩ granted, the host against the grant's host patterns) and
+//! shapes the ssh command line with [`crate::ssh_cmd`]; it then runs like
+//! any other program ([`super::process::run_checked`]).
 
 use super::gate::Kind;
 use super::CallState;
-use crate::config::SshConfig;
 use crate::runtime::bindings::process::{Command, Output, RunError};
 use crate::runtime::bindings::ssh as wit;
 
-/// The remote prelude that reads `NAME=<base64>` lines from stdin until an
-/// empty line and exports them. Fixed text: nothing from a plugin or a user
-/// is ever part of it.
-const ENV_PRELUDE: &str = r#"while IFS= read -r l && [ -n "$l" ]; do export "${l%%=*}=$(printf '%s' "${l#*=}" | base64 -d)" || exit 254; done; "#;
-
-/// A host a user or plugin may name: a DNS name or an IP address (the same
-/// rule as the job callback's), so never anything ssh would read as an
-/// option.
-pub fn check_host(h: &str) -> Result<(), String> {
-    // A DNS name or an IP address can never start with '-'.
-    if crate::model::valid_host(h) {
-        Ok(())
-    } else {
-        Err(format!("{h:?} is not a host name or an IP address"))
-    }
-}
-
-/// Quotes one argv element for a POSIX shell.
-pub fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r#"'\''"#))
-}
-
-/// What to execute locally to run `remote_argv` on `host`, and what to put
-/// on its stdin first.
-pub fn wrap(
-    cfg: &SshConfig,
-    control_dir: &Path,
-    host: &str,
-    user: Option<&str>,
-    remote_argv: &[String],
-    env: &[(String, String)],
-) -> (Vec<String>, Vec<u8>) {
-    let connection: &[String] = &if cfg.reuse_connections {
-        vec![
-            "ControlMaster=auto".into(),
-            format!("ControlPath={}/%C", control_dir.display()),
-            format!("ControlPersist={}", cfg.control_persist.as_secs()),
-        ]
-    } else {
-        vec!["ControlMaster=no".into(), "ControlPath=none".into()]
-    };
-    let mut argv = vec![cfg.program.display().to_string()];
-    argv.extend(client_args(cfg, user, connection));
-    argv.push("--".into());
-    argv.push(host.to_string());
-
-    let quoted: Vec<String> = remote_argv.iter().map(|a| quote(a)).collect();
-    let mut prefix = Vec::new();
-    let command = if env.is_empty() {
-        format!("exec {}", quoted.join(" "))
-    } else {
-        use base64::Engine;
-        for (k, v) in env {
-            let value = base64::engine::general_purpose::STANDARD.encode(v.as_bytes());
-            prefix.extend_from_slice(format!("{k}={value}\n").as_bytes());
-        }
-        prefix.push(b'\n');
-        format!("{ENV_PRELUDE}exec {}", quoted.join(" "))
-    };
-    argv.push(command);
-    (argv, prefix)
-}
-
-/// The options every ssh the host runs shares: no user config, no prompts,
-/// no forwarding of agent or X11, strict host keys from the configured file
-/// only; then `extra` options, identity, port and user. The caller adds
-/// `--`, the host and what to do there.
-pub fn client_args(cfg: &SshConfig, user: Option<&str>, extra: &[String]) -> Vec<String> {
-    let mut argv: Vec<String> = ["-F", "/dev/null", "-T", "-x", "-a"]
-        .map(String::from)
-        .to_vec();
-    let options = [
-        "BatchMode=yes".to_string(),
-        "StrictHostKeyChecking=yes".into(),
-        format!("UserKnownHostsFile={}", cfg.known_hosts.display()),
-        "GlobalKnownHostsFile=/dev/null".into(),
-        "IdentitiesOnly=yes".into(),
-        format!("ConnectTimeout={}", cfg.connect_timeout.as_secs()),
-    ];
-    // ssh takes an option's first value: an `extra` LogLevel must come
-    // instead of the default, not after it.
-    let log_level = if extra.iter().any(|o| o.starts_with("LogLevel=")) {
-        None
-    } else {
-        Some("LogLevel=ERROR".to_string())
-    };
-    for o in options.iter().chain(&log_level).chain(extra) {
-        argv.push("-o".into());
-        argv.push(o.clone());
-    }
-    if let Some(id) = &cfg.identity_file {
-        argv.push("-i".into());
-        argv.push(id.display().to_string());
-    }
-    argv.push("-p".into());
-    argv.push(cfg.port.to_string());
-    if let Some(u) = user {
-        argv.push("-l".into());
-        argv.push(u.to_string());
-    }
-    argv
-}
-
-/// Closes the shared connections (ControlMaster processes) whose sockets are
-/// in `control_dir`: they are daemons of their own and would otherwise
-/// outlive the host by ControlPersist.
-pub fn close_masters(program: &Path, control_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(control_dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let socket = e.path();
-        let _ = std::process::Command::new(program)
-            .args(["-F", "/dev/null", "-o"])
-            .arg(format!("ControlPath={}", socket.display()))
-            .args(["-O", "exit", "wasmspawner-control"])
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-/// The remote account for a call: `ssh.user` with `{user}` replaced.
-pub fn remote_user(cfg: &SshConfig, hub_user: Option<&str>) -> Result<Option<String>, String> {
-    match &cfg.user {
-        None => Ok(None),
-        Some(u) if u.contains("{user}") => match hub_user {
-            Some(h) => Ok(Some(u.replace("{user}", h))),
-            None => Err("ssh.user names {user}, but this call is for no particular user".into()),
-        },
-        Some(u) => Ok(Some(u.clone())),
-    }
-}
-
-/// ssh's own failures (not the remote program's) exit 255.
-pub fn ssh_failure(exit_code: i32, stderr: &[u8]) -> Option<String> {
-    (exit_code == 255).then(|| {
-        let e = String::from_utf8_lossy(stderr);
-        format!("ssh failed: {}", e.trim())
-    })
-}
+/// `ssh` in the capability list.
+pub const CAPABILITY: super::Capability = super::Capability {
+    interface: "ssh",
+    add_to_linker: |l| {
+        wit::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(l, |s| s)
+    },
+};
 
 impl wit::Host for CallState {
     async fn run(&mut self, host: String, cmd: Command) -> Result<Output, RunError> {
         super::process::run_checked(&self.gate, &self.call, Kind::Ssh, Some(&host), cmd).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_that_look_like_options_are_refused() {
-        assert!(check_host("login1.example.org").is_ok());
-        assert!(check_host("-oProxyCommand=id").is_err());
-        assert!(check_host("a b").is_err());
-        assert!(check_host("a;b").is_err());
-        assert!(check_host("").is_err());
-    }
-
-    #[test]
-    fn quoting_makes_each_element_one_word() {
-        assert_eq!(quote("it's"), r#"'it'\''s'"#);
-        assert_eq!(quote("$(id)"), "'$(id)'");
     }
 }

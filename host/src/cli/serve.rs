@@ -17,6 +17,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
     let token = Token::load(&config.http, &config.path)?;
     let runtime = Runtime::for_config(&config)?;
+    runtime.own_ssh_connections();
     let listen = config.http.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
     UpdateDeadline,
@@ -94,6 +94,10 @@ pub struct Runtime {
     pub pool_slots: u32,
     /// Where guest code runs.
     pub executor: executor::Executor,
+    /// The ssh programs of the loaded instances, and whether this runtime
+    /// owns the shared connections under `<state_dir>/ssh` (only `serve`
+    /// does: `check`, `audit` and `plugin` never close a live host's).
+    ssh: std::sync::Mutex<(std::collections::BTreeSet<PathBuf>, bool)>,
 }
 
 impl Runtime {
@@ -174,7 +178,7 @@ impl Runtime {
         start_ticker(&engine);
         let mut linker: Linker<CallState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        bindings::Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
+        crate::capability::add_to_linker(&mut linker)?;
         let cache = cache::CompileCache::new(&engine, cache_dir)?;
         Ok(Arc::new(Runtime {
             engine,
@@ -186,6 +190,7 @@ impl Runtime {
             pooling,
             pool_slots: slots,
             executor: executor::Executor::new()?,
+            ssh: Default::default(),
         }))
     }
 
@@ -244,12 +249,29 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Remembers an instance's ssh program, to close shared connections
+    /// with it.
+    pub fn note_ssh_program(&self, program: &Path) {
+        let mut g = self.ssh.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.insert(program.to_path_buf());
+    }
+
+    /// This runtime serves: it closes the shared SSH connections when it
+    /// ends.
+    pub fn own_ssh_connections(&self) {
+        self.ssh.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+    }
+}
+
 impl Drop for Runtime {
     fn drop(&mut self) {
-        crate::capability::ssh::close_masters(
-            Path::new("/usr/bin/ssh"),
-            &self.state_dir.join("ssh"),
-        );
+        let (programs, owned) = &*self.ssh.lock().unwrap_or_else(|p| p.into_inner());
+        if *owned {
+            for program in programs {
+                crate::ssh_cmd::close_masters(program, &self.state_dir.join("ssh"));
+            }
+        }
     }
 }
 

@@ -104,6 +104,9 @@ impl PluginInstance {
         config: InstanceConfig,
     ) -> Result<Arc<PluginInstance>> {
         let loaded = load_version(&runtime, config_file, &config, None).await?;
+        if let Some(ssh) = &config.ssh {
+            runtime.note_ssh_program(&ssh.program);
+        }
         Ok(Arc::new(PluginInstance {
             config_json: config.config.to_string(),
             permits: Semaphore::new(config.limits.concurrent_calls),

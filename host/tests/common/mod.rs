@@ -53,7 +53,10 @@ pub fn setup(body: &str) -> Setup {
 
 impl Setup {
     pub fn runtime(&self) -> Arc<Runtime> {
-        Runtime::for_config(&self.config).unwrap()
+        // Each test owns its state directory and its SSH connections.
+        let rt = Runtime::for_config(&self.config).unwrap();
+        rt.own_ssh_connections();
+        rt
     }
 
     pub async fn instance(&self, name: &str) -> Arc<PluginInstance> {
