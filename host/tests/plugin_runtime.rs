@@ -464,6 +464,17 @@ async fn reload_refuses_special_files_and_checks_the_pin_first() {
     assert!(inst.reload().await.unwrap());
     let now = inst.current().digest.clone();
     assert_ne!(now, before);
+    // It declares more than the probe did: audited (and logged at warn).
+    let log = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    let reload: serde_json::Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["capability"] == "plugin.reload")
+        .expect("a plugin.reload record");
+    assert!(
+        reload["argv"].as_array().unwrap().iter().any(|a| a.as_str().unwrap().starts_with("detached.start")),
+        "{reload}"
+    );
 
     // Eviction keeps only what is in use.
     let cache = state.join("cache");

@@ -40,6 +40,9 @@ pub struct InstanceAudit {
     pub callback_tunnel: Option<String>,
     pub limits: Limits,
     pub load_error: Option<String>,
+    /// Hot reloads a running host made that declared more than the version
+    /// before (from the audit log's `plugin.reload` records).
+    pub widening_reloads: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -155,6 +158,7 @@ async fn audit_instance(
             log_lines_per_10s: l.log_lines_per_10s,
         },
         load_error: None,
+        widening_reloads: widening_reloads(&config.state_dir.join("audit.jsonl"), &ic.name),
     };
     match PluginInstance::load(runtime.clone(), &config.path, ic.clone()).await {
         Ok(inst) => {
@@ -178,6 +182,33 @@ async fn audit_instance(
         Err(e) => a.load_error = Some(format!("{e:#}")),
     }
     a
+}
+
+/// The `plugin.reload` records of `instance` with a wider declaration, from
+/// the last MiB of the audit log.
+fn widening_reloads(log: &Path, instance: &str) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return vec![];
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(1 << 20)));
+    let mut text = String::new();
+    let _ = f.take(1 << 20).read_to_string(&mut text);
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["capability"] == "plugin.reload" && r["instance"] == instance)
+        .filter(|r| r["argv"].as_array().is_some_and(|a| !a.is_empty()))
+        .map(|r| {
+            let more: Vec<&str> = r["argv"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+            format!(
+                "{} {} declares more: {}",
+                r["time"].as_str().unwrap_or("?"),
+                &r["digest"].as_str().unwrap_or("?")[..12.min(r["digest"].as_str().unwrap_or("?").len())],
+                more.join("; ")
+            )
+        })
+        .collect()
 }
 
 fn print_table(a: &InstanceAudit) {
@@ -296,6 +327,9 @@ fn print_table(a: &InstanceAudit) {
     }
     for u in &a.unused {
         println!("  unused       {u}");
+    }
+    for w in &a.widening_reloads {
+        println!("  WIDENED      {w}");
     }
     println!("  runs on      {}", a.runs_on);
     if let Some(v) = &a.tunnel_via {
