@@ -251,6 +251,17 @@ args = ["**"]
     );
     assert_eq!(a["run_as"][0], "/usr/sbin/runuser");
     assert_eq!(a["granted"]["env"][0], "SLURM_CONF=/etc/slurm/slurm.conf");
+    // Per export: who runs what. The grants run as the hub user (the
+    // instance's run_as) and name no phases: submit, cancel; status (made
+    // for no one user) can never run them, and the review says so.
+    let phase = |i: usize| a["by_phase"][i]["programs"].as_array().unwrap().clone();
+    assert_eq!(a["by_phase"][0]["phase"], "form");
+    assert!(phase(0).is_empty() && phase(1).is_empty(), "{}", a["by_phase"]);
+    assert!(phase(2).iter().all(|p| p.as_str().unwrap().contains("as the hub user via `/usr/sbin/runuser -u {user} --`")), "{}", a["by_phase"]);
+    assert_eq!(a["by_phase"][3]["phase"], "status");
+    assert!(phase(3).is_empty(), "{}", a["by_phase"]);
+    assert_eq!(phase(4).len(), 2);
+    assert!(a["unused"].to_string().contains("status can never run it"), "{}", a["unused"]);
 
     let (code, table, _) = run(&["audit", "--config", cfg]);
     assert_eq!(code, 0);
@@ -259,6 +270,7 @@ args = ["**"]
         table.contains("declared [**] ∩ granted [hello *]"),
         "{table}"
     );
+    assert!(table.contains("by export") && table.contains("validate  nothing"), "{table}");
 }
 
 /// The example configs a site copies stay valid as the config evolves.

@@ -159,10 +159,14 @@ env = ["SLURM_CONF={conf}", "PATH={venv}/bin:/usr/local/bin:/usr/bin:/bin"]
 [[instances.slurm.grants.programs]]
 program = "sbatch"
 spawn_env = true
+phases = ["submit"]
 [[instances.slurm.grants.programs]]
 program = "squeue"
+phases = ["status"]
+run_as = "host"
 [[instances.slurm.grants.programs]]
 program = "scancel"
+phases = ["cancel"]
 [instances.slurm.lifecycle]
 poll_interval_secs = 1
 fast_poll_secs = 0.5

@@ -163,10 +163,14 @@ env = ["SLURM_CONF={conf}"]
 [[instances.{name}.grants.programs]]
 program = "sbatch"
 spawn_env = true
+phases = ["submit"]
 [[instances.{name}.grants.programs]]
 program = "squeue"
+phases = ["status"]
+run_as = "host"
 [[instances.{name}.grants.programs]]
 program = "scancel"
+phases = ["cancel"]
 "#
     )
 }
