@@ -44,7 +44,11 @@ fn disk_bytes(dir: &Path) -> u64 {
     let mut n = 0;
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let m = e.metadata().unwrap();
-        n += if m.is_dir() { disk_bytes(&e.path()) } else { m.len() };
+        n += if m.is_dir() {
+            disk_bytes(&e.path())
+        } else {
+            m.len()
+        };
     }
     n
 }
@@ -60,21 +64,48 @@ async fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> 
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
     let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
 fn config(dir: &Path, probe: &Path) -> Config {
     let mut text = format!("state_dir = \"{}\"\n", dir.join("state").display());
     for (name, behavior, extra) in [
-        ("spin", "spin", "[instances.spin.limits]\ncall_timeout_secs = 60\n"),
+        (
+            "spin",
+            "spin",
+            "[instances.spin.limits]\ncall_timeout_secs = 60\n",
+        ),
         ("b", "ok", ""),
-        ("flood", "flood-audit", "[instances.flood.limits]\nmemory_mib = 512\n"),
+        (
+            "flood",
+            "flood-audit",
+            "[instances.flood.limits]\nmemory_mib = 512\n",
+        ),
         ("bigerror", "big-error", ""),
-        ("bigoptions", "big-options", "[instances.bigoptions.limits]\nmemory_mib = 512\n"),
-        ("reason", "changing-reason", "[instances.reason.lifecycle]\npoll_interval_secs = 0.1\nfast_poll_secs = 0.1\n"),
-        ("cancelfails", "cancel-fails", "[instances.cancelfails.lifecycle]\npoll_interval_secs = 0.1\nfast_poll_secs = 0.1\n"),
+        (
+            "bigoptions",
+            "big-options",
+            "[instances.bigoptions.limits]\nmemory_mib = 512\n",
+        ),
+        (
+            "reason",
+            "changing-reason",
+            "[instances.reason.lifecycle]\npoll_interval_secs = 0.1\nfast_poll_secs = 0.1\n",
+        ),
+        (
+            "cancelfails",
+            "cancel-fails",
+            "[instances.cancelfails.lifecycle]\npoll_interval_secs = 0.1\nfast_poll_secs = 0.1\n",
+        ),
     ] {
         text.push_str(&format!(
             "[instances.{name}]\nplugin = \"{}\"\n[instances.{name}.config]\nbehavior = \"{behavior}\"\n{extra}",
@@ -103,12 +134,18 @@ fn ms(d: Duration) -> String {
 
 fn main() {
     let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/probe.wasm");
-    assert!(probe.exists(), "build the plugins first: cargo xtask plugins");
+    assert!(
+        probe.exists(),
+        "build the plugins first: cargo xtask plugins"
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &probe);
     let state = config.state_dir.clone();
     // The HTTP runtime, like `serve`'s (one worker per core).
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let runtime = Runtime::for_config(&config).unwrap();
         let registry = Arc::new(Registry::load(runtime, config.clone()).await.unwrap());

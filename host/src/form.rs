@@ -39,7 +39,14 @@ pub fn check_schema(schema: &FormSchema) -> Result<(), String> {
         let id = f.id.as_str();
         if let Some(e) = long("the label", id, &f.label, MAX_LABEL)
             .or_else(|| long("the help", id, &f.help, MAX_HELP))
-            .or_else(|| long("the default", id, f.default.as_deref().unwrap_or(""), MAX_VALUE_BYTES))
+            .or_else(|| {
+                long(
+                    "the default",
+                    id,
+                    f.default.as_deref().unwrap_or(""),
+                    MAX_VALUE_BYTES,
+                )
+            })
         {
             return Err(e);
         }
@@ -49,7 +56,12 @@ pub fn check_schema(schema: &FormSchema) -> Result<(), String> {
                 placeholder,
                 ..
             } => {
-                if let Some(e) = long("the placeholder", id, placeholder.as_deref().unwrap_or(""), MAX_LABEL) {
+                if let Some(e) = long(
+                    "the placeholder",
+                    id,
+                    placeholder.as_deref().unwrap_or(""),
+                    MAX_LABEL,
+                ) {
                     return Err(e);
                 }
                 if let Some(p) = pattern {
@@ -202,7 +214,11 @@ pub fn check(schema: &FormSchema, raw: &RawOptions) -> Result<Options, Vec<Field
                 Ok(()) => {
                     out.insert(field.id.clone(), fixed.clone());
                 }
-                Err(m) => err(&mut errors, &field.id, format!("the profile's fixed value {m}")),
+                Err(m) => err(
+                    &mut errors,
+                    &field.id,
+                    format!("the profile's fixed value {m}"),
+                ),
             }
             continue;
         }
@@ -294,7 +310,9 @@ fn parse(field: &Field, text: &str) -> Result<Value, String> {
             }
             if let Some(p) = pattern {
                 if p.len() > MAX_PATTERN {
-                    return Err(format!("the plugin's pattern for {label} is longer than {MAX_PATTERN} bytes"));
+                    return Err(format!(
+                        "the plugin's pattern for {label} is longer than {MAX_PATTERN} bytes"
+                    ));
                 }
                 let re = compile(p).map_err(|e| format!("{label}: {e}"))?;
                 if !re.is_match(text) {

@@ -374,11 +374,7 @@ fn start(ssh: &SshConfig, spec: &Direction, local_port: u16) -> Result<Child> {
         extra.push("LogLevel=DEBUG1".into());
     }
     let mut argv = vec!["-N".to_string()];
-    argv.extend(crate::ssh_cmd::client_args(
-        ssh,
-        user.as_deref(),
-        &extra,
-    ));
+    argv.extend(crate::ssh_cmd::client_args(ssh, user.as_deref(), &extra));
     match spec {
         Direction::ToServer(s) => {
             argv.push("-L".into());

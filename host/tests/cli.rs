@@ -256,12 +256,27 @@ args = ["**"]
     // for no one user) can never run them, and the review says so.
     let phase = |i: usize| a["by_phase"][i]["programs"].as_array().unwrap().clone();
     assert_eq!(a["by_phase"][0]["phase"], "form");
-    assert!(phase(0).is_empty() && phase(1).is_empty(), "{}", a["by_phase"]);
-    assert!(phase(2).iter().all(|p| p.as_str().unwrap().contains("as the hub user via `/usr/sbin/runuser -u {user} --`")), "{}", a["by_phase"]);
+    assert!(
+        phase(0).is_empty() && phase(1).is_empty(),
+        "{}",
+        a["by_phase"]
+    );
+    assert!(
+        phase(2).iter().all(|p| p
+            .as_str()
+            .unwrap()
+            .contains("as the hub user via `/usr/sbin/runuser -u {user} --`")),
+        "{}",
+        a["by_phase"]
+    );
     assert_eq!(a["by_phase"][3]["phase"], "status");
     assert!(phase(3).is_empty(), "{}", a["by_phase"]);
     assert_eq!(phase(4).len(), 2);
-    assert!(a["unused"].to_string().contains("status can never run it"), "{}", a["unused"]);
+    assert!(
+        a["unused"].to_string().contains("status can never run it"),
+        "{}",
+        a["unused"]
+    );
 
     let (code, table, _) = run(&["audit", "--config", cfg]);
     assert_eq!(code, 0);
@@ -270,7 +285,10 @@ args = ["**"]
         table.contains("declared [**] ∩ granted [hello *]"),
         "{table}"
     );
-    assert!(table.contains("by export") && table.contains("validate  nothing"), "{table}");
+    assert!(
+        table.contains("by export") && table.contains("validate  nothing"),
+        "{table}"
+    );
 }
 
 /// The example configs a site copies stay valid as the config evolves.
@@ -352,12 +370,20 @@ memory_mib = 512
         write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer cli-test-token-0123456789\r\nConnection: close\r\n\r\n").unwrap();
         let mut out = String::new();
         let _ = c.read_to_string(&mut out);
-        let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         (code, t.elapsed())
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "serve never listened: {}", std::fs::read_to_string(&log).unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "serve never listened: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let spinners: Vec<_> = (0..2)
@@ -374,7 +400,10 @@ memory_mib = 512
         assert_eq!(code, 200);
         worst = worst.max(took);
     }
-    assert!(worst < Duration::from_secs(1), "healthz took {worst:?} while two calls spun");
+    assert!(
+        worst < Duration::from_secs(1),
+        "healthz took {worst:?} while two calls spun"
+    );
 
     let t = Instant::now();
     // SAFETY: plain kill(2) of our own child.
@@ -389,7 +418,11 @@ memory_mib = 512
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
-    assert!(t.elapsed() < Duration::from_secs(6), "stopped after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "stopped after {:?}",
+        t.elapsed()
+    );
     for s in spinners {
         let _ = s.join();
     }
@@ -400,7 +433,10 @@ memory_mib = 512
             "a plugin forged a log line: {line:?}"
         );
     }
-    assert!(text.contains("plugin log lines dropped") || text.matches("forged").count() <= 400, "the log rate was not applied");
+    assert!(
+        text.contains("plugin log lines dropped") || text.matches("forged").count() <= 400,
+        "the log rate was not applied"
+    );
     let lines = text.lines().count();
     assert!(lines < 600, "{lines} log lines from one flooding call");
 }

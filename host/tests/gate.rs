@@ -367,18 +367,33 @@ async fn run_as_prefix_is_the_operators_with_the_user_as_one_argument() {
     assert_eq!(rec["identity"], "user");
     // A status call is made for no one user: a grant that runs as the user
     // is denied there, never run as the host instead.
-    let err = run_checked(&f.gate, &phase_ctx(Phase::Status, None), Kind::Run, None, cmd("env", &[]))
-        .await
-        .unwrap_err();
+    let err = run_checked(
+        &f.gate,
+        &phase_ctx(Phase::Status, None),
+        Kind::Run,
+        None,
+        cmd("env", &[]),
+    )
+    .await
+    .unwrap_err();
     let RunError::Denied(m) = err else {
         panic!("expected denial, got {err:?}")
     };
     assert!(m.contains("run_as = \"host\""), "{m}");
     // The same program from form is not in the grant's phases at all.
-    let err = run_checked(&f.gate, &phase_ctx(Phase::Form, Some("alice")), Kind::Run, None, cmd("env", &[]))
-        .await
-        .unwrap_err();
-    assert!(format!("{err:?}").contains("only for submit, status, cancel"), "{err:?}");
+    let err = run_checked(
+        &f.gate,
+        &phase_ctx(Phase::Form, Some("alice")),
+        Kind::Run,
+        None,
+        cmd("env", &[]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("only for submit, status, cancel"),
+        "{err:?}"
+    );
 }
 
 fn phase_ctx(phase: Phase, user: Option<&str>) -> CallContext {
@@ -407,38 +422,103 @@ run_as = "host"
     let s = setup(&text);
     std::fs::create_dir_all(&s.config.state_dir).unwrap();
     let audit = Arc::new(AuditLog::open(&s.config.state_dir.join("audit.jsonl")).unwrap());
-    let gate = Gate::new(s.config.instance("t").unwrap(), &s.config.path, &s.config.state_dir, "d", "test 1.0", declared(), audit);
+    let gate = Gate::new(
+        s.config.instance("t").unwrap(),
+        &s.config.path,
+        &s.config.state_dir,
+        "d",
+        "test 1.0",
+        declared(),
+        audit,
+    );
     // `id` runs as the host from status, and nowhere else.
-    let out = run_checked(&gate, &phase_ctx(Phase::Status, None), Kind::Run, None, cmd("id", &[])).await.unwrap();
+    let out = run_checked(
+        &gate,
+        &phase_ctx(Phase::Status, None),
+        Kind::Run,
+        None,
+        cmd("id", &[]),
+    )
+    .await
+    .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("uid="));
-    for (phase, user) in [(Phase::Submit, Some("alice")), (Phase::Form, Some("alice")), (Phase::Cancel, Some("alice"))] {
-        let err = run_checked(&gate, &phase_ctx(phase, user), Kind::Run, None, cmd("id", &[])).await.unwrap_err();
-        assert!(format!("{err:?}").contains("only for status"), "{phase}: {err:?}");
+    for (phase, user) in [
+        (Phase::Submit, Some("alice")),
+        (Phase::Form, Some("alice")),
+        (Phase::Cancel, Some("alice")),
+    ] {
+        let err = run_checked(
+            &gate,
+            &phase_ctx(phase, user),
+            Kind::Run,
+            None,
+            cmd("id", &[]),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{err:?}").contains("only for status"),
+            "{phase}: {err:?}"
+        );
     }
     // `echo` from form runs as the user (the prefix), never as the host.
-    let out = run_checked(&gate, &phase_ctx(Phase::Form, Some("bob")), Kind::Run, None, cmd("echo", &["hello", "x"])).await.unwrap();
+    let out = run_checked(
+        &gate,
+        &phase_ctx(Phase::Form, Some("bob")),
+        Kind::Run,
+        None,
+        cmd("echo", &["hello", "x"]),
+    )
+    .await
+    .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello x\n");
     let rec: Vec<serde_json::Value> = s.audit();
     let last = rec.iter().rev().find(|r| r["event"] == "start").unwrap();
     assert_eq!(last["phase"], "form");
     assert_eq!(last["argv"][1], "WS_RUN_AS=bob");
     // validate was never granted anything.
-    let err = run_checked(&gate, &phase_ctx(Phase::Validate, Some("bob")), Kind::Run, None, cmd("echo", &["hello", "x"])).await.unwrap_err();
-    assert!(format!("{err:?}").contains("only for form, submit"), "{err:?}");
+    let err = run_checked(
+        &gate,
+        &phase_ctx(Phase::Validate, Some("bob")),
+        Kind::Run,
+        None,
+        cmd("echo", &["hello", "x"]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("only for form, submit"),
+        "{err:?}"
+    );
     // describe (no phase) may run nothing.
-    let err = run_checked(&gate, &CallContext::default(), Kind::Run, None, cmd("echo", &["hello", "x"])).await.unwrap_err();
+    let err = run_checked(
+        &gate,
+        &CallContext::default(),
+        Kind::Run,
+        None,
+        cmd("echo", &["hello", "x"]),
+    )
+    .await
+    .unwrap_err();
     assert!(format!("{err:?}").contains("being loaded"), "{err:?}");
 
     // Config errors name the grant: "user" without the instance's run_as,
     // a user grant listing status, an empty phase list.
     for (grant, names) in [
         ("run_as = \"user\"\n", "grants.programs[0].run_as"),
-        ("run_as = [\"/usr/sbin/runuser\", \"-u\", \"{user}\"]\nphases = [\"status\"]\n", "grants.programs[0]: runs as the hub user"),
+        (
+            "run_as = [\"/usr/sbin/runuser\", \"-u\", \"{user}\"]\nphases = [\"status\"]\n",
+            "grants.programs[0]: runs as the hub user",
+        ),
         ("phases = []\n", "grants.programs[0].phases"),
         ("phases = [\"submitt\"]\n", "submitt"),
     ] {
         let bad = format!("state_dir = \"s\"\n[instances.t]\nplugin = \"x.wasm\"\n[[instances.t.grants.programs]]\nprogram = \"id\"\n{grant}");
-        let e = wasmspawner_host::config::Config::parse(std::path::Path::new("/etc/ws/host.toml"), &bad).unwrap_err();
+        let e = wasmspawner_host::config::Config::parse(
+            std::path::Path::new("/etc/ws/host.toml"),
+            &bad,
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains(names), "{grant}: {e:#}");
     }
 }
@@ -449,25 +529,44 @@ async fn a_call_has_a_run_budget_and_programs_never_outlive_its_deadline() {
     let f = fixture("");
     let ctx = ctx();
     for _ in 0..32 {
-        run_checked(&f.gate, &ctx, Kind::Run, None, cmd("echo", &["hello", "x"])).await.unwrap();
+        run_checked(&f.gate, &ctx, Kind::Run, None, cmd("echo", &["hello", "x"]))
+            .await
+            .unwrap();
     }
-    let err = run_checked(&f.gate, &ctx, Kind::Run, None, cmd("echo", &["hello", "x"])).await.unwrap_err();
-    assert!(format!("{err:?}").contains("limits.max_runs_per_call"), "{err:?}");
+    let err = run_checked(&f.gate, &ctx, Kind::Run, None, cmd("echo", &["hello", "x"]))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("limits.max_runs_per_call"),
+        "{err:?}"
+    );
     // A fresh call has a fresh budget.
-    run_checked(&f.gate, &self::ctx(), Kind::Run, None, cmd("echo", &["hello", "x"])).await.unwrap();
+    run_checked(
+        &f.gate,
+        &self::ctx(),
+        Kind::Run,
+        None,
+        cmd("echo", &["hello", "x"]),
+    )
+    .await
+    .unwrap();
 
     // 1.5 s left in the call: `sleep 10` (command timeout 30 s) is killed
     // at the call's deadline, not 30 s later.
     let mut c = self::ctx();
     c.deadline = Some(Instant::now() + std::time::Duration::from_millis(1500));
     let t = Instant::now();
-    let err = run_checked(&f.gate, &c, Kind::Run, None, cmd("sleep", &["10"])).await.unwrap_err();
+    let err = run_checked(&f.gate, &c, Kind::Run, None, cmd("sleep", &["10"]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, RunError::TimedOut(_)), "{err:?}");
     let took = t.elapsed();
     assert!(took < std::time::Duration::from_secs(3), "{took:?}");
     // Past the deadline nothing starts.
     c.deadline = Some(Instant::now());
-    let err = run_checked(&f.gate, &c, Kind::Run, None, cmd("echo", &["hello", "x"])).await.unwrap_err();
+    let err = run_checked(&f.gate, &c, Kind::Run, None, cmd("echo", &["hello", "x"]))
+        .await
+        .unwrap_err();
     assert!(format!("{err:?}").contains("deadline"), "{err:?}");
 }
 

@@ -265,18 +265,35 @@ async fn spinning_calls_never_stall_the_api_or_another_instance() {
         worst = worst.max(t.elapsed());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(worst < Duration::from_secs(1), "healthz took {worst:?} while two calls spun");
+    assert!(
+        worst < Duration::from_secs(1),
+        "healthz took {worst:?} while two calls spun"
+    );
     let t = Instant::now();
     let r = request("GET", &form("b"), Some(TOKEN), None).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(t.elapsed() < Duration::from_secs(1), "b's form took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "b's form took {:?}",
+        t.elapsed()
+    );
     for s in spinners {
         let (status, took) = s.await.unwrap();
         assert_eq!(status, 502);
-        assert!(took < Duration::from_millis(3800), "a spinning call ran {took:?} (deadline 3 s)");
+        assert!(
+            took < Duration::from_millis(3800),
+            "a spinning call ran {took:?} (deadline 3 s)"
+        );
     }
     // a's failures count against a only.
-    let plugins = request("GET", &format!("{}/v1/plugins", host.url), Some(TOKEN), None).await.json();
+    let plugins = request(
+        "GET",
+        &format!("{}/v1/plugins", host.url),
+        Some(TOKEN),
+        None,
+    )
+    .await
+    .json();
     let health = |n: &str| {
         plugins
             .as_array()
@@ -293,10 +310,15 @@ async fn spinning_calls_never_stall_the_api_or_another_instance() {
 /// One instance's many slow calls cannot take another's pool slots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_slow_calls_of_one_instance_leave_the_others_slots_alone() {
-    let s = setup(&two_instances("sleep", "concurrent_calls = 140\nmax_runs_per_minute = 1000"));
+    let s = setup(&two_instances(
+        "sleep",
+        "concurrent_calls = 140\nmax_runs_per_minute = 1000",
+    ));
     let runtime = s.runtime();
     assert!(runtime.pool_slots >= 140 + 16, "{}", runtime.pool_slots);
-    let registry = wasmspawner_host::registry::Registry::load(runtime, s.config.clone()).await.unwrap();
+    let registry = wasmspawner_host::registry::Registry::load(runtime, s.config.clone())
+        .await
+        .unwrap();
     let a = registry.get("a").unwrap().clone();
     let b = registry.get("b").unwrap().clone();
     let slow: Vec<_> = (0..140)
@@ -326,9 +348,14 @@ fn instances_whose_calls_exceed_the_pool_are_refused_naming_the_keys() {
         ));
     }
     let s = setup(&body);
-    let e = wasmspawner_host::runtime::Runtime::for_config(&s.config).err().expect("refused");
+    let e = wasmspawner_host::runtime::Runtime::for_config(&s.config)
+        .err()
+        .expect("refused");
     let e = format!("{e:#}");
-    assert!(e.contains("instances.i0.limits.concurrent_calls = 400") && e.contains("1200"), "{e}");
+    assert!(
+        e.contains("instances.i0.limits.concurrent_calls = 400") && e.contains("1200"),
+        "{e}"
+    );
 }
 
 /// Flooding denied calls and log lines: the audit log stays small, the
@@ -344,7 +371,10 @@ async fn an_audit_flood_is_cut_and_bounded() {
     assert_eq!(sub.state, "denied=10");
     let path = s.config.state_dir.join("audit.jsonl");
     let size = std::fs::metadata(&path).unwrap().len();
-    assert!(size < 512 * 1024, "audit log is {size} bytes after 10 floods of 120 MiB");
+    assert!(
+        size < 512 * 1024,
+        "audit log is {size} bytes after 10 floods of 120 MiB"
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     for line in text.lines() {
         let r: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -352,7 +382,9 @@ async fn an_audit_flood_is_cut_and_bounded() {
         assert!(!program.contains('\n'), "{program:?}");
         let argv = r["argv"].as_array().unwrap();
         assert!(argv.len() <= 66, "{}", argv.len());
-        assert!(argv.iter().any(|a| a.as_str().unwrap().contains("<cut: 1048576 bytes, sha256 ")));
+        assert!(argv
+            .iter()
+            .any(|a| a.as_str().unwrap().contains("<cut: 1048576 bytes, sha256 ")));
     }
 }
 
@@ -391,12 +423,19 @@ args = []
     let s = setup(&config(""));
     let inst = s.instance("p").await;
     let e = inst.form(&user("alice")).await.unwrap_err();
-    assert!(format!("{e}").contains("only for submit, status, cancel"), "{e}");
+    assert!(
+        format!("{e}").contains("only for submit, status, cancel"),
+        "{e}"
+    );
     let s = setup(&config("phases = [\"form\"]"));
     let inst = s.instance("p").await;
     let e = inst.form(&user("alice")).await.unwrap_err();
     assert!(format!("{e}").contains("ran: uid="), "{e}");
-    let start = s.audit().into_iter().find(|r| r["event"] == "start").unwrap();
+    let start = s
+        .audit()
+        .into_iter()
+        .find(|r| r["event"] == "start")
+        .unwrap();
     assert_eq!(start["phase"], "form");
     assert_eq!(start["identity"], "user");
     assert_eq!(start["argv"][1], "WS_AS=alice");
@@ -407,7 +446,10 @@ async fn profiles_fixed_values_pass_the_field_checks() {
     let s = probe("bad-profile", "seconds = \"huge\"", "");
     let inst = s.instance("p").await;
     let e = inst.form(&user("alice")).await.unwrap_err().to_string();
-    assert!(e.contains("profile `huge`, field `cores`") && e.contains("at most 8"), "{e}");
+    assert!(
+        e.contains("profile `huge`, field `cores`") && e.contains("at most 8"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -418,7 +460,10 @@ async fn a_form_with_huge_patterns_is_refused_quickly() {
     let inst = s.instance("p").await;
     let t = Instant::now();
     let e = inst.form(&user("alice")).await.unwrap_err().to_string();
-    assert!(e.contains("field `f0`: its pattern is") && e.contains("at most 512"), "{e}");
+    assert!(
+        e.contains("field `f0`: its pattern is") && e.contains("at most 512"),
+        "{e}"
+    );
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
@@ -445,10 +490,15 @@ async fn reload_refuses_special_files_and_checks_the_pin_first() {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let t = Instant::now();
-    let e = tokio::time::timeout(Duration::from_secs(5), inst.reload()).await.expect("never blocks").unwrap_err();
+    let e = tokio::time::timeout(Duration::from_secs(5), inst.reload())
+        .await
+        .expect("never blocks")
+        .unwrap_err();
     assert!(format!("{e:#}").contains("is a FIFO"), "{e:#}");
     assert!(t.elapsed() < Duration::from_secs(1));
-    inst.form(&user("alice")).await.expect("the old version serves");
+    inst.form(&user("alice"))
+        .await
+        .expect("the old version serves");
 
     std::fs::remove_file(&path).unwrap();
     std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
@@ -472,7 +522,11 @@ async fn reload_refuses_special_files_and_checks_the_pin_first() {
         .find(|r| r["capability"] == "plugin.reload")
         .expect("a plugin.reload record");
     assert!(
-        reload["argv"].as_array().unwrap().iter().any(|a| a.as_str().unwrap().starts_with("detached.start")),
+        reload["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().starts_with("detached.start")),
         "{reload}"
     );
 
@@ -503,7 +557,11 @@ async fn reload_refuses_special_files_and_checks_the_pin_first() {
     std::fs::copy(common::plugin_wasm("slurm"), &path).unwrap();
     let e = pinst.reload().await.unwrap_err();
     assert!(format!("{e:#}").contains("but the config pins"), "{e:#}");
-    assert_eq!(std::fs::read_dir(&pcache).unwrap().count(), n_before, "a refused component was compiled");
+    assert_eq!(
+        std::fs::read_dir(&pcache).unwrap().count(),
+        n_before,
+        "a refused component was compiled"
+    );
 }
 
 async fn load(

@@ -90,12 +90,18 @@ pub fn bounded_argv_with<S: AsRef<str>>(
                 if a.len() <= MAX_ARG {
                     kept
                 } else {
-                    format!("{kept}<cut: {} bytes, sha256 {}>", a.len(), hash(a.as_bytes()))
+                    format!(
+                        "{kept}<cut: {} bytes, sha256 {}>",
+                        a.len(),
+                        hash(a.as_bytes())
+                    )
                 }
             }
         })
         .collect();
-    if argv.len() > MAX_ARGS + 1 || (argv.len() == MAX_ARGS + 1 && !argv[MAX_ARGS].as_ref().starts_with("<cut: ")) {
+    if argv.len() > MAX_ARGS + 1
+        || (argv.len() == MAX_ARGS + 1 && !argv[MAX_ARGS].as_ref().starts_with("<cut: "))
+    {
         let mut h = Sha256::new();
         let mut bytes = 0usize;
         for a in &argv[MAX_ARGS..] {
@@ -203,7 +209,8 @@ impl AuditLog {
             record.time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         }
         record.program = sanitize::text(&record.program, MAX_PROGRAM);
-        if record.argv.len() > MAX_ARGS + 1 || record.argv.iter().any(|a| a.len() > MAX_ARG + MARK) {
+        if record.argv.len() > MAX_ARGS + 1 || record.argv.iter().any(|a| a.len() > MAX_ARG + MARK)
+        {
             record.argv = bounded_argv(&record.argv);
         }
         record.reason = record.reason.as_deref().map(sanitize::reason);
@@ -280,12 +287,20 @@ mod tests {
         let argv: Vec<String> = std::iter::repeat_n(big.clone(), 120).collect();
         let cut = bounded_argv(&argv);
         assert_eq!(cut.len(), MAX_ARGS + 1);
-        assert!(cut[0].contains("<cut: 1048576 bytes, sha256 "), "{}", cut[0]);
+        assert!(
+            cut[0].contains("<cut: 1048576 bytes, sha256 "),
+            "{}",
+            cut[0]
+        );
         assert!(cut[0].len() < MAX_ARG + 64);
-        assert!(cut[MAX_ARGS].contains("56 more arguments"), "{}", cut[MAX_ARGS]);
+        assert!(
+            cut[MAX_ARGS].contains("56 more arguments"),
+            "{}",
+            cut[MAX_ARGS]
+        );
         let total: usize = cut.iter().map(String::len).sum();
         assert!(total < 32 * 1024, "{total}");
-        assert_eq!(bounded_argv(&["a\nb".into()]), vec!["a b".to_string()]);
+        assert_eq!(bounded_argv(&["a\nb"]), vec!["a b".to_string()]);
     }
 
     #[test]

@@ -127,8 +127,7 @@ impl ResolvedGrant {
     /// and a grant that runs as the user is only usable where a call is
     /// made for one user.
     pub fn usable_in(&self, phase: Phase) -> bool {
-        self.grant.phases.contains(&phase)
-            && (phase.has_user() || self.identity == Identity::Host)
+        self.grant.phases.contains(&phase) && (phase.has_user() || self.identity == Identity::Host)
     }
 }
 
@@ -745,7 +744,11 @@ fn display_argv(program: &str, args: &[String]) -> String {
         if s.len() > 300 {
             break;
         }
-        let a = if a.len() > 300 { &a[..a.floor_char_boundary(300)] } else { a.as_str() };
+        let a = if a.len() > 300 {
+            &a[..a.floor_char_boundary(300)]
+        } else {
+            a.as_str()
+        };
         s.push(' ');
         if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c.is_control()) {
             s.push_str(&format!("{a:?}"));

@@ -76,7 +76,10 @@ pub const CAPABILITIES: &[Capability] = &[
     Capability {
         interface: "types",
         add_to_linker: |l| {
-            crate::runtime::bindings::wasmspawner::plugin::types::add_to_linker::<CallState, HasSelf<CallState>>(l, |s| s)
+            crate::runtime::bindings::wasmspawner::plugin::types::add_to_linker::<
+                CallState,
+                HasSelf<CallState>,
+            >(l, |s| s)
         },
     },
     process::CAPABILITY,

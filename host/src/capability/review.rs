@@ -92,10 +92,7 @@ pub fn review(gate: &Gate, section: &str) -> Review {
                     g.grant.program
                 ));
             }
-            let phases: Vec<Phase> = Phase::ALL
-                .into_iter()
-                .filter(|p| g.usable_in(*p))
-                .collect();
+            let phases: Vec<Phase> = Phase::ALL.into_iter().filter(|p| g.usable_in(*p)).collect();
             for p in &g.grant.phases {
                 if !phases.contains(p) {
                     r.unused.push(format!(

@@ -200,11 +200,17 @@ fn widening_reloads(log: &Path, instance: &str) -> Vec<String> {
         .filter(|r| r["capability"] == "plugin.reload" && r["instance"] == instance)
         .filter(|r| r["argv"].as_array().is_some_and(|a| !a.is_empty()))
         .map(|r| {
-            let more: Vec<&str> = r["argv"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+            let more: Vec<&str> = r["argv"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect();
             format!(
                 "{} {} declares more: {}",
                 r["time"].as_str().unwrap_or("?"),
-                &r["digest"].as_str().unwrap_or("?")[..12.min(r["digest"].as_str().unwrap_or("?").len())],
+                &r["digest"].as_str().unwrap_or("?")
+                    [..12.min(r["digest"].as_str().unwrap_or("?").len())],
                 more.join("; ")
             )
         })
@@ -258,7 +264,11 @@ fn print_table(a: &InstanceAudit) {
                         g.program,
                         g.args.join(" "),
                         if g.spawn_env { " +spawn-env" } else { "" },
-                        g.phases.iter().map(|p| p.name()).collect::<Vec<_>>().join(",")
+                        g.phases
+                            .iter()
+                            .map(|p| p.name())
+                            .collect::<Vec<_>>()
+                            .join(",")
                     )
                 })
                 .collect::<Vec<_>>()
@@ -303,7 +313,11 @@ fn print_table(a: &InstanceAudit) {
             if e.phases.is_empty() {
                 "no export".to_string()
             } else {
-                e.phases.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+                e.phases
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             },
             e.runs_as
         );

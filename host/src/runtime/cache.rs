@@ -122,10 +122,11 @@ impl CompileCache {
             let name = e.file_name().to_string_lossy().into_owned();
             let digest = name.split('-').next().unwrap_or("");
             let ours = name.ends_with(&format!("-{}.cwasm", self.engine_key));
-            if (!ours || !keep.contains(digest)) && trusted(&e.path()) {
-                if std::fs::remove_file(e.path()).is_ok() {
-                    removed += 1;
-                }
+            if (!ours || !keep.contains(digest))
+                && trusted(&e.path())
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                removed += 1;
             }
         }
         removed
@@ -133,7 +134,13 @@ impl CompileCache {
 
     /// Compiles `bytes` (sha256 `digest`), or loads the artifact compiled
     /// from them before.
-    pub fn compile(&self, engine: &Engine, path: &Path, bytes: &[u8], digest: &str) -> Result<Component> {
+    pub fn compile(
+        &self,
+        engine: &Engine,
+        path: &Path,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Component> {
         let cached = self.artifact(digest);
         if trusted(&cached) {
             // SAFETY: the file is one this host wrote (see `trusted`), from a

@@ -69,7 +69,12 @@ pub fn pool_slots_for(config: &crate::config::Config) -> Result<u32> {
         let keys: Vec<String> = config
             .instances
             .values()
-            .map(|i| format!("instances.{}.limits.concurrent_calls = {}", i.name, i.limits.concurrent_calls))
+            .map(|i| {
+                format!(
+                    "instances.{}.limits.concurrent_calls = {}",
+                    i.name, i.limits.concurrent_calls
+                )
+            })
             .collect();
         anyhow::bail!(
             "{}: the instances' limits.concurrent_calls add up to {sum}, but the host runs at most {} plugin calls at once; lower some of: {}",

@@ -143,7 +143,14 @@ impl PluginInstance {
                 bail!("{why} (the file is unchanged since it was refused)");
             }
         }
-        let next = match load_version(&self.runtime, &self.config_file, &self.config, Some((bytes, digest.clone()))).await {
+        let next = match load_version(
+            &self.runtime,
+            &self.config_file,
+            &self.config,
+            Some((bytes, digest.clone())),
+        )
+        .await
+        {
             Ok(n) => n,
             Err(e) => {
                 *self.refused.lock().unwrap() = Some((digest, format!("{e:#}")));
@@ -164,18 +171,20 @@ impl PluginInstance {
                 widened.join("; ")
             );
         }
-        self.runtime.audit.write(crate::capability::audit::AuditRecord {
-            instance: self.config.name.clone(),
-            digest: next.digest.clone(),
-            phase: "describe",
-            capability: "plugin.reload",
-            event: "decision",
-            program: self.config.plugin.display().to_string(),
-            argv: widened,
-            decision: "allow",
-            reason: Some(format!("replaces {}", old.digest)),
-            ..Default::default()
-        });
+        self.runtime
+            .audit
+            .write(crate::capability::audit::AuditRecord {
+                instance: self.config.name.clone(),
+                digest: next.digest.clone(),
+                phase: "describe",
+                capability: "plugin.reload",
+                event: "decision",
+                program: self.config.plugin.display().to_string(),
+                argv: widened,
+                decision: "allow",
+                reason: Some(format!("replaces {}", old.digest)),
+                ..Default::default()
+            });
         self.current.store(Arc::new(next));
         self.health.consecutive_failures.store(0, Ordering::Relaxed);
         Ok(true)
@@ -209,7 +218,12 @@ impl PluginInstance {
 
     /// Runs one export on a fresh instance of the current version, on the
     /// plugin executor, bounded end to end by the call deadline.
-    async fn call(&self, phase: Phase, mut ctx: CallContext, req: Request) -> Result<Answer, CallError> {
+    async fn call(
+        &self,
+        phase: Phase,
+        mut ctx: CallContext,
+        req: Request,
+    ) -> Result<Answer, CallError> {
         let _permit = self.acquire().await?;
         let loaded = self.current();
         let deadline = std::time::Instant::now() + self.config.limits.call_timeout;
@@ -524,7 +538,10 @@ async fn read_file(cfg: &InstanceConfig) -> Result<(Vec<u8>, String)> {
 }
 
 /// What `next` declares that `old` did not, as `capability program [args]`.
-fn widened(old: &crate::model::DeclaredCapabilities, next: &crate::model::DeclaredCapabilities) -> Vec<String> {
+fn widened(
+    old: &crate::model::DeclaredCapabilities,
+    next: &crate::model::DeclaredCapabilities,
+) -> Vec<String> {
     let mut out = Vec::new();
     for (kind, o, n) in [
         ("process.run", &old.programs, &next.programs),
@@ -553,8 +570,7 @@ pub const MAX_PLUGIN_STATE: usize = 64 * 1024;
 pub const MAX_REASON: usize = 1024;
 
 fn check_submitted(s: &Submitted) -> Result<(), String> {
-    if s.job_id.is_empty() || s.job_id.len() > MAX_JOB_ID || !crate::sanitize::is_clean(&s.job_id)
-    {
+    if s.job_id.is_empty() || s.job_id.len() > MAX_JOB_ID || !crate::sanitize::is_clean(&s.job_id) {
         return Err(format!(
             "submit returned a job id that is empty, longer than {MAX_JOB_ID} bytes or has control, bidi or line-separator characters ({} bytes)",
             s.job_id.len()
@@ -583,7 +599,10 @@ fn check_options(o: &Options) -> Result<(), String> {
                 _ => 8,
             };
         if k.len() > 64 || !crate::sanitize::is_clean(k) {
-            return Err(format!("validate returned an option id of {} bytes or with control characters", k.len()));
+            return Err(format!(
+                "validate returned an option id of {} bytes or with control characters",
+                k.len()
+            ));
         }
         if let crate::model::Value::Text(t) = v {
             if !crate::sanitize::is_clean(t) {
@@ -713,8 +732,10 @@ fn describe_failure(e: &wasmtime::Error, store: &Store<CallState>, limits: &Limi
             .into_iter()
             .rev()
             .collect();
-        msg.push_str(&format!("; plugin stderr: {}", crate::sanitize::text(&tail, 4000)));
+        msg.push_str(&format!(
+            "; plugin stderr: {}",
+            crate::sanitize::text(&tail, 4000)
+        ));
     }
     msg
 }
-
