@@ -236,7 +236,9 @@ fn any_args() -> Vec<String> {
 }
 
 /// A plugin export, the phase of the spawn a capability call is made in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Form,
@@ -729,9 +731,27 @@ fn resolve_instance(
             Some(n) if (1..=1024).contains(&n) => n,
             Some(n) => bail!("limits.concurrent_calls: {n} is out of range; give 1 to 1024"),
         },
-        max_runs_per_call: count(ri.limits.max_runs_per_call, "max_runs_per_call", 1, 10_000, d.max_runs_per_call)?,
-        max_runs_per_minute: count(ri.limits.max_runs_per_minute, "max_runs_per_minute", 1, 1_000_000, d.max_runs_per_minute)?,
-        log_lines_per_10s: count(ri.limits.log_lines_per_10s, "log_lines_per_10s", 1, 1_000_000, d.log_lines_per_10s)?,
+        max_runs_per_call: count(
+            ri.limits.max_runs_per_call,
+            "max_runs_per_call",
+            1,
+            10_000,
+            d.max_runs_per_call,
+        )?,
+        max_runs_per_minute: count(
+            ri.limits.max_runs_per_minute,
+            "max_runs_per_minute",
+            1,
+            1_000_000,
+            d.max_runs_per_minute,
+        )?,
+        log_lines_per_10s: count(
+            ri.limits.log_lines_per_10s,
+            "log_lines_per_10s",
+            1,
+            1_000_000,
+            d.log_lines_per_10s,
+        )?,
     };
     for (i, g) in ri.grants.ssh.iter().enumerate() {
         let at = format!("grants.ssh[{i}]");
@@ -805,8 +825,7 @@ fn resolve_instance(
                 .ok_or_else(|| {
                     anyhow::anyhow!("tunnel.via: name the gateway host (or set submit_host)")
                 })?;
-            crate::ssh_cmd::check_host(&via)
-                .map_err(|m| anyhow::anyhow!("tunnel.via: {m}"))?;
+            crate::ssh_cmd::check_host(&via).map_err(|m| anyhow::anyhow!("tunnel.via: {m}"))?;
             let Some(ssh) = &ssh else {
                 bail!("[instances.{name}.tunnel] needs [instances.{name}.ssh] with at least known_hosts");
             };

@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_spawn ON events (spawn_id, seq);
 ";
 
+/// Most events kept per spawn (final events come on top: at most two). See
+/// [`Store::add_event`].
+pub const MAX_EVENTS: usize = 200;
+
 /// A spawn as stored: the record and its callback-token hash.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -160,10 +164,49 @@ impl Store {
         Ok(out)
     }
 
-    /// Appends an event; returns it with its sequence number.
-    pub fn add_event(&self, mut e: SpawnEvent) -> Result<SpawnEvent> {
-        let c = self.conn();
-        c.prepare_cached(
+    /// Appends an event; returns it with its sequence number, or `None` when
+    /// it was not stored. A spawn's events stay bounded:
+    ///
+    /// - an event identical to the spawn's previous one (state, message,
+    ///   final) is not stored again;
+    /// - a spawn keeps at most [`MAX_EVENTS`] events: beyond that a new
+    ///   non-final event takes the place of the newest non-final one (the
+    ///   first ones, which tell how the spawn began, stay), and a final event
+    ///   (ready, failed, stopped: at most two per spawn) is always stored.
+    pub fn add_event(&self, mut e: SpawnEvent) -> Result<Option<SpawnEvent>> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let last = tx
+            .prepare_cached(
+                "SELECT state, message, final FROM events WHERE spawn_id = ?1
+                 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row([&e.spawn_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                ))
+            })
+            .optional()?;
+        if last.is_some_and(|(state, message, fin)| {
+            state == e.state.as_str() && message == e.message && fin == e.is_final
+        }) {
+            return Ok(None);
+        }
+        if !e.is_final {
+            let n: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM events WHERE spawn_id = ?1")?
+                .query_row([&e.spawn_id], |r| r.get(0))?;
+            if n >= MAX_EVENTS as i64 {
+                tx.prepare_cached(
+                    "DELETE FROM events WHERE seq = (SELECT seq FROM events
+                     WHERE spawn_id = ?1 AND final = 0 ORDER BY seq DESC LIMIT 1)",
+                )?
+                .execute([&e.spawn_id])?;
+            }
+        }
+        tx.prepare_cached(
             "INSERT INTO events (spawn_id, time, state, progress, message, final)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
@@ -175,8 +218,9 @@ impl Store {
             e.message,
             e.is_final
         ])?;
-        e.seq = c.last_insert_rowid();
-        Ok(e)
+        e.seq = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(Some(e))
     }
 
     /// A spawn's events after `after` (0 for all), in order.
@@ -225,5 +269,69 @@ impl Store {
             )
             .optional()?
             .flatten())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(state: SpawnState, message: &str, is_final: bool) -> SpawnEvent {
+        SpawnEvent {
+            seq: 0,
+            spawn_id: "sp-1".into(),
+            time: chrono::Utc::now(),
+            state,
+            progress: state.progress(),
+            message: message.into(),
+            is_final,
+        }
+    }
+
+    #[test]
+    fn repeats_are_coalesced_and_events_stay_bounded_with_the_finals_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let q = |m: &str| event(SpawnState::Queued, m, false);
+        assert!(store.add_event(q("submitted")).unwrap().is_some());
+        assert!(store.add_event(q("queued: Priority")).unwrap().is_some());
+        // The same again: not stored.
+        assert!(store.add_event(q("queued: Priority")).unwrap().is_none());
+        assert_eq!(store.events("sp-1", 0).unwrap().len(), 2);
+        for i in 0..1000 {
+            store.add_event(q(&format!("queued: reason {i}"))).unwrap();
+        }
+        let ev = store.events("sp-1", 0).unwrap();
+        assert_eq!(ev.len(), MAX_EVENTS);
+        // The first stay, the newest is the last one sent.
+        assert_eq!(ev[0].message, "submitted");
+        assert_eq!(ev.last().unwrap().message, "queued: reason 999");
+        let ready = event(SpawnState::Ready, "server ready at node1:1", true);
+        assert!(store.add_event(ready).unwrap().is_some());
+        store
+            .add_event(event(SpawnState::Stopping, "stop requested", false))
+            .unwrap();
+        for i in 0..10 {
+            store
+                .add_event(event(
+                    SpawnState::Stopping,
+                    &format!("cancel failed {i}"),
+                    false,
+                ))
+                .unwrap();
+        }
+        store
+            .add_event(event(SpawnState::Stopped, "stopped", true))
+            .unwrap();
+        let ev = store.events("sp-1", 0).unwrap();
+        assert!(ev.len() <= MAX_EVENTS + 2, "{}", ev.len());
+        let finals: Vec<_> = ev.iter().filter(|e| e.is_final).map(|e| e.state).collect();
+        assert_eq!(finals, [SpawnState::Ready, SpawnState::Stopped]);
+        assert_eq!(ev.last().unwrap().message, "stopped");
+        // Other spawns are not affected.
+        let mut other = q("submitted");
+        other.spawn_id = "sp-2".into();
+        assert!(store.add_event(other).unwrap().is_some());
+        assert_eq!(store.events("sp-2", 0).unwrap().len(), 1);
     }
 }

@@ -14,7 +14,12 @@ fn detached_starts(h: &Host, spawn_id: &str) -> usize {
     h.setup
         .audit()
         .iter()
-        .filter(|r| r["capability"] == "detached.start" && r["spawn_id"] == spawn_id)
+        // One `start` record (then an `end` one) per program started.
+        .filter(|r| {
+            r["capability"] == "detached.start"
+                && r["spawn_id"] == spawn_id
+                && r["event"] == "start"
+        })
         .count()
 }
 
@@ -380,4 +385,76 @@ async fn invalid_options_are_422_with_fields_and_the_form_renders_as_html() {
         .api("GET", "/v1/plugins/local/form?user=alice&format=xml", None)
         .await;
     assert_eq!(bad.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_naming_a_forbidden_host_is_refused_shown_and_audited() {
+    // callback_hosts lets the callback name any address, but the
+    // execution-host rule still refuses the forbidden classes.
+    let h = start_host(&local_config_with(
+        "poll_interval_secs = 0.5\nfast_poll_secs = 0.2\ncallback_hosts = [\"0.0.0.0/0\", \"::/0\"]",
+        "",
+    ))
+    .await;
+    let script = server_script(h.setup.dir.path());
+    let never = h.setup.dir.path().join("never").display().to_string();
+    let id = h
+        .start(&start_body("alice", "", "r", &["python3", &script, &never]))
+        .await;
+    let s = h.wait_spawn(&id, 20, |s| s["state"] == "running").await;
+    let pid = pid_of(s["job_id"].as_str().unwrap());
+    let _cleanup = KillOnDrop(pid);
+    let token = env_of(pid, "WASMSPAWNER_CALLBACK_TOKEN").unwrap();
+    let url = format!("{}/v1/spawns/{id}/ready", h.url);
+    for (host, class) in [
+        ("169.254.169.254", "metadata"),
+        ("::ffff:169.254.169.254", "metadata"),
+        ("0.0.0.0", "unspecified"),
+        ("fe80::1", "link-local"),
+        ("224.0.0.1", "multicast"),
+    ] {
+        let r = request(
+            "POST",
+            &url,
+            Some(&token),
+            Some(&json!({"port": 8888, "host": host})),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{host}: {}", r.body);
+        assert_eq!(r.json()["error"], "execution_host_refused", "{}", r.body);
+        assert!(
+            r.json()["message"].as_str().unwrap().contains(class),
+            "{}",
+            r.body
+        );
+        let s = h.service.get(&id).unwrap();
+        assert_eq!(s.state.as_str(), "running");
+        assert!(s.host.is_none());
+        let reason = s.reason.unwrap_or_default();
+        assert!(
+            reason.contains("refuses") && reason.contains(class),
+            "{reason}"
+        );
+    }
+    let audit: Vec<_> = h
+        .setup
+        .audit()
+        .into_iter()
+        .filter(|r| r["capability"] == "execution-host" && r["spawn_id"] == id.as_str())
+        .collect();
+    assert_eq!(audit.len(), 5, "{audit:#?}");
+    assert!(audit.iter().all(|r| r["decision"] == "deny"));
+    assert_eq!(audit[0]["program"], "169.254.169.254");
+    // The token was not spent: an allowed host makes the spawn ready.
+    let r = request(
+        "POST",
+        &url,
+        Some(&token),
+        Some(&json!({"port": 8888, "host": "127.0.0.1"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["host"], "127.0.0.1");
+    h.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
+    h.wait_spawn(&id, 20, |s| s["state"] == "stopped").await;
 }

@@ -21,6 +21,8 @@ seconds = "1"
 [[instances.probe.grants.programs]]
 program = "sleep"
 args = ["*"]
+# `sleep` behaviour: form and validate sleep too.
+phases = ["form", "validate", "submit", "status", "cancel"]
 [instances.probe.lifecycle]
 {lifecycle}
 "#
@@ -349,4 +351,335 @@ async fn concurrent_retries_of_one_request_make_one_job() {
         .filter(|e| e.message.ends_with("submitted"))
         .count();
     assert_eq!(submits, 1);
+}
+
+/// The bytes of the instance's SQLite files (database and WAL).
+fn store_bytes(h: &Host) -> u64 {
+    ["spawns.sqlite", "spawns.sqlite-wal"]
+        .iter()
+        .map(|f| {
+            std::fs::metadata(h.setup.config.state_dir.join(f))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+fn clean(s: &str) -> bool {
+    !s.contains(['\n', '\r', '\u{1b}', '\u{202e}'])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_8_mib_submit_error_is_cut_and_sanitized_in_the_store_and_the_api() {
+    let h = start_host(&probe(
+        "big-error",
+        "poll_interval_secs = 0.2\nfast_poll_secs = 0.2",
+    ))
+    .await;
+    let id = h.start(&body("alice", "r")).await;
+    let s = h.wait_spawn(&id, 30, |s| s["state"] == "failed").await;
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the job could not be submitted: "),
+        "{reason}"
+    );
+    assert!(reason.contains("sbatch: error: forged"), "{reason}");
+    assert!(clean(reason), "{reason:?}");
+    assert!(reason.len() <= 2048, "{} bytes", reason.len());
+    let one = h.api("GET", &format!("/v1/spawns/{id}"), None).await;
+    let all = h.api("GET", "/v1/spawns", None).await;
+    let events = h.service.events(&id).unwrap();
+    assert!(events
+        .iter()
+        .all(|e| e.message.len() <= 2048 && clean(&e.message)));
+    let stored = store_bytes(&h);
+    eprintln!(
+        "8 MiB submit error: spawn JSON {} B, GET /v1/spawns {} B, SQLite {stored} B, {} events",
+        one.body.len(),
+        all.body.len(),
+        events.len()
+    );
+    assert!(one.body.len() < 8 << 10, "{} bytes", one.body.len());
+    assert!(all.body.len() < 8 << 10, "{} bytes", all.body.len());
+    assert!(stored < 1 << 20, "{stored} bytes of SQLite");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validated_options_over_the_bound_refuse_the_spawn_and_store_nothing() {
+    // big-options: validate returns a 32 MiB option.
+    let h = start_host(&format!(
+        "{}[instances.probe.limits]\nmemory_mib = 256\n",
+        probe("big-options", "")
+    ))
+    .await;
+    let r = h.api("POST", "/v1/spawns", Some(&body("alice", "r"))).await;
+    assert_eq!(r.status, 502, "{}", &r.body[..r.body.len().min(2000)]);
+    assert!(r.body.len() < 8 << 10, "{} bytes", r.body.len());
+    let e = r.json();
+    assert_eq!(e["error"], "plugin_failed", "{e}");
+    let m = e["message"].as_str().unwrap();
+    // The limit is named (the service's MAX_OPTIONS_BYTES; the runtime
+    // may refuse first with the same bound).
+    assert!(m.contains("options") && m.contains("65536"), "{m}");
+    assert!(h.service.list(None).is_empty());
+    let stored = store_bytes(&h);
+    eprintln!(
+        "32 MiB validated option: refused, error {} B, SQLite {stored} B",
+        r.body.len()
+    );
+    assert!(stored < 1 << 20, "{stored} bytes of SQLite");
+    // The same request id may be used again (nothing was kept).
+    let all = h.api("GET", "/v1/spawns", None).await;
+    assert!(all.body.len() < 1024, "{}", all.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_cancel_backs_off_says_why_and_adds_few_events() {
+    // cancel-fails: every job running; cancel always fails.
+    let h = start_host(&probe(
+        "cancel-fails",
+        "poll_interval_secs = 0.1\nfast_poll_secs = 0.1",
+    ))
+    .await;
+    let id = h.start(&body("alice", "r")).await;
+    h.wait_spawn(&id, 10, |s| s["state"] == "running").await;
+    let before = h.service.events(&id).unwrap().len();
+    let r = h.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let s = h.api("GET", &format!("/v1/spawns/{id}"), None).await.json();
+    assert_eq!(s["state"], "stopping", "{s}");
+    let reason = s["reason"].as_str().unwrap();
+    let prefix = format!("cancelling job probe-{id} failed (attempt ");
+    assert!(reason.starts_with(&prefix), "{reason}");
+    assert!(
+        reason.contains("Access/permission denied") && reason.contains("; next try in "),
+        "{reason}"
+    );
+    let attempt: u32 = reason[prefix.len()..]
+        .split(')')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // 1 s doubling (±10%): attempts at about 0, 1, 3, 7 s, not one per 0.1 s poll.
+    assert!((3..=5).contains(&attempt), "attempt {attempt}: {reason}");
+    let events = events_of(&h, &id).await;
+    let failures = events.iter().filter(|m| m.contains("failed: ")).count();
+    eprintln!(
+        "failing cancel for 10 s: {attempt} attempts, {} events after the stop ({failures} about the failure)",
+        events.len() - before
+    );
+    assert_eq!(failures, 1, "{events:#?}");
+    assert!(events.len() - before <= 3, "{events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_reason_that_changes_every_poll_is_not_an_event_every_poll() {
+    let h = start_host(&probe(
+        "changing-reason",
+        "poll_interval_secs = 0.1\nfast_poll_secs = 0.1",
+    ))
+    .await;
+    let id = h.start(&body("alice", "r")).await;
+    let first = h
+        .wait_spawn(&id, 10, |s| {
+            s["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("Priority"))
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = h.api("GET", &format!("/v1/spawns/{id}"), None).await.json();
+    // The spawn shows the latest reason (sanitized)...
+    assert_ne!(first["reason"], later["reason"]);
+    assert!(clean(later["reason"].as_str().unwrap()), "{later}");
+    // ...but the ~30 changes are one event.
+    let queued: Vec<String> = events_of(&h, &id)
+        .await
+        .into_iter()
+        .filter(|m| m.starts_with("queued: "))
+        .collect();
+    assert_eq!(queued.len(), 1, "{queued:#?}");
+    assert!(clean(&queued[0]), "{queued:?}");
+    assert!(h.metrics("probe", "status_calls") >= 20);
+}
+
+/// A probe instance whose jobs run on the host in option `raw` (bad-host),
+/// with a `submit_host` (a remote instance: no loopback by default) unless
+/// `remote` is false.
+async fn bad_host(remote: bool, lifecycle: &str) -> (Host, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(&kh, "").unwrap();
+    let remote = if remote {
+        format!(
+            "submit_host = \"login1.example.org\"\n[instances.probe.ssh]\nknown_hosts = \"{}\"\n",
+            kh.display()
+        )
+    } else {
+        String::new()
+    };
+    let h = start_host(&format!(
+        r#"
+[instances.probe]
+plugin = "{{plugin:probe}}"
+{remote}[instances.probe.config]
+behavior = "bad-host"
+[instances.probe.lifecycle]
+poll_interval_secs = 0.1
+fast_poll_secs = 0.1
+{lifecycle}
+"#
+    ))
+    .await;
+    (h, dir)
+}
+
+/// Starts one spawn per host (job on that host); its state once it is
+/// running or failed.
+async fn run_on(h: &Host, hosts: &[&str]) -> Vec<serde_json::Value> {
+    let mut ids = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let mut b = body(&format!("u{i}"), "r");
+        b["options"] = json!({"raw": [host]});
+        ids.push(h.start(&b).await);
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(
+            h.wait_spawn(&id, 20, |s| {
+                s["state"] == "running" || s["state"] == "failed"
+            })
+            .await,
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execution_hosts_in_forbidden_classes_are_refused_shown_and_audited() {
+    let (h, _dir) = bad_host(true, "").await;
+    let refused = [
+        ("169.254.169.254", "metadata"),
+        ("::ffff:169.254.169.254", "metadata"),
+        ("metadata.google.internal", "metadata"),
+        ("169.254.10.1", "link-local"),
+        ("fe80::1", "link-local"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("255.255.255.255", "broadcast"),
+        ("::1", "loopback"),
+        ("127.0.0.1", "loopback"),
+        ("localhost", "loopback"),
+        ("0x7f000001", "loopback"),
+    ];
+    let hosts: Vec<&str> = refused.iter().map(|(h, _)| *h).chain(["node7"]).collect();
+    let spawns = run_on(&h, &hosts).await;
+    let audit = h.setup.audit();
+    for ((host, class), s) in refused.iter().zip(&spawns) {
+        assert_eq!(s["state"], "failed", "{host}: {s}");
+        assert!(
+            s["host"].is_null() && s["exec_host"].is_null(),
+            "{host}: {s}"
+        );
+        let reason = s["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("refuses") && reason.contains(class) && reason.contains("cancelled"),
+            "{host}: {reason}"
+        );
+        if *class == "loopback" {
+            assert!(reason.contains("lifecycle.allow_loopback"), "{reason}");
+        }
+        let id = s["id"].as_str().unwrap();
+        assert!(events_of(&h, id).await.iter().any(|m| m == reason));
+        let rec = audit
+            .iter()
+            .find(|r| r["capability"] == "execution-host" && r["spawn_id"] == id)
+            .unwrap_or_else(|| panic!("no audit record for {host}"));
+        assert_eq!(rec["decision"], "deny", "{rec}");
+        assert_eq!(rec["instance"], "probe", "{rec}");
+        assert!(rec["reason"].as_str().unwrap().contains(class), "{rec}");
+    }
+    // An ordinary name is used.
+    let ok = spawns.last().unwrap();
+    assert_eq!(ok["state"], "running", "{ok}");
+    assert_eq!(ok["exec_host"], "node7");
+    // The refused job is cancelled, not left running.
+    let id = spawns[0]["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !events_of(&h, &id)
+        .await
+        .iter()
+        .any(|m| m.contains("cancel of job"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            events_of(&h, &id).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execution_hosts_rules_and_loopback_on_a_local_instance() {
+    let (h, _dir) = bad_host(
+        true,
+        "execution_hosts = [\".cluster.example.org\", \"10.1.0.0/16\", \"login1\"]",
+    )
+    .await;
+    let spawns = run_on(
+        &h,
+        &[
+            "node7.cluster.example.org",
+            "10.1.2.3",
+            "LOGIN1",
+            "node7.evil.org",
+            "cluster.example.org",
+            "10.2.0.1",
+            "169.254.169.254",
+        ],
+    )
+    .await;
+    for s in &spawns[..3] {
+        assert_eq!(s["state"], "running", "{s}");
+    }
+    for s in &spawns[3..6] {
+        assert_eq!(s["state"], "failed", "{s}");
+        assert!(
+            s["reason"]
+                .as_str()
+                .unwrap()
+                .contains("matches no lifecycle.execution_hosts rule"),
+            "{s}"
+        );
+    }
+    assert!(spawns[6]["reason"].as_str().unwrap().contains("metadata"));
+
+    // A local instance (no submit_host, no tunnel): loopback is fine, the
+    // forbidden classes are not.
+    let (h, _dir) = bad_host(false, "").await;
+    let spawns = run_on(
+        &h,
+        &[
+            "::1",
+            "localhost",
+            "127.0.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+        ],
+    )
+    .await;
+    for s in &spawns[..3] {
+        assert_eq!(s["state"], "running", "{s}");
+    }
+    for s in &spawns[3..] {
+        assert_eq!(s["state"], "failed", "{s}");
+    }
+    // ...unless the operator says no.
+    let (h, _dir) = bad_host(false, "allow_loopback = false").await;
+    let s = &run_on(&h, &["localhost"]).await[0];
+    assert_eq!(s["state"], "failed", "{s}");
 }

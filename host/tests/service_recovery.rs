@@ -193,7 +193,12 @@ async fn sigkill_mid_spawn_and_restart_recovers_every_spawn() {
     for id in [&a, &b] {
         let n = audit
             .lines()
-            .filter(|l| l.contains("\"detached.start\"") && l.contains(id.as_str()))
+            // One `start` record (then an `end` one) per program started.
+            .filter(|l| {
+                l.contains("\"detached.start\"")
+                    && l.contains("\"event\":\"start\"")
+                    && l.contains(id.as_str())
+            })
             .count();
         assert_eq!(n, 1, "spawn {id} was started {n} times");
     }
@@ -337,7 +342,7 @@ async fn sigterm_lets_a_submit_in_flight_finish() {
     std::fs::write(
         &config,
         format!(
-            "state_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n[instances.probe]\nplugin = \"{}\"\n[instances.probe.config]\nbehavior = \"sleep\"\nseconds = \"2\"\n[[instances.probe.grants.programs]]\nprogram = \"sleep\"\nargs = [\"*\"]\n",
+            "state_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n[instances.probe]\nplugin = \"{}\"\n[instances.probe.config]\nbehavior = \"sleep\"\nseconds = \"2\"\n[[instances.probe.grants.programs]]\nprogram = \"sleep\"\nargs = [\"*\"]\nphases = [\"form\", \"validate\", \"submit\", \"status\", \"cancel\"]\n",
             dir.path().join("state").display(),
             token.display(),
             common::plugin_wasm("probe").display()

@@ -8,9 +8,7 @@ mod service_common;
 
 use std::time::Duration;
 
-use service_common::{
-    local_config, local_config_with, server_script, start_body, start_host_with, Host,
-};
+use service_common::{local_config_with, server_script, start_body, start_host_with, Host};
 
 /// A host whose state lives in `state` (so a "restart" finds it again),
 /// keeping its tunnels.
@@ -114,7 +112,11 @@ async fn a_tunnel_per_ready_server_survives_its_ssh_and_a_host_restart() {
         "{}[instances.local.tunnel]\nvia = \"127.0.0.1\"\n",
         common::sshd_table(&dir, "local")
     );
-    let body = local_config(&extra);
+    // The servers and the gateway are this host: loopback is the node.
+    let body = local_config_with(
+        "poll_interval_secs = 0.5\nfast_poll_secs = 0.2\nallow_loopback = true",
+        &extra,
+    );
     let state = tempfile::tempdir().unwrap();
     let host = host_on(state.path(), &body).await;
     let script = server_script(state.path());
@@ -185,7 +187,11 @@ async fn jobs_call_back_through_a_reverse_tunnel_on_the_gateway() {
         "{}[instances.local.tunnel]\nvia = \"127.0.0.1\"\n[instances.local.tunnel.callback]\nport = {cb_port}\nbind = \"127.0.0.1\"\n",
         common::sshd_table(&dir, "local")
     );
-    let body = local_config(&extra);
+    // The servers and the gateway are this host: loopback is the node.
+    let body = local_config_with(
+        "poll_interval_secs = 0.5\nfast_poll_secs = 0.2\nallow_loopback = true",
+        &extra,
+    );
     let state = tempfile::tempdir().unwrap();
     let host = host_on(state.path(), &body).await;
     let forward = format!("127.0.0.1:{cb_port}:127.0.0.1:");
@@ -284,6 +290,18 @@ async fn a_hostless_callback_through_the_gateway_waits_for_the_execution_host() 
     .await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json()["error"], "execution_host_unknown");
+    // A tunneled instance does not take loopback (the gateway's own
+    // services) unless the operator allows it.
+    let r = service_common::request(
+        "POST",
+        &ready,
+        Some(&token),
+        Some(&serde_json::json!({"port": 8888, "host": "127.0.0.1"})),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"], "execution_host_refused");
+    assert!(r.body.contains("lifecycle.allow_loopback"), "{}", r.body);
     // The token was not spent, and a named host passes the checks: the host
     // goes on to open the server's tunnel (which fails here, as the gateway
     // does not exist; a spent token would be a 401).
@@ -291,7 +309,7 @@ async fn a_hostless_callback_through_the_gateway_waits_for_the_execution_host() 
         "POST",
         &ready,
         Some(&token),
-        Some(&serde_json::json!({"port": 8888, "host": "127.0.0.1"})),
+        Some(&serde_json::json!({"port": 8888, "host": "node1"})),
     )
     .await;
     assert_eq!(r.status, 502, "{}", r.body);

@@ -1,6 +1,7 @@
 //! The job's callback: `POST /v1/spawns/{id}/ready` with the per-spawn
-//! token. Only port and host, only once, only while queued or running, and
-//! the host must agree with the scheduler (see [`super::token::host_allowed`]).
+//! token. Only port and host, only once, only while queued or running; the
+//! host must agree with the scheduler (see [`super::token::host_allowed`])
+//! and pass the instance's execution-host rule ([`crate::exec_host`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +121,33 @@ impl Service {
                 }
             },
         };
+        // The execution-host rule, with `callback_hosts` counting as allowed
+        // names: a refusal is shown on the spawn and audited.
+        let policy = match ic {
+            Some(ic) => crate::exec_host::Policy::of(&spawn.instance, &ic.lifecycle),
+            None => crate::exec_host::Policy {
+                instance: &spawn.instance,
+                rules: &[],
+                allow_loopback: false,
+            },
+        };
+        let also: Vec<crate::exec_host::Rule> = rules
+            .iter()
+            .filter_map(|r| crate::exec_host::Rule::parse(r).ok())
+            .collect();
+        if let Err(why) = policy.check_with(&host, &also) {
+            let m = format!("the job's callback names a host the instance refuses: {why}");
+            let _ = self.update(id, |e| {
+                if !matches!(e.spawn.state, SpawnState::Queued | SpawnState::Running) {
+                    return None;
+                }
+                e.spawn.reason = Some(m.clone());
+                e.quiet = Some(super::Quiet::Host);
+                Some(m.clone())
+            });
+            self.audit_refusal(id, &host, &why);
+            return Err(refuse(403, "execution_host_refused", m));
+        }
         let port = body.port as u16;
         // A non-routable node: the hub reaches the server through a tunnel,
         // opened before the spawn is reported ready.

@@ -14,6 +14,16 @@
 //! Every change is written to the [`Store`] before anything acts on it. The
 //! records are also kept in memory: reads never touch the database or the
 //! scheduler.
+//!
+//! What a plugin (or a job) says is bounded where it enters the service, so
+//! a hostile plugin cannot flood the store or the API: its texts (reasons,
+//! errors, event messages, job ids, hosts) pass [`crate::sanitize`]; the
+//! validated options are at most [`MAX_OPTIONS_BYTES`]; a spawn keeps at
+//! most [`crate::store::MAX_EVENTS`] events, repeats coalesced and
+//! plugin-driven notes (a changing queue reason, a failing cancel, …) at
+//! most one per [`QUIET_EVERY`] each; a failing cancel is retried with a
+//! capped backoff ([`cancel_backoff`]); and the host a spawn's server is at
+//! passes the instance's execution-host rule ([`crate::exec_host`]).
 
 pub mod callback;
 pub mod events;
@@ -35,10 +45,52 @@ use tokio::sync::broadcast;
 
 use crate::capability::gate::CallContext;
 use crate::config::valid_env_name;
-use crate::model::{FieldError, Job, JobSpec, RawOptions, Spawn, SpawnEvent, SpawnState, User};
+use crate::model::{
+    FieldError, Job, JobSpec, Options, PluginError, RawOptions, Spawn, SpawnEvent, SpawnState,
+    Submitted, User, Value,
+};
 use crate::registry::Registry;
 use crate::runtime::plugin::{CallError, ValidateError};
+use crate::sanitize;
 use crate::store::Store;
+
+/// Longest event message, reason or flag the host stores for a spawn: host
+/// text around plugin text that is itself at most [`sanitize::MAX_REASON`].
+pub const MAX_MESSAGE: usize = 2048;
+
+/// Most validated options (entries) the host stores for a spawn.
+pub const MAX_OPTION_ENTRIES: usize = 256;
+
+/// Most bytes of validated options (keys plus values, a number or boolean
+/// counted as its text) the host stores for a spawn. A plugin whose
+/// `validate` returns more has the spawn refused (`502 plugin_failed`,
+/// nothing stored).
+pub const MAX_OPTIONS_BYTES: usize = 64 * 1024;
+
+/// Longest job id the host keeps from `submit` (also the runtime's bound).
+pub const MAX_JOB_ID: usize = 256;
+
+/// Most bytes of opaque plugin state the host keeps for a job.
+pub const MAX_PLUGIN_STATE: usize = 64 * 1024;
+
+/// Plugin-driven notes of one kind ([`Quiet`]: a changed queue reason, the
+/// scheduler's silence, a failed cancel, a refused host) add at most one
+/// event per spawn this often; the spawn's `reason` still shows the latest.
+/// State changes always add their event.
+pub const QUIET_EVERY: Duration = Duration::from_secs(60);
+
+/// The first wait after a failed cancel; it doubles with every failure...
+pub const CANCEL_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// ...up to this (each wait ±10% jitter).
+pub const CANCEL_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Longest piece of a failed cancel's error quoted in the spawn's reason.
+const MAX_CANCEL_ERROR: usize = 300;
+
+/// Execution-host refusals written to the audit log per spawn (the same
+/// host at most once per [`QUIET_EVERY`]): a job or plugin repeating itself
+/// cannot flood the log.
+pub const MAX_AUDITED_REFUSALS: u32 = 32;
 
 /// The variables the host adds to every job's environment. The in-job
 /// wrapper depends on these names.
@@ -104,7 +156,53 @@ struct Entry {
     /// A cancel must (still) be sent.
     cancel_due: bool,
     cancel_in_flight: bool,
+    /// Cancels sent since the last one that went through.
     cancel_attempts: u32,
+    /// After a failed cancel: not before this is the next one sent.
+    cancel_next: Option<std::time::Instant>,
+    /// Set by an [`Service::update`] closure: its message is a note of this
+    /// kind, throttled to one per [`QUIET_EVERY`].
+    quiet: Option<Quiet>,
+    /// When a note of each [`Quiet`] kind was last recorded.
+    quiet_at: [Option<std::time::Instant>; Quiet::KINDS],
+    /// Execution-host refusals audited, and the last one (host, when).
+    refusals_audited: u32,
+    last_refusal: Option<(String, std::time::Instant)>,
+}
+
+impl Entry {
+    fn new(spawn: Spawn, callback_hash: Option<String>) -> Entry {
+        Entry {
+            spawn,
+            callback_hash,
+            cancel_due: false,
+            cancel_in_flight: false,
+            cancel_attempts: 0,
+            cancel_next: None,
+            quiet: None,
+            quiet_at: [None; Quiet::KINDS],
+            refusals_audited: 0,
+            last_refusal: None,
+        }
+    }
+}
+
+/// Kinds of plugin-driven notes (events that are not state changes), each
+/// throttled to one event per [`QUIET_EVERY`] per spawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quiet {
+    /// The queue reason or expected start changed.
+    Reason = 0,
+    /// The scheduler stopped or started answering (`unknown`).
+    Health = 1,
+    /// A cancel failed.
+    Cancel = 2,
+    /// An execution host was refused.
+    Host = 3,
+}
+
+impl Quiet {
+    const KINDS: usize = 4;
 }
 
 #[derive(Default)]
@@ -139,8 +237,108 @@ impl Drop for InFlight {
     }
 }
 
-/// Cancels of a job that failed by timeout are retried this often.
+/// Cancels of the job of a spawn that failed (by timeout, or a refused
+/// host) are tried this often; a stopping spawn's until the job is gone.
 const MAX_CANCEL_ATTEMPTS: u32 = 5;
+
+/// The wait after the `n`th failed cancel in a row (`n` ≥ 1): 1 s, doubling,
+/// at most 5 min ([`CANCEL_BACKOFF_FIRST`], [`CANCEL_BACKOFF_MAX`]), ±10%.
+pub fn cancel_backoff(n: u32) -> Duration {
+    let doubled = CANCEL_BACKOFF_FIRST.saturating_mul(1 << n.saturating_sub(1).min(20));
+    doubled
+        .min(CANCEL_BACKOFF_MAX)
+        .mul_f64(0.9 + 0.2 * rand::random::<f64>())
+}
+
+/// `s` without unsafe characters, at most `max` bytes; unchanged (no copy)
+/// when it already is.
+fn bounded(s: &mut String, max: usize) {
+    if s.len() > max || !sanitize::is_clean(s) {
+        *s = sanitize::text(s, max);
+    }
+}
+
+/// The net under the sanitizing where each value enters: a spawn's texts
+/// within their bounds before they are stored.
+fn bound_spawn(s: &mut Spawn) {
+    for t in [&mut s.reason, &mut s.flagged].into_iter().flatten() {
+        bounded(t, MAX_MESSAGE);
+    }
+    if let Some(h) = &mut s.exec_host {
+        bounded(h, 253);
+    }
+}
+
+/// A plugin error with its texts sanitized (it reaches the API).
+fn clean_call_error(e: CallError) -> CallError {
+    let p = |e: PluginError| match e {
+        PluginError::Config(m) => PluginError::Config(sanitize::reason(&m)),
+        PluginError::Capability(m) => PluginError::Capability(sanitize::reason(&m)),
+        PluginError::Scheduler(m) => PluginError::Scheduler(sanitize::reason(&m)),
+        PluginError::Other(m) => PluginError::Other(sanitize::reason(&m)),
+    };
+    match e {
+        CallError::Plugin(e) => CallError::Plugin(p(e)),
+        CallError::Failed { instance, message } => CallError::Failed {
+            instance,
+            message: sanitize::reason(&message),
+        },
+        other => other,
+    }
+}
+
+/// Field errors as the API shows them: sanitized, at most 64.
+fn clean_fields(f: Vec<FieldError>) -> Vec<FieldError> {
+    f.into_iter()
+        .take(64)
+        .map(|e| FieldError {
+            field: sanitize::text(&e.field, 128),
+            message: sanitize::reason(&e.message),
+        })
+        .collect()
+}
+
+/// Validated options the host will store: at most [`MAX_OPTION_ENTRIES`]
+/// and [`MAX_OPTIONS_BYTES`] of keys and values.
+fn check_options(o: &Options) -> Result<(), String> {
+    let bytes: usize = o
+        .iter()
+        .map(|(k, v)| {
+            k.len()
+                + match v {
+                    Value::Text(t) => t.len(),
+                    other => other.to_string().len(),
+                }
+        })
+        .sum();
+    if o.len() > MAX_OPTION_ENTRIES || bytes > MAX_OPTIONS_BYTES {
+        return Err(format!(
+            "validate returned {} options with {bytes} bytes of keys and values; the host stores at most {MAX_OPTION_ENTRIES} options and {MAX_OPTIONS_BYTES} bytes (MAX_OPTIONS_BYTES), so the spawn is refused",
+            o.len()
+        ));
+    }
+    Ok(())
+}
+
+/// What `submit` returned, as the host will keep it: a job id it can use
+/// (1-[`MAX_JOB_ID`] bytes, nothing [`sanitize`] would change) and at most
+/// [`MAX_PLUGIN_STATE`] of state.
+fn check_submitted(sub: &Submitted) -> Result<(), String> {
+    if sub.job_id.is_empty() || sub.job_id.len() > MAX_JOB_ID || !sanitize::is_clean(&sub.job_id) {
+        return Err(format!(
+            "the plugin returned an unusable job id ({:?}, {} bytes: empty, over {MAX_JOB_ID} bytes, or with control or bidi characters); if a job was made, the host cannot follow it",
+            sanitize::text(&sub.job_id, 64),
+            sub.job_id.len()
+        ));
+    }
+    if sub.state.len() > MAX_PLUGIN_STATE {
+        return Err(format!(
+            "the plugin returned {} bytes of job state; the host keeps at most {MAX_PLUGIN_STATE}",
+            sub.state.len()
+        ));
+    }
+    Ok(())
+}
 
 impl Service {
     /// Opens the store in the registry's state directory and recovers every
@@ -337,7 +535,7 @@ impl Service {
                 key: format!("callback:{name}"),
                 via: t.via.clone(),
                 // Checked with the config: no {user} in ssh.user.
-                user: crate::capability::ssh::remote_user(ssh, None)
+                user: crate::ssh_cmd::remote_user(ssh, None)
                     .ok()
                     .flatten(),
                 bind: c.bind.clone(),
@@ -355,7 +553,7 @@ impl Service {
         let t = ic.tunnel.as_ref()?;
         let (host, port) = s.tunnel_target.as_deref()?.rsplit_once(':')?;
         let user =
-            crate::capability::ssh::remote_user(ic.ssh.as_ref()?, Some(&s.user.name)).ok()?;
+            crate::ssh_cmd::remote_user(ic.ssh.as_ref()?, Some(&s.user.name)).ok()?;
         Some(crate::tunnel::TunnelSpec {
             key: s.id.clone(),
             via: t.via.clone(),
@@ -376,6 +574,11 @@ impl Service {
     /// Applies `f` to a copy of spawn `id`; when it changed, persists it,
     /// then records the event `f` returned (or a state-change event), then
     /// publishes both. Returns the spawn after the change.
+    ///
+    /// The message and the spawn's texts are bounded ([`MAX_MESSAGE`],
+    /// sanitized); a message `f` marked as a [`Quiet`] note is dropped when
+    /// one of its kind was recorded less than [`QUIET_EVERY`] ago (unless
+    /// the state changed); the store drops a repeat of the previous event.
     fn update<F>(&self, id: &str, f: F) -> Result<Option<Spawn>>
     where
         F: FnOnce(&mut Entry) -> Option<String>,
@@ -385,12 +588,21 @@ impl Service {
             return Ok(None);
         };
         let mut next = current.clone();
-        let message = f(&mut next);
+        let mut message = f(&mut next).map(|m| sanitize::text(&m, MAX_MESSAGE));
+        bound_spawn(&mut next.spawn);
+        let state_changed = next.spawn.state != current.spawn.state;
+        if let (Some(kind), Some(_), false) = (next.quiet.take(), &message, state_changed) {
+            let at = &mut next.quiet_at[kind as usize];
+            if at.is_some_and(|t| t.elapsed() < QUIET_EVERY) {
+                message = None;
+            } else {
+                *at = Some(std::time::Instant::now());
+            }
+        }
         if next == *current && message.is_none() {
             return Ok(Some(next.spawn));
         }
         let now = Utc::now();
-        let state_changed = next.spawn.state != current.spawn.state;
         // Flags kept only in memory (cancel bookkeeping) are not written.
         let persist = next.spawn != current.spawn || next.callback_hash != current.callback_hash;
         if persist {
@@ -407,7 +619,7 @@ impl Service {
         let mut event = None;
         if state_changed || message.is_some() {
             let st = next.spawn.state;
-            let e = self.store.add_event(SpawnEvent {
+            event = self.store.add_event(SpawnEvent {
                 seq: 0,
                 spawn_id: id.to_string(),
                 time: now,
@@ -419,7 +631,6 @@ impl Service {
                     SpawnState::Ready | SpawnState::Failed | SpawnState::Stopped
                 ) && state_changed,
             })?;
-            event = Some(e);
         }
         let out = next.spawn.clone();
         inner.spawns.insert(id.to_string(), next);
@@ -539,20 +750,22 @@ impl Service {
             };
             self.store.save(&spawn, None)?;
             inner.by_request.insert(key.clone(), id.clone());
-            inner.spawns.insert(
-                id.clone(),
-                Entry {
-                    spawn,
-                    callback_hash: None,
-                    cancel_due: false,
-                    cancel_in_flight: false,
-                    cancel_attempts: 0,
-                },
-            );
+            inner.spawns.insert(id.clone(), Entry::new(spawn, None));
         }
         self.update(&id, |_| Some("checking the options".into()))?;
 
-        let validated = inst.validate(&req.user, &req.options).await;
+        // What the plugin says reaches the API (errors) or the store
+        // (options): sanitized and bounded here.
+        let validated = match inst.validate(&req.user, &req.options).await {
+            Ok(o) => check_options(&o).map(|_| o).map_err(|message| {
+                ServiceError::Plugin(CallError::Failed {
+                    instance: req.instance.clone(),
+                    message,
+                })
+            }),
+            Err(ValidateError::Fields(f)) => Err(ServiceError::InvalidOptions(clean_fields(f))),
+            Err(ValidateError::Call(c)) => Err(ServiceError::Plugin(clean_call_error(c))),
+        };
         let options = match validated {
             Ok(o) => o,
             Err(e) => {
@@ -564,10 +777,7 @@ impl Service {
                     inner.by_request.remove(&key);
                     self.store.delete(&id)?;
                 }
-                return Err(match e {
-                    ValidateError::Fields(f) => ServiceError::InvalidOptions(f),
-                    ValidateError::Call(c) => ServiceError::Plugin(c),
-                });
+                return Err(e);
             }
         };
 
@@ -643,8 +853,13 @@ impl Service {
             spawn_id: Some(id.clone()),
             user: Some(spawn.user.name.clone()),
             spawn_env: Arc::new(env),
+            ..Default::default()
         };
-        let result = inst.submit(ctx, &job).await;
+        let result = inst
+            .submit(ctx, &job)
+            .await
+            .map_err(|e| sanitize::reason(&e.to_string()))
+            .and_then(|sub| check_submitted(&sub).map(|_| sub));
         let mut cancel = false;
         let r = self.update(&id, |e| match result {
             Ok(sub) => {
@@ -680,7 +895,9 @@ impl Service {
             tracing::error!(spawn_id = %id, "cannot record the submitted job: {e:#}");
         }
         if cancel {
-            self.clone().cancel_job(id.clone()).await;
+            // Not awaited: a failing cancel backs off for minutes, and a
+            // shutdown waits for this submit.
+            tokio::spawn(self.clone().cancel_job(id.clone()));
         }
         self.wake(&spawn.instance);
     }
@@ -700,6 +917,7 @@ impl Service {
                     e.spawn.state = SpawnState::Stopping;
                     e.callback_hash = None;
                     e.cancel_due = true;
+                    e.cancel_next = None;
                     cancel = true;
                     Some("stop requested; cancelling the job".into())
                 }
@@ -714,12 +932,38 @@ impl Service {
         Ok(spawn)
     }
 
-    /// Sends the plugin's cancel for spawn `id` once (unless one is in
-    /// flight); failures are retried by the poller.
+    /// Sends the plugin's cancel for spawn `id` (unless one is in flight, or
+    /// a failed one's backoff has not passed), and again after each failure:
+    /// after [`cancel_backoff`] (1 s doubling to 5 min), for a stopping spawn
+    /// until the cancel goes through, for a failed spawn's job at most
+    /// [`MAX_CANCEL_ATTEMPTS`] times. A stopping spawn's `reason` says why it
+    /// is still stopping; the failure's event is a [`Quiet::Cancel`] note.
     async fn cancel_job(self: Arc<Self>, id: String) {
+        let weak = Arc::downgrade(&self);
+        let mut svc = self;
+        loop {
+            let Some(wait) = svc.cancel_once(&id).await else {
+                return;
+            };
+            // The service may go away while a cancel backs off.
+            drop(svc);
+            tokio::time::sleep(wait).await;
+            let Some(s) = weak.upgrade() else { return };
+            svc = s;
+        }
+    }
+
+    /// One cancel; the wait before the next one when it failed and another
+    /// is due.
+    async fn cancel_once(&self, id: &str) -> Option<Duration> {
         let mut go = false;
-        let _ = self.update(&id, |e| {
-            if e.cancel_in_flight || !e.cancel_due || e.spawn.job_id.is_none() {
+        let now = std::time::Instant::now();
+        let _ = self.update(id, |e| {
+            if e.cancel_in_flight
+                || !e.cancel_due
+                || e.spawn.job_id.is_none()
+                || e.cancel_next.is_some_and(|t| now < t)
+            {
                 return None;
             }
             e.cancel_in_flight = true;
@@ -728,11 +972,15 @@ impl Service {
             None
         });
         if !go {
-            return;
+            return None;
         }
-        let Ok(spawn) = self.get(&id) else { return };
+        let spawn = self.get(id).ok()?;
         let Some(inst) = self.registry.get(&spawn.instance).cloned() else {
-            return;
+            let _ = self.update(id, |e| {
+                e.cancel_in_flight = false;
+                None
+            });
+            return None;
         };
         let job = Job {
             job_id: spawn.job_id.clone().unwrap_or_default(),
@@ -740,36 +988,107 @@ impl Service {
             state: spawn.plugin_state.clone(),
         };
         let ctx = CallContext {
-            spawn_id: Some(id.clone()),
+            spawn_id: Some(id.to_string()),
             user: Some(spawn.user.name.clone()),
-            spawn_env: Default::default(),
+            ..Default::default()
         };
-        let r = inst.cancel(ctx, &job).await;
-        let _ = self.update(&id, |e| {
+        let r = inst
+            .cancel(ctx, &job)
+            .await
+            .map_err(|e| sanitize::text(&e.to_string(), MAX_CANCEL_ERROR));
+        let mut retry = None;
+        let _ = self.update(id, |e| {
             e.cancel_in_flight = false;
             match &r {
                 Ok(()) => {
                     e.cancel_due = false;
+                    e.cancel_next = None;
+                    e.cancel_attempts = 0;
                     Some(if e.spawn.state == SpawnState::Stopping {
+                        e.spawn.reason =
+                            Some("cancel sent; waiting for the scheduler to confirm".into());
                         "cancel sent; waiting for the scheduler to confirm".into()
                     } else {
                         format!("cancel of job {} sent", job.job_id)
                     })
                 }
                 Err(err) => {
-                    if e.cancel_attempts >= MAX_CANCEL_ATTEMPTS
-                        && e.spawn.state != SpawnState::Stopping
-                    {
+                    let n = e.cancel_attempts;
+                    if e.spawn.state != SpawnState::Stopping && n >= MAX_CANCEL_ATTEMPTS {
                         e.cancel_due = false;
+                        e.cancel_next = None;
+                        return Some(format!(
+                            "cancelling job {} failed {n} times; the host stops trying: {err}",
+                            job.job_id
+                        ));
                     }
+                    let wait = cancel_backoff(n);
+                    e.cancel_next = Some(std::time::Instant::now() + wait);
+                    retry = Some(wait);
+                    if e.spawn.state == SpawnState::Stopping {
+                        e.spawn.reason = Some(format!(
+                            "cancelling job {} failed (attempt {n}): {err}; next try in {}s",
+                            job.job_id,
+                            wait.as_secs_f64().ceil()
+                        ));
+                    }
+                    // The same words every attempt: the store coalesces
+                    // repeats; a changing error is a throttled note.
+                    e.quiet = Some(Quiet::Cancel);
                     Some(format!(
-                        "cancelling job {} failed: {err}; retrying at the next poll",
-                        job.job_id
+                        "cancelling job {} failed: {err}; retrying with a backoff (1 s doubling, at most {} s)",
+                        job.job_id,
+                        CANCEL_BACKOFF_MAX.as_secs()
                     ))
                 }
             }
         });
         self.wake(&spawn.instance);
+        retry
+    }
+
+    /// Writes an execution-host refusal to the audit log (capability
+    /// `execution-host`, decision `deny`): the same host at most once per
+    /// [`QUIET_EVERY`] and at most [`MAX_AUDITED_REFUSALS`] records per
+    /// spawn.
+    fn audit_refusal(&self, id: &str, host: &str, reason: &str) {
+        let host = sanitize::text(host, 256);
+        let (instance, user) = {
+            let mut inner = self.lock();
+            let Some(e) = inner.spawns.get_mut(id) else {
+                return;
+            };
+            let repeat = e
+                .last_refusal
+                .as_ref()
+                .is_some_and(|(h, t)| *h == host && t.elapsed() < QUIET_EVERY);
+            if repeat || e.refusals_audited >= MAX_AUDITED_REFUSALS {
+                return;
+            }
+            e.refusals_audited += 1;
+            e.last_refusal = Some((host.clone(), std::time::Instant::now()));
+            (e.spawn.instance.clone(), e.spawn.user.name.clone())
+        };
+        let digest = self
+            .registry
+            .get(&instance)
+            .map(|i| i.current().digest.clone())
+            .unwrap_or_default();
+        self.registry
+            .runtime
+            .audit
+            .write(crate::capability::audit::AuditRecord {
+                instance,
+                digest,
+                spawn_id: Some(id.to_string()),
+                user: Some(user),
+                capability: "execution-host",
+                event: "decision",
+                program: host,
+                decision: "deny",
+                reason: Some(sanitize::text(reason, MAX_MESSAGE)),
+                ..Default::default()
+            });
     }
 
     /// Waits (at most `limit`) for the submits in flight to finish, so a
@@ -870,4 +1189,87 @@ fn check_request(req: &StartRequest) -> Result<(), ServiceError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_backoff_doubles_from_1_s_to_5_min_with_jitter() {
+        for (n, base) in [
+            (1, 1.0),
+            (2, 2.0),
+            (3, 4.0),
+            (9, 256.0),
+            (10, 300.0),
+            (1000, 300.0),
+        ] {
+            let d = cancel_backoff(n).as_secs_f64();
+            assert!(d >= base * 0.9 && d <= base * 1.1, "attempt {n}: {d}");
+        }
+        // Attempts in an hour of failures: a few dozen, not one per poll.
+        let mut t = 0.0;
+        let mut n = 0;
+        while t < 3600.0 {
+            n += 1;
+            t += cancel_backoff(n).as_secs_f64();
+        }
+        assert!(n < 25, "{n} attempts in an hour");
+    }
+
+    #[test]
+    fn options_are_bounded_in_bytes_and_entries() {
+        let mut o = Options::new();
+        o.insert(
+            "note".into(),
+            Value::Text("x".repeat(MAX_OPTIONS_BYTES - 4)),
+        );
+        assert_eq!(check_options(&o), Ok(()));
+        o.insert("n".into(), Value::Integer(1));
+        let e = check_options(&o).unwrap_err();
+        assert!(
+            e.contains("MAX_OPTIONS_BYTES") && e.contains("65536"),
+            "{e}"
+        );
+        let many: Options = (0..=MAX_OPTION_ENTRIES)
+            .map(|i| (format!("f{i}"), Value::Boolean(true)))
+            .collect();
+        assert!(check_options(&many).unwrap_err().contains("257 options"));
+    }
+
+    #[test]
+    fn unusable_job_ids_and_huge_states_are_refused() {
+        let sub = |job_id: &str, state: usize| Submitted {
+            job_id: job_id.into(),
+            state: "s".repeat(state),
+        };
+        assert_eq!(check_submitted(&sub("123.sched", 10)), Ok(()));
+        for bad in ["", "12\n3", "12\u{202e}3", &"9".repeat(MAX_JOB_ID + 1)] {
+            let e = check_submitted(&sub(bad, 0)).unwrap_err();
+            assert!(
+                e.contains("unusable job id") && sanitize::is_clean(&e),
+                "{e:?}"
+            );
+        }
+        assert!(check_submitted(&sub("1", MAX_PLUGIN_STATE + 1)).is_err());
+    }
+
+    #[test]
+    fn plugin_texts_reaching_the_api_are_sanitized() {
+        let e = clean_call_error(CallError::Plugin(PluginError::Scheduler(
+            "x\n\u{202e}".repeat(1 << 20),
+        )));
+        let m = e.to_string();
+        assert!(m.len() < 1100 && sanitize::is_clean(&m), "{}", m.len());
+        let f = clean_fields(vec![
+            FieldError {
+                field: "a\nb".into(),
+                message: "m".repeat(1 << 20),
+            };
+            1000
+        ]);
+        assert_eq!(f.len(), 64);
+        assert!(sanitize::is_clean(&f[0].field) && f[0].message.len() < 1100);
+    }
 }

@@ -14,9 +14,11 @@ use chrono::Utc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::Service;
+use super::{Quiet, Service};
 use crate::config::Lifecycle;
+use crate::exec_host::Policy;
 use crate::model::{Job, JobState, SpawnState};
+use crate::sanitize;
 
 pub struct PollerState {
     pub lifecycle: Lifecycle,
@@ -124,16 +126,25 @@ impl Service {
         let states = match inst.status(&jobs).await {
             Ok(s) => s,
             Err(e) => {
-                let reason = format!("the status call failed: {e}");
+                let reason = format!(
+                    "the status call failed: {}",
+                    sanitize::reason(&e.to_string())
+                );
                 vec![JobState::Unknown { reason }; jobs.len()]
             }
         };
         *ps.last_poll.lock().unwrap() = Some(Utc::now());
         let mut cancels = Vec::new();
         for ((id, _), st) in live.into_iter().zip(states) {
-            match self.apply(&id, st, &ps.lifecycle) {
-                Ok(true) => cancels.push(id),
-                Ok(false) => {}
+            match self.apply(&id, clean_state(st), &ps.lifecycle, instance) {
+                Ok(a) => {
+                    if let Some((host, why)) = a.refused {
+                        self.audit_refusal(&id, &host, &why);
+                    }
+                    if a.cancel {
+                        cancels.push(id);
+                    }
+                }
                 Err(e) => tracing::error!(spawn_id = %id, "cannot record the job's state: {e:#}"),
             }
         }
@@ -143,14 +154,29 @@ impl Service {
         }
     }
 
-    /// Applies one job state to its spawn. Returns whether a cancel must be
-    /// sent.
-    fn apply(&self, id: &str, st: JobState, lc: &Lifecycle) -> anyhow::Result<bool> {
+    /// Applies one job state to its spawn: whether a cancel must be sent,
+    /// and the execution host refused (for the audit log).
+    fn apply(
+        &self,
+        id: &str,
+        st: JobState,
+        lc: &Lifecycle,
+        instance: &str,
+    ) -> anyhow::Result<Applied> {
         let now = Utc::now();
+        let policy = Policy::of(instance, lc);
         let mut cancel = false;
+        let mut refused = None;
         self.update(id, |e| {
+            // A failed cancel of a stopping spawn is sent again once its
+            // backoff has passed (and at the first poll after a restart).
+            let cancel_ready = e.spawn.state == SpawnState::Stopping
+                && e.cancel_due
+                && !e.cancel_in_flight
+                && e.cancel_next.is_none_or(|t| std::time::Instant::now() >= t);
             let s = &mut e.spawn;
             if let JobState::Unknown { reason } = &st {
+                cancel = cancel_ready;
                 s.unknown_polls += 1;
                 if s.unknown_polls == lc.unknown_grace_polls {
                     let m = format!(
@@ -159,6 +185,7 @@ impl Service {
                         s.unknown_polls
                     );
                     s.flagged = Some(m.clone());
+                    e.quiet = Some(Quiet::Health);
                     return Some(m);
                 }
                 return None;
@@ -166,7 +193,37 @@ impl Service {
             let mut message = None;
             s.unknown_polls = 0;
             if s.flagged.take().is_some() {
+                e.quiet = Some(Quiet::Health);
                 message = Some("the scheduler answers again".to_string());
+            }
+            // The host the scheduler names passes the instance's rule
+            // before the spawn uses it.
+            if let JobState::Running { host: Some(h) } = &st {
+                let used = matches!(
+                    s.state,
+                    SpawnState::Queued | SpawnState::Running | SpawnState::Ready
+                );
+                if used && s.exec_host.as_deref() != Some(h.as_str()) {
+                    if let Err(why) = policy.check(h) {
+                        refused = Some((h.clone(), why.clone()));
+                        let job = s.job_id.clone().unwrap_or_else(|| "?".into());
+                        e.quiet = Some(Quiet::Host);
+                        if s.state == SpawnState::Ready {
+                            return Some(format!(
+                                "the scheduler now reports job {job} on a host the instance refuses ({why}); the server stays where it reported"
+                            ));
+                        }
+                        let m = format!(
+                            "the scheduler reports job {job} running on a host the instance refuses: {why}; the job is cancelled"
+                        );
+                        s.state = SpawnState::Failed;
+                        s.reason = Some(m.clone());
+                        e.callback_hash = None;
+                        e.cancel_due = true;
+                        cancel = true;
+                        return Some(m);
+                    }
+                }
             }
             let waited = (now - s.state_since).to_std().unwrap_or_default();
             match (s.state, st) {
@@ -184,6 +241,8 @@ impl Service {
                         return Some(m);
                     }
                     if s.reason.as_deref() != Some(&reason) || s.expected_start != expected_start {
+                        // A reason that changes every poll is one event a minute.
+                        e.quiet = Some(Quiet::Reason);
                         let m = match expected_start {
                             Some(t) => format!(
                                 "queued: {reason} (expected start {})",
@@ -259,13 +318,45 @@ impl Service {
                     return Some("the job is gone: stopped".into());
                 }
                 // Not gone yet: a cancel that failed is sent again.
-                (SpawnState::Stopping, _) if e.cancel_due && !e.cancel_in_flight => {
+                (SpawnState::Stopping, _) if cancel_ready => {
                     cancel = true;
                 }
                 _ => {}
             }
             message
         })?;
-        Ok(cancel)
+        Ok(Applied { cancel, refused })
+    }
+}
+
+/// What applying a job state asks for.
+pub(crate) struct Applied {
+    /// A cancel must be sent.
+    pub cancel: bool,
+    /// The execution host refused, and why.
+    pub refused: Option<(String, String)>,
+}
+
+/// A job state with the plugin's texts sanitized and bounded (the runtime
+/// tidies them too; this is where they enter the service).
+fn clean_state(st: JobState) -> JobState {
+    match st {
+        JobState::Pending {
+            reason,
+            expected_start,
+        } => JobState::Pending {
+            reason: sanitize::reason(&reason),
+            expected_start,
+        },
+        JobState::Running { host } => JobState::Running {
+            host: host.map(|h| sanitize::text(&h, 253)),
+        },
+        JobState::Done { exit_code, reason } => JobState::Done {
+            exit_code,
+            reason: sanitize::reason(&reason),
+        },
+        JobState::Unknown { reason } => JobState::Unknown {
+            reason: sanitize::reason(&reason),
+        },
     }
 }

@@ -15,13 +15,11 @@ impl Service {
         let n = stored.len();
         let mut failed = 0;
         for st in stored {
-            let mut e = Entry {
-                cancel_due: st.spawn.state == SpawnState::Stopping,
-                spawn: st.spawn,
-                callback_hash: st.callback_hash,
-                cancel_in_flight: false,
-                cancel_attempts: 0,
-            };
+            let stopping = st.spawn.state == SpawnState::Stopping;
+            let mut e = Entry::new(st.spawn, st.callback_hash);
+            e.cancel_due = stopping;
+            // Stored before the bounds existed, or by hand: bounded now.
+            super::bound_spawn(&mut e.spawn);
             let id = e.spawn.id.clone();
             let key = (
                 e.spawn.user.name.clone(),

@@ -1,4 +1,5 @@
-//! Per-spawn callback tokens and the callback's host rule.
+//! Per-spawn callback tokens and the callback's host rule (agreement with
+//! the scheduler; the execution-host rule itself is [`crate::exec_host`]).
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -22,20 +23,23 @@ pub fn matches(stored: &str, presented: &str) -> bool {
 }
 
 /// The callback's host against what the scheduler reported: the same name
-/// (case-insensitive), or allowed by the instance's `callback_hosts` rules
-/// (an exact name, or a suffix starting with `.`).
+/// (case-insensitive) or address, or allowed by the instance's
+/// `callback_hosts` rules (an exact name, a suffix starting with `.`, an
+/// address or a CIDR network; see [`crate::exec_host::Rule`]). The host must
+/// pass the execution-host rule besides ([`crate::exec_host::Policy`]).
 pub fn host_allowed(given: &str, exec_host: Option<&str>, rules: &[String]) -> bool {
-    let given = given.to_ascii_lowercase();
-    let by_rule = rules.iter().any(|r| {
-        let r = r.to_ascii_lowercase();
-        if r.starts_with('.') {
-            given.ends_with(&r) && given.len() > r.len()
-        } else {
-            given == r
-        }
+    use crate::exec_host::{target, Rule};
+    let t = target(given);
+    let by_rule = t.as_ref().is_some_and(|t| {
+        rules
+            .iter()
+            .filter_map(|r| Rule::parse(r).ok())
+            .any(|r| r.matches(t))
     });
     match exec_host {
-        Some(exec) => given == exec.to_ascii_lowercase() || by_rule,
+        Some(exec) => {
+            given.eq_ignore_ascii_case(exec) || (t.is_some() && t == target(exec)) || by_rule
+        }
         None => rules.is_empty() || by_rule,
     }
 }
@@ -68,5 +72,10 @@ mod tests {
         assert!(!host_allowed("evil.org", Some("node2"), &rules));
         assert!(host_allowed("anything", None, &[]));
         assert!(!host_allowed("anything", None, &rules));
+        // Addresses compare as addresses; networks are rules too.
+        assert!(host_allowed("::ffff:10.0.0.7", Some("10.0.0.7"), &[]));
+        let nets = vec!["10.1.0.0/16".to_string()];
+        assert!(host_allowed("10.1.3.4", Some("node2"), &nets));
+        assert!(!host_allowed("10.2.3.4", Some("node2"), &nets));
     }
 }
