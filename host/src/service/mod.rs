@@ -535,9 +535,7 @@ impl Service {
                 key: format!("callback:{name}"),
                 via: t.via.clone(),
                 // Checked with the config: no {user} in ssh.user.
-                user: crate::ssh_cmd::remote_user(ssh, None)
-                    .ok()
-                    .flatten(),
+                user: crate::ssh_cmd::remote_user(ssh, None).ok().flatten(),
                 bind: c.bind.clone(),
                 remote_port: c.port,
                 to: listen,
@@ -552,8 +550,7 @@ impl Service {
         let ic = self.registry.config.instances.get(&s.instance)?;
         let t = ic.tunnel.as_ref()?;
         let (host, port) = s.tunnel_target.as_deref()?.rsplit_once(':')?;
-        let user =
-            crate::ssh_cmd::remote_user(ic.ssh.as_ref()?, Some(&s.user.name)).ok()?;
+        let user = crate::ssh_cmd::remote_user(ic.ssh.as_ref()?, Some(&s.user.name)).ok()?;
         Some(crate::tunnel::TunnelSpec {
             key: s.id.clone(),
             via: t.via.clone(),
@@ -635,11 +632,31 @@ impl Service {
         let out = next.spawn.clone();
         inner.spawns.insert(id.to_string(), next);
         drop(inner);
+        if state_changed && out.state.is_terminal() {
+            self.kill_leftovers(&out);
+        }
         if let Some(e) = event {
             tracing::info!(spawn_id = id, state = %e.state, "{}", e.message);
             let _ = self.events.send(e);
         }
         Ok(Some(out))
+    }
+
+    /// A spawn has ended: whatever the plugin did, nothing this host
+    /// started for it as a detached process survives (the process, and all
+    /// it started, `setsid` or not; see `capability::contain`).
+    fn kill_leftovers(&self, spawn: &Spawn) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let detached = self.registry.runtime.detached.clone();
+        let (instance, id) = (spawn.instance.clone(), spawn.id.clone());
+        rt.spawn_blocking(move || {
+            let n = detached.kill_all_for(&instance, &id);
+            if n > 0 {
+                tracing::info!(spawn_id = %id, "killed {n} process groups left behind by the ended spawn");
+            }
+        });
     }
 
     /// One spawn as last seen (no scheduler call).
