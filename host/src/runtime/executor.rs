@@ -5,8 +5,8 @@
 //! future. A spinning guest yields back to the executor at every epoch tick
 //! ([`super::TICK`], via `epoch_deadline_callback` → `YieldCustom`), so
 //! calls on this runtime share its workers fairly, and one instance cannot
-//! keep another's calls from running; but a tick is 10 ms, and a worker that
-//! serves HTTP must never wait that long. So guest code never runs on the
+//! keep another's calls from running for more than a tick (1 ms); and a
+//! worker that serves HTTP must never wait even that long. So guest code never runs on the
 //! HTTP runtime at all, and its threads are `nice`d (+10) so that the
 //! kernel runs an HTTP thread at once when both want a core. The HTTP side
 //! only awaits a `JoinHandle`, and drops the task at the call's deadline.

@@ -40,7 +40,7 @@ use crate::capability::gate::{CallContext, Gate};
 use crate::capability::CallState;
 
 /// How often the epoch advances: the granularity of call deadlines.
-pub const TICK: Duration = Duration::from_millis(10);
+pub const TICK: Duration = Duration::from_millis(1);
 
 /// The largest linear memory any instance may configure; the pooling
 /// allocator reserves slots of this size.
