@@ -128,7 +128,8 @@ impl Cluster {
         std::fs::read_to_string(self.state.join("audit.jsonl"))
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains("\"program\":\"squeue\""))
+            // One start record per squeue run (an end record follows it).
+            .filter(|l| l.contains("\"program\":\"squeue\"") && l.contains("\"event\":\"start\""))
             .count()
     }
 
