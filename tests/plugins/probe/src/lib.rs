@@ -118,7 +118,10 @@ impl Probe {
                     }
                 }
                 for i in 0..2000 {
-                    host.log(Level::Error, &format!("line {i}\n2026-12-01T00:00:00Z ERROR forged\u{2028}x"));
+                    host.log(
+                        Level::Error,
+                        &format!("line {i}\n2026-12-01T00:00:00Z ERROR forged\u{2028}x"),
+                    );
                 }
                 Ok(format!("denied={denied}"))
             }
@@ -265,13 +268,18 @@ impl Plugin for Probe {
                 .argv
                 .split_first()
                 .ok_or_else(|| PluginError::Config("argv: empty".into()))?;
-            return Err(match host.run(&Command::new(program.clone()).args(args.iter().cloned())) {
-                Ok(out) => PluginError::Other(format!("ran: {}", out.stdout_str().trim())),
-                Err(e) => PluginError::Capability(wasmspawner_sdk::host::run_error_message(&e)),
-            });
+            return Err(
+                match host.run(&Command::new(program.clone()).args(args.iter().cloned())) {
+                    Ok(out) => PluginError::Other(format!("ran: {}", out.stdout_str().trim())),
+                    Err(e) => PluginError::Capability(wasmspawner_sdk::host::run_error_message(&e)),
+                },
+            );
         }
         if self.c.behavior == "big-pattern" {
-            let alternation = (0..20_000).map(|i| format!("w{i}")).collect::<Vec<_>>().join("|");
+            let alternation = (0..20_000)
+                .map(|i| format!("w{i}"))
+                .collect::<Vec<_>>()
+                .join("|");
             return Ok(FormSchema {
                 fields: (0..256)
                     .map(|i| text_field(&format!("f{i}"), "F").pattern(&alternation))
