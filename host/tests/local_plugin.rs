@@ -370,127 +370,101 @@ async fn cgroup_removed(dir: Option<std::path::PathBuf>) {
     panic!("{} was not removed", dir.display());
 }
 
-async fn grandchild_dies_on_cancel(mode: Containment) {
+/// A contained server (`double_fork` with `tail`) and its setsid grandchild,
+/// both killed on drop whatever the test does.
+struct Started {
+    rt: Arc<Runtime>,
+    inst: Arc<wasmspawner_host::runtime::plugin::PluginInstance>,
+    job_id: String,
+    server: (u32, u64),
+    gc: (u32, u64),
+    cgroup: Option<std::path::PathBuf>,
+    mode: Containment,
+    _cleanup: Cleanup,
+    _setup: common::Setup,
+}
+
+async fn start_contained(mode: Containment, tail: &str) -> Option<Started> {
     let s = setup(CONTAIN_CONFIG);
-    let Some((rt, inst)) = contained(&s, mode).await else {
-        return;
-    };
+    let (rt, inst) = contained(&s, mode).await?;
     let pidfile = s.dir.path().join("grandchild.pid");
-    let argv = double_fork(&pidfile, "exec sleep 300");
+    let argv = double_fork(&pidfile, tail);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let sub = inst.submit(ctx(), &spec(&argv)).await.unwrap();
-    let server: u32 = sub.job_id.split('.').next().unwrap().parse().unwrap();
-    let mut cleanup = Cleanup(rt.detached.clone(), vec![(server, stat(server).unwrap().3)]);
-    let (gc, v2) = grandchild(&pidfile, server).await;
+    let pid: u32 = sub.job_id.split('.').next().unwrap().parse().unwrap();
+    let server = (pid, stat(pid).unwrap().3);
+    let mut cleanup = Cleanup(rt.detached.clone(), vec![server]);
+    let (gc, v2) = grandchild(&pidfile, pid).await;
     cleanup.1.push(gc);
     let cgroup = check_mechanism(&rt, gc, &v2).await;
-
-    // The local plugin's cancel: terminate (SIGTERM to every process).
-    inst.cancel(ctx(), &job(&sub.job_id)).await.unwrap();
-    let state = wait_for(&inst, &sub.job_id, true).await;
-    assert!(
-        matches!(
-            state,
-            JobState::Done {
-                exit_code: Some(143),
-                ..
-            }
-        ),
-        "{state:?}"
-    );
-    gone(
+    Some(Started {
+        rt,
+        inst,
+        job_id: sub.job_id,
+        server,
         gc,
-        matches!(mode, Containment::ProcessTree),
-        "the setsid grandchild",
-    )
-    .await;
-    cgroup_removed(cgroup).await;
+        cgroup,
+        mode,
+        _cleanup: cleanup,
+        _setup: s,
+    })
+}
+
+impl Started {
+    /// The server ends with `code`, the grandchild is gone and the
+    /// cgroup removed.
+    async fn ends_with(&self, code: i32) {
+        let state = wait_for(&self.inst, &self.job_id, true).await;
+        assert!(
+            matches!(state, JobState::Done { exit_code: Some(c), .. } if c == code),
+            "{state:?}"
+        );
+        gone(
+            self.gc,
+            matches!(self.mode, Containment::ProcessTree),
+            "the setsid grandchild",
+        )
+        .await;
+        cgroup_removed(self.cgroup.clone()).await;
+    }
+}
+
+async fn grandchild_dies_on_cancel(mode: Containment) {
+    let Some(t) = start_contained(mode, "exec sleep 300").await else {
+        return;
+    };
+    // The local plugin's cancel: terminate (SIGTERM to every process).
+    t.inst.cancel(ctx(), &job(&t.job_id)).await.unwrap();
+    t.ends_with(143).await;
 }
 
 async fn grandchild_dies_when_the_server_exits(mode: Containment) {
-    let s = setup(CONTAIN_CONFIG);
-    let Some((rt, inst)) = contained(&s, mode).await else {
+    // The server waits for the PID file, then exits by itself.
+    let Some(t) = start_contained(mode, "sleep 1; exit 3").await else {
         return;
     };
-    let pidfile = s.dir.path().join("grandchild.pid");
-    // The server waits for the PID file, then exits by itself.
-    let argv = double_fork(&pidfile, "sleep 1; exit 3");
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let sub = inst.submit(ctx(), &spec(&argv)).await.unwrap();
-    let server: u32 = sub.job_id.split('.').next().unwrap().parse().unwrap();
-    let mut cleanup = Cleanup(rt.detached.clone(), vec![(server, stat(server).unwrap().3)]);
-    let (gc, v2) = grandchild(&pidfile, server).await;
-    cleanup.1.push(gc);
-    let cgroup = check_mechanism(&rt, gc, &v2).await;
-
-    let state = wait_for(&inst, &sub.job_id, true).await;
-    assert!(
-        matches!(
-            state,
-            JobState::Done {
-                exit_code: Some(3),
-                ..
-            }
-        ),
-        "{state:?}"
-    );
-    gone(
-        gc,
-        matches!(mode, Containment::ProcessTree),
-        "the setsid grandchild",
-    )
-    .await;
-    cgroup_removed(cgroup).await;
+    t.ends_with(3).await;
 }
 
 async fn kill_all_for_kills_a_spawns_trees(mode: Containment) {
-    let s = setup(CONTAIN_CONFIG);
-    let Some((rt, inst)) = contained(&s, mode).await else {
+    let Some(t) = start_contained(mode, "exec sleep 300").await else {
         return;
     };
-    let pidfile = s.dir.path().join("grandchild.pid");
-    let argv = double_fork(&pidfile, "exec sleep 300");
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let sub = inst.submit(ctx(), &spec(&argv)).await.unwrap();
-    let server: u32 = sub.job_id.split('.').next().unwrap().parse().unwrap();
-    let server = (server, stat(server).unwrap().3);
-    let mut cleanup = Cleanup(rt.detached.clone(), vec![server]);
-    let (gc, v2) = grandchild(&pidfile, server.0).await;
-    cleanup.1.push(gc);
-    let cgroup = check_mechanism(&rt, gc, &v2).await;
-
     // Another spawn's name is not this one's.
-    let reg = rt.detached.clone();
+    let reg = t.rt.detached.clone();
     let other = tokio::task::spawn_blocking(move || reg.kill_all_for("local", "spawn-10"))
         .await
         .unwrap();
     assert_eq!(other, 0);
-    assert!(stat(gc.0).is_some_and(|s| s.3 == gc.1 && s.0 != 'Z'));
+    assert!(stat(t.gc.0).is_some_and(|s| s.3 == t.gc.1 && s.0 != 'Z'));
 
-    let reg = rt.detached.clone();
+    let reg = t.rt.detached.clone();
     let hit = tokio::task::spawn_blocking(move || reg.kill_all_for("local", "spawn-1"))
         .await
         .unwrap();
     assert_eq!(hit, 1);
-    let state = wait_for(&inst, &sub.job_id, true).await;
-    assert!(
-        matches!(
-            state,
-            JobState::Done {
-                exit_code: Some(137),
-                ..
-            }
-        ),
-        "{state:?}"
-    );
-    gone(
-        gc,
-        matches!(mode, Containment::ProcessTree),
-        "the setsid grandchild",
-    )
-    .await;
-    gone(server, false, "the server").await;
-    cgroup_removed(cgroup).await;
+    t.ends_with(137).await;
+    gone(t.server, false, "the server").await;
 }
 
 #[tokio::test]
