@@ -70,17 +70,20 @@ struct Fixture {
 
 fn fixture(extra: &str) -> Fixture {
     // `extra` lines belong to [instances.t] itself.
-    let text = GRANTS.replacen(
+    fixture_from(&GRANTS.replacen(
         "[instances.t.grants]\n",
         &format!("{extra}[instances.t.grants]\n"),
         1,
-    );
-    let s = setup(&text);
+    ))
+}
+
+/// A gate for instance `t` of the config `text`, auditing to its state dir.
+fn fixture_from(text: &str) -> Fixture {
+    let s = setup(text);
     std::fs::create_dir_all(&s.config.state_dir).unwrap();
     let audit = Arc::new(AuditLog::open(&s.config.state_dir.join("audit.jsonl")).unwrap());
-    let inst = s.config.instance("t").unwrap();
     let gate = Gate::new(
-        inst,
+        s.config.instance("t").unwrap(),
         &s.config.path,
         &s.config.state_dir,
         "0123abcd",
@@ -419,18 +422,7 @@ run_as = "host"
         "program = \"echo\"\nargs = [\"hello\", \"*\"]\nphases = [\"form\", \"submit\"]\n",
         1,
     );
-    let s = setup(&text);
-    std::fs::create_dir_all(&s.config.state_dir).unwrap();
-    let audit = Arc::new(AuditLog::open(&s.config.state_dir.join("audit.jsonl")).unwrap());
-    let gate = Gate::new(
-        s.config.instance("t").unwrap(),
-        &s.config.path,
-        &s.config.state_dir,
-        "d",
-        "test 1.0",
-        declared(),
-        audit,
-    );
+    let Fixture { s, gate } = fixture_from(&text);
     // `id` runs as the host from status, and nowhere else.
     let out = run_checked(
         &gate,
@@ -577,18 +569,7 @@ async fn a_grant_may_name_the_executable_for_a_program() {
     let text = format!(
         "{GRANTS}[[instances.t.grants.programs]]\nprogram = \"id\"\nargs = []\npath = \"/usr/bin/whoami\"\n"
     );
-    let s = setup(&text);
-    std::fs::create_dir_all(&s.config.state_dir).unwrap();
-    let audit = Arc::new(AuditLog::open(&s.config.state_dir.join("audit.jsonl")).unwrap());
-    let gate = Gate::new(
-        s.config.instance("t").unwrap(),
-        &s.config.path,
-        &s.config.state_dir,
-        "d",
-        "test 1.0",
-        declared(),
-        audit,
-    );
+    let Fixture { s, gate } = fixture_from(&text);
     let out = run_checked(&gate, &ctx(), Kind::Run, None, cmd("id", &[]))
         .await
         .unwrap();

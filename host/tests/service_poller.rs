@@ -40,6 +40,19 @@ fn body(user: &str, request_id: &str) -> serde_json::Value {
     })
 }
 
+/// Waits (at most 10 s) for an event of spawn `id` containing `text`.
+async fn wait_event(h: &Host, id: &str, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !events_of(h, id).await.iter().any(|m| m.contains(text)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no event with {text:?}: {:?}",
+            events_of(h, id).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn events_of(h: &Host, id: &str) -> Vec<String> {
     h.service
         .events(id)
@@ -154,19 +167,7 @@ async fn unknown_is_never_done_and_is_flagged_after_the_grace() {
             .status,
         202
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !events_of(&h, &id)
-        .await
-        .iter()
-        .any(|m| m.contains("cancel sent"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            events_of(&h, &id).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_event(&h, &id, "cancel sent").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let s = h.api("GET", &format!("/v1/spawns/{id}"), None).await.json();
     assert_eq!(s["state"], "stopping");
@@ -608,19 +609,7 @@ async fn execution_hosts_in_forbidden_classes_are_refused_shown_and_audited() {
     assert_eq!(ok["exec_host"], "node7");
     // The refused job is cancelled, not left running.
     let id = spawns[0]["id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !events_of(&h, &id)
-        .await
-        .iter()
-        .any(|m| m.contains("cancel of job"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            events_of(&h, &id).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_event(&h, &id, "cancel of job").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
