@@ -10,35 +10,20 @@
 //!
 //! Run: `cargo xtask plugins && cargo bench -p wasmspawner --bench isolation`
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{pct, request, rss_mib, TOKEN};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmspawner_host::config::Config;
 use wasmspawner_host::http::{self, auth::Token, AppState};
 use wasmspawner_host::registry::Registry;
 use wasmspawner_host::runtime::Runtime;
 use wasmspawner_host::service::Service;
-
-const TOKEN: &str = "bench-token-0123456789abcdef";
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn rss_mib() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
 
 fn disk_bytes(dir: &Path) -> u64 {
     let mut n = 0;
@@ -51,29 +36,6 @@ fn disk_bytes(dir: &Path) -> u64 {
         };
     }
     n
-}
-
-async fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
-        payload.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 fn config(dir: &Path, probe: &Path) -> Config {

@@ -10,12 +10,14 @@
 //!
 //! Run: `cargo xtask plugins && cargo bench -p wasmspawner --bench service`
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{pct, request, rss_mib, TOKEN};
+use serde_json::json;
 use wasmspawner_host::config::Config;
 use wasmspawner_host::http::{self, auth::Token, AppState};
 use wasmspawner_host::model::{Spawn, SpawnState};
@@ -23,45 +25,9 @@ use wasmspawner_host::registry::Registry;
 use wasmspawner_host::runtime::Runtime;
 use wasmspawner_host::service::Service;
 
-const TOKEN: &str = "bench-token-0123456789abcdef";
 const BURST: usize = 1000;
 const TRACKED: usize = 10_000;
 const POLL_SECS: f64 = 1.0;
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn rss_mib() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: f64 = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
-}
-
-async fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
-        payload.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
 
 struct Host {
     addr: String,
