@@ -281,6 +281,15 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// `form, submit`: phases for messages and tables.
+pub fn phase_list(phases: &[Phase]) -> String {
+    phases
+        .iter()
+        .map(|p| p.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The phases a grant has when it names none: never `form` or `validate`.
 pub fn default_phases() -> Vec<Phase> {
     vec![Phase::Submit, Phase::Status, Phase::Cancel]

@@ -121,7 +121,10 @@ impl Registry {
 
 /// Drops compiled artefacts that no instance's current version uses.
 fn evict(runtime: &Runtime, instances: &[Arc<PluginInstance>]) {
-    let keep: HashSet<String> = instances.iter().flat_map(|i| i.digests()).collect();
+    let keep: HashSet<String> = instances
+        .iter()
+        .map(|i| i.current().digest.clone())
+        .collect();
     let n = runtime.cache.evict_except(&keep);
     if n > 0 {
         tracing::debug!("evicted {n} compiled plugin artefacts no instance uses");

@@ -486,12 +486,7 @@ impl Gate {
                     "`{}` is granted to instance `{}` only for {} ({}.phases in {}); a {phase} call may not run it",
                     req.program,
                     self.instance,
-                    g.grant
-                        .phases
-                        .iter()
-                        .map(|p| p.name())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    crate::config::phase_list(&g.grant.phases),
                     g.key,
                     self.config_file
                 )

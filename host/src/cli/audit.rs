@@ -264,11 +264,7 @@ fn print_table(a: &InstanceAudit) {
                         g.program,
                         g.args.join(" "),
                         if g.spawn_env { " +spawn-env" } else { "" },
-                        g.phases
-                            .iter()
-                            .map(|p| p.name())
-                            .collect::<Vec<_>>()
-                            .join(",")
+                        crate::config::phase_list(&g.phases)
                     )
                 })
                 .collect::<Vec<_>>()
@@ -313,11 +309,7 @@ fn print_table(a: &InstanceAudit) {
             if e.phases.is_empty() {
                 "no export".to_string()
             } else {
-                e.phases
-                    .iter()
-                    .map(|p| p.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                crate::config::phase_list(&e.phases)
             },
             e.runs_as
         );

@@ -190,11 +190,6 @@ impl PluginInstance {
         Ok(true)
     }
 
-    /// The digest of every version this instance holds (for cache eviction).
-    pub fn digests(&self) -> Vec<String> {
-        vec![self.current().digest.clone()]
-    }
-
     pub fn health(&self) -> HealthReport {
         let consecutive = self.health.consecutive_failures.load(Ordering::Relaxed);
         HealthReport {
@@ -567,12 +562,22 @@ pub const MAX_JOB_ID: usize = 256;
 /// Largest plugin state the host stores per job.
 pub const MAX_PLUGIN_STATE: usize = 64 * 1024;
 /// Longest reason or host kept from a status answer.
-pub const MAX_REASON: usize = 1024;
+pub const MAX_REASON: usize = crate::sanitize::MAX_REASON;
+/// Most validated options (entries) the host stores for a spawn.
+pub const MAX_OPTION_ENTRIES: usize = 256;
+/// Most bytes of validated options (keys plus values, a number or boolean
+/// counted as its text) a plugin's `validate` may return; more refuses the
+/// spawn (`502 plugin_failed`, nothing stored).
+pub const MAX_OPTIONS_BYTES: usize = 64 * 1024;
 
+/// What `submit` returned, as the host will keep it: a job id it can use
+/// (1-[`MAX_JOB_ID`] bytes, nothing [`crate::sanitize`] would change) and at
+/// most [`MAX_PLUGIN_STATE`] of state.
 fn check_submitted(s: &Submitted) -> Result<(), String> {
     if s.job_id.is_empty() || s.job_id.len() > MAX_JOB_ID || !crate::sanitize::is_clean(&s.job_id) {
         return Err(format!(
-            "submit returned a job id that is empty, longer than {MAX_JOB_ID} bytes or has control, bidi or line-separator characters ({} bytes)",
+            "submit returned an unusable job id ({:?}, {} bytes: empty, over {MAX_JOB_ID} bytes, or with control or bidi characters); if a job was made, the host cannot follow it",
+            crate::sanitize::text(&s.job_id, 64),
             s.job_id.len()
         ));
     }
@@ -585,19 +590,11 @@ fn check_submitted(s: &Submitted) -> Result<(), String> {
     Ok(())
 }
 
-/// Most bytes of options (ids and values) a plugin's `validate` may return.
-pub const MAX_OPTIONS_BYTES: usize = 64 * 1024;
-
-/// Validated options the host will store: bounded, ids like form ids, text
-/// without control characters.
+/// Validated options the host will store: ids like form ids, text without
+/// control characters, at most [`MAX_OPTION_ENTRIES`] and
+/// [`MAX_OPTIONS_BYTES`] of keys and values.
 fn check_options(o: &Options) -> Result<(), String> {
-    let mut total = 0usize;
     for (k, v) in o {
-        total += k.len()
-            + match v {
-                crate::model::Value::Text(t) => t.len(),
-                _ => 8,
-            };
         if k.len() > 64 || !crate::sanitize::is_clean(k) {
             return Err(format!(
                 "validate returned an option id of {} bytes or with control characters",
@@ -606,13 +603,26 @@ fn check_options(o: &Options) -> Result<(), String> {
         }
         if let crate::model::Value::Text(t) = v {
             if !crate::sanitize::is_clean(t) {
-                return Err(format!("validate returned option `{k}` with control, bidi or line-separator characters"));
+                return Err(format!(
+                    "validate returned option `{k}` with control, bidi or line-separator characters"
+                ));
             }
         }
     }
-    if total > MAX_OPTIONS_BYTES {
+    let bytes: usize = o
+        .iter()
+        .map(|(k, v)| {
+            k.len()
+                + match v {
+                    crate::model::Value::Text(t) => t.len(),
+                    other => other.to_string().len(),
+                }
+        })
+        .sum();
+    if o.len() > MAX_OPTION_ENTRIES || bytes > MAX_OPTIONS_BYTES {
         return Err(format!(
-            "validate returned {total} bytes of options; the host keeps at most {MAX_OPTIONS_BYTES}"
+            "validate returned {} options with {bytes} bytes of keys and values; the host stores at most {MAX_OPTION_ENTRIES} options and {MAX_OPTIONS_BYTES} bytes (MAX_OPTIONS_BYTES), so the spawn is refused",
+            o.len()
         ));
     }
     Ok(())
@@ -738,4 +748,47 @@ fn describe_failure(e: &wasmtime::Error, store: &Store<CallState>, limits: &Limi
         ));
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Value;
+
+    #[test]
+    fn options_are_bounded_in_bytes_and_entries() {
+        let mut o = Options::new();
+        o.insert(
+            "note".into(),
+            Value::Text("x".repeat(MAX_OPTIONS_BYTES - 4)),
+        );
+        assert_eq!(check_options(&o), Ok(()));
+        o.insert("n".into(), Value::Integer(1));
+        let e = check_options(&o).unwrap_err();
+        assert!(
+            e.contains("MAX_OPTIONS_BYTES") && e.contains("65536"),
+            "{e}"
+        );
+        let many: Options = (0..=MAX_OPTION_ENTRIES)
+            .map(|i| (format!("f{i}"), Value::Boolean(true)))
+            .collect();
+        assert!(check_options(&many).unwrap_err().contains("257 options"));
+    }
+
+    #[test]
+    fn unusable_job_ids_and_huge_states_are_refused() {
+        let sub = |job_id: &str, state: usize| Submitted {
+            job_id: job_id.into(),
+            state: "s".repeat(state),
+        };
+        assert_eq!(check_submitted(&sub("123.sched", 10)), Ok(()));
+        for bad in ["", "12\n3", "12\u{202e}3", &"9".repeat(MAX_JOB_ID + 1)] {
+            let e = check_submitted(&sub(bad, 0)).unwrap_err();
+            assert!(
+                e.contains("unusable job id") && crate::sanitize::is_clean(&e),
+                "{e:?}"
+            );
+        }
+        assert!(check_submitted(&sub("1", MAX_PLUGIN_STATE + 1)).is_err());
+    }
 }

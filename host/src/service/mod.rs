@@ -18,7 +18,8 @@
 //! What a plugin (or a job) says is bounded where it enters the service, so
 //! a hostile plugin cannot flood the store or the API: its texts (reasons,
 //! errors, event messages, job ids, hosts) pass [`crate::sanitize`]; the
-//! validated options are at most [`MAX_OPTIONS_BYTES`]; a spawn keeps at
+//! validated options are at most
+//! [`crate::runtime::plugin::MAX_OPTIONS_BYTES`]; a spawn keeps at
 //! most [`crate::store::MAX_EVENTS`] events, repeats coalesced and
 //! plugin-driven notes (a changing queue reason, a failing cancel, …) at
 //! most one per [`QUIET_EVERY`] each; a failing cancel is retried with a
@@ -46,8 +47,7 @@ use tokio::sync::broadcast;
 use crate::capability::gate::CallContext;
 use crate::config::valid_env_name;
 use crate::model::{
-    FieldError, Job, JobSpec, Options, PluginError, RawOptions, Spawn, SpawnEvent, SpawnState,
-    Submitted, User, Value,
+    FieldError, Job, JobSpec, PluginError, RawOptions, Spawn, SpawnEvent, SpawnState, User,
 };
 use crate::registry::Registry;
 use crate::runtime::plugin::{CallError, ValidateError};
@@ -57,21 +57,6 @@ use crate::store::Store;
 /// Longest event message, reason or flag the host stores for a spawn: host
 /// text around plugin text that is itself at most [`sanitize::MAX_REASON`].
 pub const MAX_MESSAGE: usize = 2048;
-
-/// Most validated options (entries) the host stores for a spawn.
-pub const MAX_OPTION_ENTRIES: usize = 256;
-
-/// Most bytes of validated options (keys plus values, a number or boolean
-/// counted as its text) the host stores for a spawn. A plugin whose
-/// `validate` returns more has the spawn refused (`502 plugin_failed`,
-/// nothing stored).
-pub const MAX_OPTIONS_BYTES: usize = 64 * 1024;
-
-/// Longest job id the host keeps from `submit` (also the runtime's bound).
-pub const MAX_JOB_ID: usize = 256;
-
-/// Most bytes of opaque plugin state the host keeps for a job.
-pub const MAX_PLUGIN_STATE: usize = 64 * 1024;
 
 /// Plugin-driven notes of one kind ([`Quiet`]: a changed queue reason, the
 /// scheduler's silence, a failed cancel, a refused host) add at most one
@@ -296,48 +281,6 @@ fn clean_fields(f: Vec<FieldError>) -> Vec<FieldError> {
             message: sanitize::reason(&e.message),
         })
         .collect()
-}
-
-/// Validated options the host will store: at most [`MAX_OPTION_ENTRIES`]
-/// and [`MAX_OPTIONS_BYTES`] of keys and values.
-fn check_options(o: &Options) -> Result<(), String> {
-    let bytes: usize = o
-        .iter()
-        .map(|(k, v)| {
-            k.len()
-                + match v {
-                    Value::Text(t) => t.len(),
-                    other => other.to_string().len(),
-                }
-        })
-        .sum();
-    if o.len() > MAX_OPTION_ENTRIES || bytes > MAX_OPTIONS_BYTES {
-        return Err(format!(
-            "validate returned {} options with {bytes} bytes of keys and values; the host stores at most {MAX_OPTION_ENTRIES} options and {MAX_OPTIONS_BYTES} bytes (MAX_OPTIONS_BYTES), so the spawn is refused",
-            o.len()
-        ));
-    }
-    Ok(())
-}
-
-/// What `submit` returned, as the host will keep it: a job id it can use
-/// (1-[`MAX_JOB_ID`] bytes, nothing [`sanitize`] would change) and at most
-/// [`MAX_PLUGIN_STATE`] of state.
-fn check_submitted(sub: &Submitted) -> Result<(), String> {
-    if sub.job_id.is_empty() || sub.job_id.len() > MAX_JOB_ID || !sanitize::is_clean(&sub.job_id) {
-        return Err(format!(
-            "the plugin returned an unusable job id ({:?}, {} bytes: empty, over {MAX_JOB_ID} bytes, or with control or bidi characters); if a job was made, the host cannot follow it",
-            sanitize::text(&sub.job_id, 64),
-            sub.job_id.len()
-        ));
-    }
-    if sub.state.len() > MAX_PLUGIN_STATE {
-        return Err(format!(
-            "the plugin returned {} bytes of job state; the host keeps at most {MAX_PLUGIN_STATE}",
-            sub.state.len()
-        ));
-    }
-    Ok(())
 }
 
 impl Service {
@@ -774,12 +717,8 @@ impl Service {
         // What the plugin says reaches the API (errors) or the store
         // (options): sanitized and bounded here.
         let validated = match inst.validate(&req.user, &req.options).await {
-            Ok(o) => check_options(&o).map(|_| o).map_err(|message| {
-                ServiceError::Plugin(CallError::Failed {
-                    instance: req.instance.clone(),
-                    message,
-                })
-            }),
+            // Bounded by the runtime (`runtime::plugin::MAX_OPTIONS_BYTES`).
+            Ok(o) => Ok(o),
             Err(ValidateError::Fields(f)) => Err(ServiceError::InvalidOptions(clean_fields(f))),
             Err(ValidateError::Call(c)) => Err(ServiceError::Plugin(clean_call_error(c))),
         };
@@ -875,8 +814,8 @@ impl Service {
         let result = inst
             .submit(ctx, &job)
             .await
-            .map_err(|e| sanitize::reason(&e.to_string()))
-            .and_then(|sub| check_submitted(&sub).map(|_| sub));
+            // Job id and state are checked by the runtime (`check_submitted`).
+            .map_err(|e| sanitize::reason(&e.to_string()));
         let mut cancel = false;
         let r = self.update(&id, |e| match result {
             Ok(sub) => {
@@ -1233,43 +1172,6 @@ mod tests {
             t += cancel_backoff(n).as_secs_f64();
         }
         assert!(n < 25, "{n} attempts in an hour");
-    }
-
-    #[test]
-    fn options_are_bounded_in_bytes_and_entries() {
-        let mut o = Options::new();
-        o.insert(
-            "note".into(),
-            Value::Text("x".repeat(MAX_OPTIONS_BYTES - 4)),
-        );
-        assert_eq!(check_options(&o), Ok(()));
-        o.insert("n".into(), Value::Integer(1));
-        let e = check_options(&o).unwrap_err();
-        assert!(
-            e.contains("MAX_OPTIONS_BYTES") && e.contains("65536"),
-            "{e}"
-        );
-        let many: Options = (0..=MAX_OPTION_ENTRIES)
-            .map(|i| (format!("f{i}"), Value::Boolean(true)))
-            .collect();
-        assert!(check_options(&many).unwrap_err().contains("257 options"));
-    }
-
-    #[test]
-    fn unusable_job_ids_and_huge_states_are_refused() {
-        let sub = |job_id: &str, state: usize| Submitted {
-            job_id: job_id.into(),
-            state: "s".repeat(state),
-        };
-        assert_eq!(check_submitted(&sub("123.sched", 10)), Ok(()));
-        for bad in ["", "12\n3", "12\u{202e}3", &"9".repeat(MAX_JOB_ID + 1)] {
-            let e = check_submitted(&sub(bad, 0)).unwrap_err();
-            assert!(
-                e.contains("unusable job id") && sanitize::is_clean(&e),
-                "{e:?}"
-            );
-        }
-        assert!(check_submitted(&sub("1", MAX_PLUGIN_STATE + 1)).is_err());
     }
 
     #[test]
