@@ -1247,12 +1247,7 @@ fn valid_marker(keys: &HashMap<String, [u8; 32]>, marker: &str) -> Option<String
     let (unit, mac) = marker.rsplit_once('.')?;
     let key = keys.get(unit.split('.').next()?)?;
     let want = tag_mac(key, unit);
-    let same = want.len() == mac.len()
-        && want
-            .bytes()
-            .zip(mac.bytes())
-            .fold(0u8, |a, (x, y)| a | (x ^ y))
-            == 0;
+    let same: bool = subtle::ConstantTimeEq::ct_eq(want.as_bytes(), mac.as_bytes()).into();
     same.then(|| unit.to_string())
 }
 

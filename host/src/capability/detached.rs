@@ -135,12 +135,7 @@ impl DetachedRegistry {
         let h = Handle { pid, start };
         // Constant-time comparison of the MAC.
         let want = self.mac(instance, h);
-        let same = want.len() == mac.len()
-            && want
-                .bytes()
-                .zip(mac.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        let same: bool = subtle::ConstantTimeEq::ct_eq(want.as_bytes(), mac.as_bytes()).into();
         same.then_some(h)
     }
 
