@@ -105,11 +105,10 @@ pub fn check_schema(schema: &FormSchema) -> Result<(), String> {
             ));
         }
         for (key, value) in &p.fixed {
+            // A field the site config turned off: the value never reaches
+            // the options (`check` only keeps the form's fields).
             let Some(field) = schema.fields.iter().find(|f| &f.id == key) else {
-                return Err(format!(
-                    "profile `{}` fixes `{key}`, which is not a field of the form",
-                    p.id
-                ));
+                continue;
             };
             check_value(field, value)
                 .and_then(|()| match p.bounds.iter().find(|b| &b.field == key) {
@@ -582,5 +581,30 @@ mod tests {
         assert_eq!(o["profile"], Value::Text("gpu".into()));
         let e = check(&s, &raw(&[("profile", "huge")])).unwrap_err();
         assert_eq!(e[0].field, "profile");
+    }
+
+    #[test]
+    fn a_profile_may_fix_a_field_the_site_turned_off() {
+        let mut s = schema();
+        let mut fixed = Options::new();
+        fixed.insert("ngpus".into(), Value::Integer(1));
+        fixed.insert("partition".into(), Value::Text("gpu".into()));
+        s.profiles = vec![Profile {
+            id: "quick".into(),
+            label: "Quick".into(),
+            description: String::new(),
+            fixed,
+            bounds: vec![],
+        }];
+        assert_eq!(check_schema(&s), Ok(()));
+        let o = check(&s, &raw(&[])).unwrap();
+        assert!(!o.contains_key("ngpus"), "{o:?}");
+        // A field it does fix still passes the field's checks.
+        s.profiles[0]
+            .fixed
+            .insert("partition".into(), Value::Text("nope".into()));
+        assert!(check_schema(&s)
+            .unwrap_err()
+            .contains("profile `quick`, field `partition`"));
     }
 }
