@@ -27,9 +27,9 @@ pub const MAX_CHOICES: usize = 512;
 const PATTERN_SIZE_LIMIT: usize = 256 << 10;
 
 /// Checks a plugin's form before the host uses it: bounded sizes (so the
-/// host's own work on it — pattern compiles, HTML, JSON — stays small),
-/// patterns that compile, and every profile's fixed values passing the same
-/// checks as a user's value (type, range, choices, length, pattern, the
+/// host's own work on it — pattern compiles, HTML, JSON — stays small; a
+/// pattern is compiled only when a value is checked against it), and every
+/// profile's fixed values passing the same checks as a user's value (type, range, choices, length, pattern, the
 /// profile's bounds). The error names the field or the profile.
 pub fn check_schema(schema: &FormSchema) -> Result<(), String> {
     let long = |what: &str, id: &str, t: &str, max: usize| {
@@ -71,7 +71,6 @@ pub fn check_schema(schema: &FormSchema) -> Result<(), String> {
                             p.len()
                         ));
                     }
-                    compile(p).map_err(|e| format!("field `{id}`: {e}"))?;
                 }
             }
             FieldKind::Integer { unit, .. } | FieldKind::Number { unit, .. } => {
@@ -139,11 +138,27 @@ fn check_value(field: &Field, value: &Value) -> Result<(), String> {
     parse(field, &text).map(|_| ())
 }
 
+/// Compiled patterns kept between calls (a form's patterns recur at every
+/// form and validate call); emptied when it holds this many.
+const PATTERN_CACHE: usize = 1024;
+
 fn compile(p: &str) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(&format!("^(?:{p})$"))
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    static CACHE: LazyLock<Mutex<HashMap<String, regex::Regex>>> = LazyLock::new(Default::default);
+    if let Some(re) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).get(p) {
+        return Ok(re.clone());
+    }
+    let re = regex::RegexBuilder::new(&format!("^(?:{p})$"))
         .size_limit(PATTERN_SIZE_LIMIT)
         .build()
-        .map_err(|e| format!("the plugin's pattern is invalid or too large: {e}"))
+        .map_err(|e| format!("the plugin's pattern is invalid or too large: {e}"))?;
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= PATTERN_CACHE {
+        cache.clear();
+    }
+    cache.insert(p.to_string(), re.clone());
+    Ok(re)
 }
 
 pub fn check(schema: &FormSchema, raw: &RawOptions) -> Result<Options, Vec<FieldError>> {
