@@ -85,6 +85,20 @@ impl From<DeclaredCapabilities> for Vec<Capability> {
     }
 }
 
+impl From<Vec<Capability>> for DeclaredCapabilities {
+    fn from(list: Vec<Capability>) -> Self {
+        let mut c = DeclaredCapabilities::default();
+        for cap in list {
+            match cap {
+                Capability::Program(p) => c.programs.push(p),
+                Capability::Ssh(p) => c.ssh.push(p),
+                Capability::Detached(p) => c.detached.push(p),
+            }
+        }
+        c
+    }
+}
+
 impl TimeLimit {
     /// No limit known.
     pub fn none() -> TimeLimit {
