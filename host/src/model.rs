@@ -216,6 +216,49 @@ pub enum JobState {
     },
 }
 
+/// What a status answer says beside the state (API 0.2; an 0.1 plugin
+/// says none of it): for the user's progress and the spawn's view.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFacts {
+    /// 1 = next to start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
+    /// Seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    /// The job's wall-clock limit in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit_secs: Option<u64>,
+    /// When the scheduler ends the job, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<u64>,
+    /// Further facts by name (`partition`, `qos`, …), short text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<(String, String)>,
+}
+
+/// One job's answer to a status call: its state and the facts beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobReport {
+    pub state: JobState,
+    pub facts: JobFacts,
+}
+
+/// A spawn `find-jobs` is asked about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnRef {
+    pub spawn_id: String,
+    pub user: String,
+}
+
+/// A scheduler job that carries a spawn's tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoundJob {
+    pub spawn_id: String,
+    pub job_id: String,
+    pub state: String,
+}
+
 /// An error a plugin returned (not a trap).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "kind", content = "message", rename_all = "snake_case")]

@@ -224,7 +224,7 @@ args = ["**"]
     let a = &v[0];
     assert_eq!(a["instance"], "p");
     assert_eq!(a["pin"], "not pinned");
-    assert_eq!(a["api_version"], "0.1.0");
+    assert_eq!(a["api_version"], "0.2.0");
     let eff: Vec<(String, String)> = a["effective"]
         .as_array()
         .unwrap()

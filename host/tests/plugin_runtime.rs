@@ -576,3 +576,159 @@ async fn load(
     .await
     .unwrap()
 }
+
+// ----- API versions -----
+
+use wasmspawner_host::model::{JobFacts, SpawnRef};
+use wasmspawner_host::runtime::bindings::ApiVersion;
+use wasmspawner_host::runtime::plugin::FindJobsError;
+
+#[test]
+fn the_api_version_is_read_before_linking() {
+    // The SDK's custom section in a 0.2 build...
+    let built = std::fs::read(common::plugin_wasm("local")).unwrap();
+    assert_eq!(ApiVersion::of_component(&built), Ok(ApiVersion::V0_2));
+    // ...and the exported interface of a 0.1 component without one.
+    for f in ["api-0.1/local", "api-0.1/slurm"] {
+        let old = std::fs::read(common::fixture_wasm(f)).unwrap();
+        assert_eq!(ApiVersion::of_component(&old), Ok(ApiVersion::V0_1), "{f}");
+    }
+    // A version this host does not run is refused by name, before linking.
+    let mut future = built.clone();
+    let name = b"wasmspawner:api-version";
+    let at = future
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("the custom section")
+        + name.len();
+    assert_eq!(&future[at..at + 5], b"0.2.0");
+    future[at..at + 5].copy_from_slice(b"0.9.0");
+    let e = ApiVersion::of_component(&future).unwrap_err();
+    assert!(e.contains("0.9.0") && e.contains("0.1, 0.2"), "{e}");
+}
+
+#[tokio::test]
+async fn an_api_0_1_component_keeps_working_through_the_dispatch() {
+    let path = common::fixture_wasm("api-0.1/local");
+    let s = setup(&format!(
+        r#"
+[instances.old]
+plugin = "{}"
+[instances.old.grants]
+env = ["JUPYTERHUB_DEFAULT_URL"]
+[[instances.old.grants.detached]]
+program = "sleep"
+args = ["*"]
+spawn_env = true
+"#,
+        path.display()
+    ));
+    let inst = s.instance("old").await;
+    let loaded = inst.current();
+    assert_eq!(loaded.api, ApiVersion::V0_1);
+    assert_eq!(loaded.descriptor.api_version, "0.1.0");
+    assert_eq!(loaded.descriptor.name, "local");
+    assert_eq!(loaded.descriptor.capabilities.detached.len(), 1);
+    let form = inst.form(&user("alice")).await.unwrap();
+    assert!(form.fields.iter().any(|f| f.id == "interface"), "{form:?}");
+    // Validate through the host's checks and the plugin's.
+    let raw = [("interface".to_string(), vec!["lab".to_string()])]
+        .into_iter()
+        .collect();
+    let options = inst.validate(&user("alice"), &raw).await.unwrap();
+    // Submit starts a real process; status and cancel follow it.
+    let mut spec = common::job_spec(options);
+    spec.cmd = vec!["sleep".into(), "30".into()];
+    let sub = inst.submit(ctx(), &spec).await.unwrap();
+    let j = Job {
+        job_id: sub.job_id.clone(),
+        user: "alice".into(),
+        state: sub.state.clone(),
+    };
+    let reports = inst.status_reports(std::slice::from_ref(&j)).await.unwrap();
+    assert!(
+        matches!(reports[0].state, JobState::Running { .. }),
+        "{reports:?}"
+    );
+    // 0.1 cannot say more than the state.
+    assert_eq!(reports[0].facts, JobFacts::default());
+    let mut cancel_ctx = ctx();
+    cancel_ctx.phase = Some(wasmspawner_host::config::Phase::Cancel);
+    inst.cancel(cancel_ctx, &j).await.unwrap();
+    // Its capability calls are audited like any other's.
+    let audit = s.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["capability"] == "detached.start" && r["decision"] == "allow"),
+        "{audit:?}"
+    );
+    // find-jobs is not in 0.1: "cannot know", never "no job".
+    let e = inst
+        .find_jobs(&[SpawnRef {
+            spawn_id: "s1".into(),
+            user: "alice".into(),
+        }])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FindJobsError::Unsupported(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn find_jobs_answers_only_for_the_spawns_asked_and_checks_job_ids() {
+    let s = probe("find-jobs", "", "");
+    let inst = s.instance("p").await;
+    assert_eq!(inst.current().api, ApiVersion::V0_2);
+    let refs = |ids: &[&str]| -> Vec<SpawnRef> {
+        ids.iter()
+            .map(|i| SpawnRef {
+                spawn_id: i.to_string(),
+                user: "alice".into(),
+            })
+            .collect()
+    };
+    let found = inst.find_jobs(&refs(&["has-1", "none-2"])).await.unwrap();
+    // The job the plugin found for a spawn never asked about is dropped.
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].spawn_id, "has-1");
+    assert_eq!(found[0].job_id, "job-has-1");
+    assert_eq!(found[0].state, "user=alice");
+    // An unusable job id is garbage, not "no job".
+    let e = inst.find_jobs(&refs(&["bad-id"])).await.unwrap_err();
+    assert!(matches!(e, FindJobsError::Call(_)), "{e:?}");
+    // A plugin that does not implement it says so.
+    let s = probe("ok", "", "");
+    let e = s
+        .instance("p")
+        .await
+        .find_jobs(&refs(&["has-1"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FindJobsError::Unsupported(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn status_carries_time_limits_and_details_from_api_0_2() {
+    let s = probe("find-jobs", "", "");
+    let inst = s.instance("p").await;
+    let j = Job {
+        job_id: "1".into(),
+        user: "alice".into(),
+        state: String::new(),
+    };
+    let r = inst.status_reports(&[j]).await.unwrap().remove(0);
+    assert_eq!(
+        r.state,
+        JobState::Running {
+            host: Some("127.0.0.1".into())
+        }
+    );
+    assert_eq!(r.facts.started_at, Some(1_800_000_000));
+    assert_eq!(r.facts.time_limit_secs, Some(3600));
+    assert_eq!(r.facts.ends_at, Some(1_800_003_600));
+    // A detail whose name is not [a-z][a-z0-9-]* is dropped.
+    assert_eq!(
+        r.facts.details,
+        vec![("partition".to_string(), "debug".to_string())]
+    );
+}

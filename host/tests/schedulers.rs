@@ -199,7 +199,11 @@ program = "{status}"
 program = "{cancel}"
 "#,
             state = state.display(),
-            wasm = plugin_wasm(s.plugin).display(),
+            wasm = match s.plugin.strip_prefix("fixture:") {
+                Some(f) => common::fixture_wasm(f),
+                None => plugin_wasm(s.plugin),
+            }
+            .display(),
             bin = bin.display(),
             submit = s.submit,
             status = s.status,
@@ -297,6 +301,24 @@ program = "{cancel}"
 #[test]
 fn slurm() {
     cycle(&SCHEDULERS[0]);
+}
+
+/// Today's slurm plugin as built against API 0.1 (a committed component):
+/// the same cycle, through the host's 0.1 dispatch.
+#[test]
+fn slurm_built_against_api_0_1() {
+    // What that build's commands print (frozen with it).
+    cycle(&Sched {
+        plugin: "fixture:api-0.1/slurm",
+        submit: "sbatch",
+        status: "squeue",
+        cancel: "scancel",
+        submitted: "101;cluster1\n",
+        job_id: "101",
+        status_out: "CLUSTER: cluster1\n101|RUNNING|node07|node07|None\n",
+        queue: "partition",
+        script_line: "#SBATCH --partition=batch",
+    });
 }
 
 #[test]

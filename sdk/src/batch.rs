@@ -735,8 +735,8 @@ impl Batch {
     fn state_of(&self, s: &Seen) -> JobState {
         let pending = |what: &str| {
             JobState::Pending(PendingInfo {
-                reason: join_reason(what, &s.reason),
                 expected_start: s.expected_start,
+                ..PendingInfo::new(join_reason(what, &s.reason))
             })
         };
         let done = |what: &str| {
@@ -753,9 +753,9 @@ impl Batch {
             // A suspended job keeps its allocation but its server does not
             // answer; it is not done.
             Phase::Suspended => pending("suspended"),
-            Phase::Running => JobState::Running(RunningInfo {
-                host: s.host.as_deref().and_then(|h| self.address(h)),
-            }),
+            Phase::Running => JobState::Running(RunningInfo::on(
+                s.host.as_deref().and_then(|h| self.address(h)),
+            )),
             Phase::Completing => done("completing"),
             Phase::Exiting => done("exiting"),
             Phase::Completed => match s.exit_code {
@@ -988,7 +988,7 @@ pub fn descriptor(sched: &Scheduler, version: &str, description: &str) -> crate:
         version: version.into(),
         api_version: crate::API_VERSION.into(),
         description: description.into(),
-        capabilities: sched.capabilities(),
+        capabilities: sched.capabilities().into(),
     }
 }
 

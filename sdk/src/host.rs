@@ -144,6 +144,7 @@ pub fn error_message(e: &PluginError) -> String {
         PluginError::Config(m) => format!("site config error: {m}"),
         PluginError::Capability(m) => format!("capability error: {m}"),
         PluginError::Scheduler(m) => format!("scheduler error: {m}"),
+        PluginError::Unsupported(m) => format!("unsupported: {m}"),
         PluginError::Other(m) => m.clone(),
     }
 }

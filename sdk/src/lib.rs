@@ -41,7 +41,7 @@ pub mod testing;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "plugin",
-        path: "../wit",
+        path: "../wit/since_v0.2.0",
         pub_export_macro: true,
         export_macro_name: "export_raw",
         default_bindings_module: "::wasmspawner_sdk::bindings",
@@ -53,15 +53,86 @@ pub use bindings::wasmspawner::plugin::detached::{Launch, ProcessState, Signal};
 pub use bindings::wasmspawner::plugin::log::Level;
 pub use bindings::wasmspawner::plugin::process::{Command, EnvVar, Output, RunError};
 pub use bindings::wasmspawner::plugin::types::{
-    Bound, Choice, DeclaredCapabilities, Descriptor, DoneInfo, Field, FieldError, FieldKind,
-    FieldValue, FormSchema, IntegerField, Job, JobSpec, JobState, NumberField, PendingInfo,
-    PluginError, Profile, ProgramUse, RunningInfo, Submitted, TextField, User, Value,
+    Bound, Capability, Choice, Descriptor, Detail, DoneInfo, Field, FieldError, FieldKind,
+    FieldValue, FormSchema, FoundJob, IntegerField, Job, JobSpec, JobState, NumberField,
+    PendingInfo, PluginError, Profile, ProgramUse, RunningInfo, SpawnRef, Submitted, TextField,
+    TimeLimit, User, Value,
 };
 pub use host::{Host, WasmHost};
 pub use options::Options;
 
 /// The WIT API version this SDK implements (the `wasmspawner:plugin` package version).
-pub const API_VERSION: &str = "0.1.0";
+pub const API_VERSION: &str = "0.2.0";
+
+/// What a plugin declares, by kind: the convenient shape to write, turned
+/// into the WIT's list of [`Capability`] cases with `.into()`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeclaredCapabilities {
+    /// Programs run to completion (`process.run`).
+    pub programs: Vec<ProgramUse>,
+    /// Programs run on a remote host over SSH (`ssh.run`).
+    pub ssh: Vec<ProgramUse>,
+    /// Long-running local processes (`detached.start`).
+    pub detached: Vec<ProgramUse>,
+}
+
+impl From<DeclaredCapabilities> for Vec<Capability> {
+    fn from(c: DeclaredCapabilities) -> Self {
+        (c.programs.into_iter().map(Capability::Program))
+            .chain(c.ssh.into_iter().map(Capability::Ssh))
+            .chain(c.detached.into_iter().map(Capability::Detached))
+            .collect()
+    }
+}
+
+impl From<Vec<Capability>> for DeclaredCapabilities {
+    fn from(list: Vec<Capability>) -> Self {
+        let mut c = DeclaredCapabilities::default();
+        for cap in list {
+            match cap {
+                Capability::Program(p) => c.programs.push(p),
+                Capability::Ssh(p) => c.ssh.push(p),
+                Capability::Detached(p) => c.detached.push(p),
+            }
+        }
+        c
+    }
+}
+
+impl TimeLimit {
+    /// No limit known.
+    pub fn none() -> TimeLimit {
+        TimeLimit {
+            limit_secs: None,
+            ends_at: None,
+        }
+    }
+}
+
+impl PendingInfo {
+    /// Pending for `reason`, nothing else known.
+    pub fn new(reason: impl Into<String>) -> PendingInfo {
+        PendingInfo {
+            reason: reason.into(),
+            expected_start: None,
+            queue_position: None,
+            time_limit: TimeLimit::none(),
+            details: Vec::new(),
+        }
+    }
+}
+
+impl RunningInfo {
+    /// Running on `host` (when known), nothing else known.
+    pub fn on(host: Option<String>) -> RunningInfo {
+        RunningInfo {
+            host,
+            started_at: None,
+            time_limit: TimeLimit::none(),
+            details: Vec::new(),
+        }
+    }
+}
 
 /// Everything a plugin usually needs, in one `use`.
 pub mod prelude {
@@ -69,10 +140,10 @@ pub mod prelude {
     pub use crate::host::Host;
     pub use crate::options::Options;
     pub use crate::{
-        Command, Descriptor, DoneInfo, EnvVar, Field, FieldError, FieldKind, FieldValue,
-        FormSchema, Job, JobSpec, JobState, Launch, Level, Output, PendingInfo, Plugin,
-        PluginError, ProcessState, ProgramUse, RunError, RunningInfo, Signal, Submitted, User,
-        Value, API_VERSION,
+        Command, DeclaredCapabilities, Descriptor, DoneInfo, EnvVar, Field, FieldError,
+        FieldKind, FieldValue, FormSchema, FoundJob, Job, JobSpec, JobState, Launch, Level,
+        Output, PendingInfo, Plugin, PluginError, ProcessState, ProgramUse, RunError,
+        RunningInfo, Signal, SpawnRef, Submitted, TimeLimit, User, Value, API_VERSION,
     };
 }
 
@@ -118,6 +189,18 @@ pub trait Plugin: Sized {
 
     /// Cancels the job; a job that already ended is not an error.
     fn cancel(&self, host: &dyn Host, job: &Job) -> Result<(), PluginError>;
+
+    /// The jobs that carry these spawns' tags, from as few scheduler
+    /// commands as possible (API 0.2). `Ok` must be complete: a spawn left
+    /// out provably has no job, and the host may submit it again; return an
+    /// error whenever the scheduler's answer does not prove that. The host
+    /// calls this after a crash during submit. The default says the plugin
+    /// cannot, which the host treats as "cannot know".
+    fn find_jobs(&self, _host: &dyn Host, _spawns: &[SpawnRef]) -> Result<Vec<FoundJob>, PluginError> {
+        Err(PluginError::Unsupported(
+            "this plugin does not look jobs up by spawn".into(),
+        ))
+    }
 }
 
 /// Parses the site config a host passes (a JSON object) into `P`.
@@ -136,6 +219,18 @@ pub fn load<P: Plugin>(config: &str) -> Result<P, PluginError> {
 pub mod __export {
     //! Glue used by [`export_plugin!`]; not public API.
     use super::*;
+
+    /// [`API_VERSION`] as the bytes of the custom section.
+    pub const fn api_version_bytes<const N: usize>() -> [u8; N] {
+        let src = API_VERSION.as_bytes();
+        let mut out = [0u8; N];
+        let mut i = 0;
+        while i < N {
+            out[i] = src[i];
+            i += 1;
+        }
+        out
+    }
 
     pub fn form<P: Plugin>(config: String, user: User) -> Result<FormSchema, PluginError> {
         load::<P>(&config)?.form(&WasmHost, &user)
@@ -183,6 +278,13 @@ pub mod __export {
     pub fn cancel<P: Plugin>(config: String, job: Job) -> Result<(), PluginError> {
         load::<P>(&config)?.cancel(&WasmHost, &job)
     }
+
+    pub fn find_jobs<P: Plugin>(
+        config: String,
+        spawns: Vec<SpawnRef>,
+    ) -> Result<Vec<FoundJob>, PluginError> {
+        load::<P>(&config)?.find_jobs(&WasmHost, &spawns)
+    }
 }
 
 /// Exports a [`Plugin`] implementation as the component's `spawner` interface.
@@ -227,7 +329,20 @@ macro_rules! export_plugin {
             fn cancel(config: String, job: $crate::Job) -> Result<(), $crate::PluginError> {
                 $crate::__export::cancel::<$plugin>(config, job)
             }
+            fn find_jobs(
+                config: String,
+                spawns: Vec<$crate::SpawnRef>,
+            ) -> Result<Vec<$crate::FoundJob>, $crate::PluginError> {
+                $crate::__export::find_jobs::<$plugin>(config, spawns)
+            }
         }
+
+        // The API version, for the host to read before it links the
+        // component (`wasmspawner:api-version`, kept by the linker).
+        #[cfg(target_arch = "wasm32")]
+        #[used]
+        #[link_section = "wasmspawner:api-version"]
+        static __WASMSPAWNER_API_VERSION: [u8; $crate::API_VERSION.len()] = $crate::__export::api_version_bytes();
 
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::export_raw!(__WasmspawnerExport with_types_in $crate::bindings);

@@ -311,14 +311,16 @@ fn hub5_env(venv: &Path) -> Result<PathBuf> {
 /// JupyterHub 6.1, JupyterLab, the package itself, and configurable-http-proxy
 /// from npm inside it. Made once; reused while its stamp matches.
 /// The Python example plugin (examples/python-plugin), built with the venv's
-/// componentize-py against wit/, into `target/plugins/python-slurm.wasm`.
+/// componentize-py against API 0.1 (wit/since_v0.1.0: the example stays at
+/// 0.1 as the witness that 0.1 components keep running), into
+/// `target/plugins/python-slurm.wasm`.
 fn build_python_plugin(venv: &Path) -> Result<()> {
     let out_dir = target_dir().join("plugins");
     std::fs::create_dir_all(&out_dir)?;
     let tmp = out_dir.join(".python-slurm.wasm.tmp");
     let mut c = Command::new(venv.join("bin/componentize-py"));
     c.current_dir(root())
-        .args(["-d", "wit", "-w", "plugin", "componentize"])
+        .args(["-d", "wit/since_v0.1.0", "-w", "plugin", "componentize"])
         .args(["-p", "examples/python-plugin", "app", "-o"])
         .arg(&tmp);
     run(c).context("componentize-py comes with the venv (cargo xtask pyenv)")?;

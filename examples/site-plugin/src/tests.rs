@@ -172,12 +172,12 @@ fn submit_and_status_are_the_slurm_plugins() {
 fn it_declares_only_the_slurm_commands() {
     let d = Site::describe();
     assert_eq!(d.name, "example-site");
-    let programs: Vec<&str> = d
-        .capabilities
+    let caps = wasmspawner_sdk::DeclaredCapabilities::from(d.capabilities.clone());
+    let programs: Vec<&str> = caps
         .programs
         .iter()
         .map(|p| p.program.as_str())
         .collect();
     assert_eq!(programs, ["sbatch", "squeue", "scancel"]);
-    assert!(d.capabilities.ssh.is_empty() && d.capabilities.detached.is_empty());
+    assert!(caps.ssh.is_empty() && caps.detached.is_empty());
 }

@@ -76,7 +76,7 @@ pub const CAPABILITIES: &[Capability] = &[
     Capability {
         interface: "types",
         add_to_linker: |l| {
-            crate::runtime::bindings::wasmspawner::plugin::types::add_to_linker::<
+            crate::runtime::bindings::latest::wasmspawner::plugin::types::add_to_linker::<
                 CallState,
                 HasSelf<CallState>,
             >(l, |s| s)

@@ -25,17 +25,20 @@ fn program_use(p: w::ProgramUse) -> m::ProgramUse {
 }
 
 pub fn descriptor(d: w::Descriptor) -> m::Descriptor {
-    let c = d.capabilities;
+    let mut caps = m::DeclaredCapabilities::default();
+    for c in d.capabilities {
+        match c {
+            w::Capability::Program(p) => caps.programs.push(program_use(p)),
+            w::Capability::Ssh(p) => caps.ssh.push(program_use(p)),
+            w::Capability::Detached(p) => caps.detached.push(program_use(p)),
+        }
+    }
     m::Descriptor {
         name: text(&d.name, 128),
         version: text(&d.version, 64),
         api_version: text(&d.api_version, 64),
         description: text(&d.description, 4096),
-        capabilities: m::DeclaredCapabilities {
-            programs: c.programs.into_iter().map(program_use).collect(),
-            ssh: c.ssh.into_iter().map(program_use).collect(),
-            detached: c.detached.into_iter().map(program_use).collect(),
-        },
+        capabilities: caps,
     }
 }
 
@@ -174,18 +177,64 @@ pub fn submitted(s: w::Submitted) -> m::Submitted {
     }
 }
 
-pub fn job_state(s: w::JobState) -> m::JobState {
-    match s {
-        w::JobState::Pending(p) => m::JobState::Pending {
-            reason: clean(&p.reason),
-            expected_start: p.expected_start,
-        },
-        w::JobState::Running(r) => m::JobState::Running { host: r.host },
+/// Most details kept per job, and their name and value budgets.
+pub const MAX_DETAILS: usize = 16;
+
+fn details(d: Vec<w::Detail>) -> Vec<(String, String)> {
+    d.into_iter()
+        .filter(|d| {
+            d.name.len() <= 32
+                && d.name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+                && d.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+        .take(MAX_DETAILS)
+        .map(|d| (d.name, text(&d.value, 256)))
+        .collect()
+}
+
+pub fn job_report(s: w::JobState) -> m::JobReport {
+    let mut facts = m::JobFacts::default();
+    let state = match s {
+        w::JobState::Pending(p) => {
+            facts.queue_position = p.queue_position;
+            facts.time_limit_secs = p.time_limit.limit_secs;
+            facts.ends_at = p.time_limit.ends_at;
+            facts.details = details(p.details);
+            m::JobState::Pending {
+                reason: clean(&p.reason),
+                expected_start: p.expected_start,
+            }
+        }
+        w::JobState::Running(r) => {
+            facts.started_at = r.started_at;
+            facts.time_limit_secs = r.time_limit.limit_secs;
+            facts.ends_at = r.time_limit.ends_at;
+            facts.details = details(r.details);
+            m::JobState::Running { host: r.host }
+        }
         w::JobState::Done(d) => m::JobState::Done {
             exit_code: d.exit_code,
             reason: clean(&d.reason),
         },
         w::JobState::Unknown(r) => m::JobState::Unknown { reason: clean(&r) },
+    };
+    m::JobReport { state, facts }
+}
+
+pub fn spawn_ref(r: &m::SpawnRef) -> w::SpawnRef {
+    w::SpawnRef {
+        spawn_id: r.spawn_id.clone(),
+        user: r.user.clone(),
+    }
+}
+
+pub fn found_job(f: w::FoundJob) -> m::FoundJob {
+    m::FoundJob {
+        spawn_id: f.spawn_id,
+        job_id: f.job_id,
+        state: f.state,
     }
 }
 
@@ -195,5 +244,6 @@ pub fn plugin_error(e: w::PluginError) -> m::PluginError {
         w::PluginError::Capability(s) => m::PluginError::Capability(clean(&s)),
         w::PluginError::Scheduler(s) => m::PluginError::Scheduler(clean(&s)),
         w::PluginError::Other(s) => m::PluginError::Other(clean(&s)),
+        w::PluginError::Unsupported(s) => m::PluginError::Other(clean(&format!("unsupported: {s}"))),
     }
 }

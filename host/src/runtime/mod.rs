@@ -184,6 +184,9 @@ impl Runtime {
         let mut linker: Linker<CallState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         crate::capability::add_to_linker(&mut linker)?;
+        // Older API versions' imports, forwarding to the latest.
+        bindings::v0_1::add_to_linker(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking the API 0.1 imports: {e:#}"))?;
         let cache = cache::CompileCache::new(&engine, cache_dir)?;
         Ok(Arc::new(Runtime {
             engine,

@@ -15,25 +15,28 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use wasmtime::Store;
 
-use super::bindings::{wit as w, Plugin, PluginPre};
+use super::bindings::{latest, v0_1, wit as w, ApiVersion};
 use super::{convert, Runtime};
 use crate::capability::gate::{CallContext, Gate};
 use crate::capability::CallState;
 use crate::config::{InstanceConfig, Limits, Phase};
 use crate::model::{
-    Descriptor, FieldError, FormSchema, Job, JobSpec, JobState, Options, PluginError, RawOptions,
-    Submitted, User,
+    Descriptor, FieldError, FormSchema, FoundJob, Job, JobReport, JobSpec, JobState, Options,
+    PluginError, RawOptions, SpawnRef, Submitted, User,
 };
 
-/// The WIT API version this host implements.
-pub const API_VERSION: &str = "0.1.0";
+/// The newest WIT API version this host implements (it runs every version
+/// in [`ApiVersion::ALL`]).
+pub const API_VERSION: &str = "0.2.0";
 
 /// Consecutive failed calls after which an instance reports unhealthy.
 pub const UNHEALTHY_AFTER: u32 = 3;
 
 /// One compiled, checked version of a plugin component.
 pub struct LoadedPlugin {
-    pub pre: PluginPre<CallState>,
+    pub pre: VersionedPre,
+    /// The API version the component was built against.
+    pub api: ApiVersion,
     pub digest: String,
     pub descriptor: Descriptor,
     pub gate: Arc<Gate>,
@@ -54,6 +57,18 @@ pub enum CallError {
     /// Too many calls in flight for too long.
     #[error("plugin instance `{instance}` is busy: {limit} calls in flight for longer than the call deadline")]
     Busy { instance: String, limit: usize },
+}
+
+/// Why `find-jobs` gave no complete answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FindJobsError {
+    /// The plugin cannot look jobs up by spawn (an API 0.1 plugin, or one
+    /// that says so): whether a job exists cannot be known this way.
+    #[error("cannot find jobs by spawn: {0}")]
+    Unsupported(String),
+    /// The call failed or the scheduler's answer proved nothing; ask later.
+    #[error(transparent)]
+    Call(CallError),
 }
 
 /// Validation failed: either the user's input (field errors) or the plugin.
@@ -245,7 +260,15 @@ impl PluginInstance {
     }
 }
 
-/// One export call with its arguments.
+/// A component ready to instantiate, by the API version it was built
+/// against: the one place that knows which bindings a call goes through.
+#[derive(Clone)]
+pub enum VersionedPre {
+    V0_1(v0_1::PluginPre<CallState>),
+    V0_2(latest::PluginPre<CallState>),
+}
+
+/// One export call with its arguments (latest types).
 enum Request {
     Describe,
     Form(String, w::User),
@@ -253,9 +276,10 @@ enum Request {
     Submit(String, w::JobSpec),
     Status(String, Vec<w::Job>),
     Cancel(String, w::Job),
+    FindJobs(String, Vec<w::SpawnRef>),
 }
 
-/// What an export returned.
+/// What an export returned (latest types).
 enum Answer {
     Describe(w::Descriptor),
     Form(Result<w::FormSchema, w::PluginError>),
@@ -263,10 +287,82 @@ enum Answer {
     Submit(Result<w::Submitted, w::PluginError>),
     Status(Vec<w::JobState>),
     Cancel(Result<(), w::PluginError>),
+    FindJobs(Result<Vec<w::FoundJob>, w::PluginError>),
 }
 
 impl Request {
-    async fn call(self, p: &Plugin, store: &mut Store<CallState>) -> wasmtime::Result<Answer> {
+    /// Instantiates `pre` in `store` and makes the call through the
+    /// bindings of the component's version.
+    async fn call(self, pre: &VersionedPre, store: &mut Store<CallState>) -> wasmtime::Result<Answer> {
+        match pre {
+            VersionedPre::V0_2(pre) => {
+                let p = pre.instantiate_async(&mut *store).await?;
+                self.call_latest(&p, store).await
+            }
+            VersionedPre::V0_1(pre) => {
+                if let Request::FindJobs(..) = self {
+                    // Nothing to instantiate: 0.1 has no such export.
+                    return Ok(Answer::FindJobs(Err(w::PluginError::Unsupported(
+                        "an API 0.1 plugin cannot find jobs by spawn; rebuild it with the 0.2 SDK".into(),
+                    ))));
+                }
+                let p = pre.instantiate_async(&mut *store).await?;
+                self.call_v0_1(&p, store).await
+            }
+        }
+    }
+
+    async fn call_v0_1(
+        self,
+        p: &v0_1::Plugin,
+        store: &mut Store<CallState>,
+    ) -> wasmtime::Result<Answer> {
+        use v0_1::{down, up};
+        let s = p.wasmspawner_plugin_spawner();
+        Ok(match self {
+            Request::Describe => Answer::Describe(up::descriptor(s.call_describe(&mut *store).await?)),
+            Request::Form(c, u) => Answer::Form(
+                s.call_form(&mut *store, &c, &down::user(&u))
+                    .await?
+                    .map(up::form)
+                    .map_err(up::plugin_error),
+            ),
+            Request::Validate(c, u, o) => Answer::Validate(
+                s.call_validate(&mut *store, &c, &down::user(&u), &down::options(&o))
+                    .await?
+                    .map(up::options)
+                    .map_err(up::field_errors),
+            ),
+            Request::Submit(c, j) => Answer::Submit(
+                s.call_submit(&mut *store, &c, &down::job_spec(&j))
+                    .await?
+                    .map(up::submitted)
+                    .map_err(up::plugin_error),
+            ),
+            Request::Status(c, j) => {
+                let jobs: Vec<_> = j.iter().map(down::job).collect();
+                Answer::Status(
+                    s.call_status(&mut *store, &c, &jobs)
+                        .await?
+                        .into_iter()
+                        .map(up::job_state)
+                        .collect(),
+                )
+            }
+            Request::Cancel(c, j) => Answer::Cancel(
+                s.call_cancel(&mut *store, &c, &down::job(&j))
+                    .await?
+                    .map_err(up::plugin_error),
+            ),
+            Request::FindJobs(..) => unreachable!("answered without a call"),
+        })
+    }
+
+    async fn call_latest(
+        self,
+        p: &latest::Plugin,
+        store: &mut Store<CallState>,
+    ) -> wasmtime::Result<Answer> {
         let s = p.wasmspawner_plugin_spawner();
         Ok(match self {
             Request::Describe => Answer::Describe(s.call_describe(&mut *store).await?),
@@ -277,6 +373,9 @@ impl Request {
             Request::Submit(c, j) => Answer::Submit(s.call_submit(&mut *store, &c, &j).await?),
             Request::Status(c, j) => Answer::Status(s.call_status(&mut *store, &c, &j).await?),
             Request::Cancel(c, j) => Answer::Cancel(s.call_cancel(&mut *store, &c, &j).await?),
+            Request::FindJobs(c, r) => {
+                Answer::FindJobs(s.call_find_jobs(&mut *store, &c, &r).await?)
+            }
         })
     }
 }
@@ -289,7 +388,7 @@ const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(100
 /// executor; `Err` is a readable account of a trap, timeout or panic.
 async fn run_on_executor(
     runtime: &Arc<Runtime>,
-    pre: PluginPre<CallState>,
+    pre: VersionedPre,
     gate: Arc<Gate>,
     mut ctx: CallContext,
     limits: &Limits,
@@ -301,11 +400,7 @@ async fn run_on_executor(
     ctx.deadline = Some(deadline);
     let mut task = runtime.executor.spawn(async move {
         let mut store = rt.store(gate, ctx);
-        let r = async {
-            let p = pre.instantiate_async(&mut store).await?;
-            req.call(&p, &mut store).await
-        }
-        .await;
+        let r = req.call(&pre, &mut store).await;
         r.map_err(|e| describe_failure(&e, &store, &lim))
     });
     let until = tokio::time::Instant::from_std(deadline + DEADLINE_GRACE);
@@ -395,6 +490,17 @@ impl PluginInstance {
     /// One call for many jobs. The result has one state per job, in order;
     /// a plugin that returns fewer gets `unknown` for the rest.
     pub async fn status(&self, jobs: &[Job]) -> Result<Vec<JobState>, CallError> {
+        Ok(self
+            .status_reports(jobs)
+            .await?
+            .into_iter()
+            .map(|r| r.state)
+            .collect())
+    }
+
+    /// [`PluginInstance::status`] with the facts beside each state (queue
+    /// position, time limit, details; none from an 0.1 plugin).
+    pub async fn status_reports(&self, jobs: &[Job]) -> Result<Vec<JobReport>, CallError> {
         let req = Request::Status(
             self.config_json.clone(),
             jobs.iter().map(convert::job).collect(),
@@ -405,18 +511,72 @@ impl PluginInstance {
         else {
             unreachable!("a status request gets a status answer")
         };
-        let mut states: Vec<JobState> = r
+        let mut reports: Vec<JobReport> = r
             .into_iter()
             .take(jobs.len())
-            .map(convert::job_state)
-            .map(tidy_state)
+            .map(convert::job_report)
+            .map(|r| JobReport {
+                state: tidy_state(r.state),
+                facts: r.facts,
+            })
             .collect();
-        while states.len() < jobs.len() {
-            states.push(JobState::Unknown {
-                reason: "the plugin returned no state for this job".into(),
+        while reports.len() < jobs.len() {
+            reports.push(JobReport {
+                state: JobState::Unknown {
+                    reason: "the plugin returned no state for this job".into(),
+                },
+                facts: Default::default(),
             });
         }
-        Ok(states)
+        Ok(reports)
+    }
+
+    /// The jobs that carry these spawns' tags (API 0.2). `Ok` is complete:
+    /// a spawn without an entry provably has no job. Entries for spawns not
+    /// asked about, or with an unusable job id, are dropped.
+    pub async fn find_jobs(&self, spawns: &[SpawnRef]) -> Result<Vec<FoundJob>, FindJobsError> {
+        if self.current().api < ApiVersion::V0_2 {
+            return Err(FindJobsError::Unsupported(format!(
+                "the plugin is built against API {}, which cannot find jobs by spawn",
+                self.current().api
+            )));
+        }
+        let req = Request::FindJobs(
+            self.config_json.clone(),
+            spawns.iter().map(convert::spawn_ref).collect(),
+        );
+        let Answer::FindJobs(r) = self
+            .call(Phase::Status, CallContext::new(Phase::Status, None), req)
+            .await
+            .map_err(FindJobsError::Call)?
+        else {
+            unreachable!("a find-jobs request gets a find-jobs answer")
+        };
+        match r {
+            Ok(found) => {
+                let asked: std::collections::HashSet<&str> =
+                    spawns.iter().map(|s| s.spawn_id.as_str()).collect();
+                let mut out = Vec::new();
+                for f in found.into_iter().map(convert::found_job) {
+                    if !asked.contains(f.spawn_id.as_str()) {
+                        continue;
+                    }
+                    let sub = Submitted {
+                        job_id: f.job_id.clone(),
+                        state: f.state.clone(),
+                    };
+                    if let Err(m) = check_submitted(&sub) {
+                        return Err(FindJobsError::Call(self.garbage(format!("find-jobs: {m}"))));
+                    }
+                    out.push(f);
+                }
+                Ok(out)
+            }
+            Err(w::PluginError::Unsupported(m)) => Err(FindJobsError::Unsupported(
+                crate::sanitize::reason(&m),
+            )),
+            Err(e) => Err(FindJobsError::Call(CallError::Plugin(convert::plugin_error(e)))),
+        }
     }
 
     pub async fn cancel(&self, ctx: CallContext, job: &Job) -> Result<(), CallError> {
@@ -456,15 +616,24 @@ async fn load_version(
     let rt = runtime.clone();
     let path = cfg.plugin.clone();
     let d = digest.clone();
-    let component = tokio::task::spawn_blocking(move || rt.compile(&path, &bytes, &d))
-        .await
-        .context("the compile task panicked")??;
+    // The API version before anything is linked (or compiled).
+    let (api, component) = tokio::task::spawn_blocking(move || {
+        let api = ApiVersion::of_component(&bytes).map_err(|m| anyhow::anyhow!(m))?;
+        rt.compile(&path, &bytes, &d).map(|c| (api, c))
+    })
+    .await
+    .context("the compile task panicked")?
+    .map_err(|e| anyhow::anyhow!("{where_}: {e:#}"))?;
     let instance_pre = runtime.linker.instantiate_pre(&component).map_err(|e| {
-        anyhow::anyhow!("{where_}: the component does not fit this host's world wasmspawner:plugin@{API_VERSION}: {e:#}")
+        anyhow::anyhow!("{where_}: the component (API {api}) does not fit this host's world wasmspawner:plugin@{api}: {e:#}")
     })?;
-    let pre = PluginPre::new(instance_pre).map_err(|e| {
-        anyhow::anyhow!("{where_}: the component does not export wasmspawner:plugin/spawner@{API_VERSION}: {e:#}")
-    })?;
+    let not_exported = |e: wasmtime::Error| {
+        anyhow::anyhow!("{where_}: the component does not export wasmspawner:plugin/spawner@{api}: {e:#}")
+    };
+    let pre = match api {
+        ApiVersion::V0_1 => VersionedPre::V0_1(v0_1::PluginPre::new(instance_pre).map_err(not_exported)?),
+        ApiVersion::V0_2 => VersionedPre::V0_2(latest::PluginPre::new(instance_pre).map_err(not_exported)?),
+    };
 
     // describe() runs with a gate that allows nothing.
     let probe_gate = Arc::new(Gate::new(
@@ -492,7 +661,7 @@ async fn load_version(
         unreachable!("a describe request gets a descriptor")
     };
     let descriptor = convert::descriptor(descriptor);
-    check_api_version(&descriptor.api_version).map_err(|m| anyhow::anyhow!("{where_}: {m}"))?;
+    check_api_version(api, &descriptor.api_version).map_err(|m| anyhow::anyhow!("{where_}: {m}"))?;
     for (kind, uses) in [
         ("programs", &descriptor.capabilities.programs),
         ("ssh", &descriptor.capabilities.ssh),
@@ -516,6 +685,7 @@ async fn load_version(
     ));
     Ok(LoadedPlugin {
         pre,
+        api,
         digest,
         descriptor,
         gate,
@@ -684,23 +854,18 @@ fn tidy_state(s: JobState) -> JobState {
     }
 }
 
-/// Same major version; while the major is 0, the same minor.
-pub fn check_api_version(v: &str) -> Result<(), String> {
-    let parse = |s: &str| -> Option<(u64, u64)> {
-        let mut it = s.split('.');
-        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-    };
-    let (Some((hm, hn)), Some((pm, pn))) = (parse(API_VERSION), parse(v)) else {
-        return Err(format!(
-            "api-version {v:?} is not a version like \"{API_VERSION}\""
-        ));
-    };
-    if hm == pm && (hm != 0 || hn == pn) {
-        Ok(())
-    } else {
-        Err(format!(
-            "the plugin targets API {v}, this host implements {API_VERSION}; rebuild the plugin with a matching SDK"
-        ))
+/// The descriptor's `api-version` names the version the component was
+/// linked as (same major and minor).
+pub fn check_api_version(linked: ApiVersion, declared: &str) -> Result<(), String> {
+    match ApiVersion::parse(declared) {
+        Some(v) if v == linked => Ok(()),
+        Some(v) => Err(format!(
+            "the component implements API {linked}, but its describe() says api-version {v}; rebuild it with one SDK version"
+        )),
+        None => Err(format!(
+            "describe() says api-version {declared:?}, which this host does not run (it runs {}); rebuild the plugin with a matching SDK",
+            ApiVersion::supported()
+        )),
     }
 }
 

@@ -22,6 +22,17 @@ pub fn plugin_wasm(name: &str) -> PathBuf {
     p
 }
 
+/// A committed component built against an older API version
+/// (`tests/fixtures/api-0.1/NAME.wasm`: today's `local` and `slurm` as
+/// they were built against 0.1, kept to prove they keep running).
+pub fn fixture_wasm(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(format!("{rel}.wasm"));
+    assert!(p.exists(), "{} is missing from the checkout", p.display());
+    p
+}
+
 /// A temporary directory with a config file whose text is `body`, after a
 /// `state_dir` line. `{plugin:NAME}` in `body` becomes the built plugin's path.
 pub struct Setup {

@@ -23,6 +23,8 @@
 //! | `cancel-fails` | cancel always fails (status: every job running) |
 //! | `changing-reason` | status: pending, with a reason that differs every call |
 //! | `bad-host` | status: running on the host in option `raw` (else config `host`) |
+//! | `find-jobs` | find-jobs: a job `job-<id>` for every spawn whose id starts with `has-`, plus one for a spawn not asked about and, for a spawn `bad-id`, an empty job id; status: running with a time limit, queue facts and details (API 0.2) |
+//! | (any other) | find-jobs: the SDK's default, unsupported |
 //!
 //! | `flood-audit` | 10 denied runs of a program named with a newline and 120 arguments of 1 MiB each, then 2 000 log lines with newlines |
 //! | `run-many` | runs `sleep 0` up to 10 000 times; returns how many ran |
@@ -85,7 +87,8 @@ impl Probe {
         match self.c.behavior.as_str() {
             "ok" | "short-status" | "bad-status" | "inject" => Ok(String::new()),
             // Hostile in one export only (see there).
-            "big-error" | "big-options" | "cancel-fails" | "changing-reason" | "bad-host" => {
+            "big-error" | "big-options" | "cancel-fails" | "changing-reason" | "bad-host"
+            | "find-jobs" => {
                 Ok(String::new())
             }
             "sleep" => {
@@ -253,7 +256,8 @@ impl Plugin for Probe {
                     uses("cat", &[], false),
                 ],
                 detached: vec![],
-            },
+            }
+            .into(),
         }
     }
 
@@ -396,22 +400,40 @@ impl Plugin for Probe {
                     .unwrap_or_default();
                 jobs.iter()
                     .map(|_| {
-                        JobState::Pending(PendingInfo {
-                            reason: format!("Priority\n\u{202e}(t={t})"),
-                            expected_start: None,
-                        })
+                        JobState::Pending(PendingInfo::new(format!("Priority\n\u{202e}(t={t})")))
                     })
                     .collect()
             }
             "bad-host" => jobs
                 .iter()
                 .map(|j| {
-                    JobState::Running(RunningInfo {
-                        host: Some(if j.state.is_empty() {
+                    JobState::Running(RunningInfo::on(Some(if j.state.is_empty() {
                             self.c.host.clone()
                         } else {
                             j.state.clone()
-                        }),
+                        })))
+                })
+                .collect(),
+            "find-jobs" => jobs
+                .iter()
+                .map(|_| {
+                    JobState::Running(RunningInfo {
+                        started_at: Some(1_800_000_000),
+                        time_limit: TimeLimit {
+                            limit_secs: Some(3600),
+                            ends_at: Some(1_800_003_600),
+                        },
+                        details: vec![
+                            wasmspawner_sdk::Detail {
+                                name: "partition".into(),
+                                value: "debug".into(),
+                            },
+                            wasmspawner_sdk::Detail {
+                                name: "Bad Name".into(),
+                                value: "dropped".into(),
+                            },
+                        ],
+                        ..RunningInfo::on(Some("127.0.0.1".into()))
                     })
                 })
                 .collect(),
@@ -424,19 +446,14 @@ impl Plugin for Probe {
                             reason: "completed".into(),
                         })
                     } else {
-                        JobState::Pending(PendingInfo {
-                            reason: "Resources".into(),
-                            expected_start: None,
-                        })
+                        JobState::Pending(PendingInfo::new("Resources"))
                     }
                 })
                 .collect(),
             _ => jobs
                 .iter()
                 .map(|_| {
-                    JobState::Running(RunningInfo {
-                        host: Some("127.0.0.1".into()),
-                    })
+                    JobState::Running(RunningInfo::on(Some("127.0.0.1".into())))
                 })
                 .collect(),
         }
@@ -450,6 +467,35 @@ impl Plugin for Probe {
             )));
         }
         self.act(host).map(|_| ())
+    }
+
+    fn find_jobs(&self, host: &dyn Host, spawns: &[SpawnRef]) -> Result<Vec<FoundJob>, PluginError> {
+        if self.c.behavior != "find-jobs" {
+            return Err(PluginError::Unsupported("probe: find-jobs is off".into()));
+        }
+        self.act(host)?;
+        let mut out: Vec<FoundJob> = spawns
+            .iter()
+            .filter(|s| s.spawn_id.starts_with("has-"))
+            .map(|s| FoundJob {
+                spawn_id: s.spawn_id.clone(),
+                job_id: format!("job-{}", s.spawn_id),
+                state: format!("user={}", s.user),
+            })
+            .collect();
+        out.push(FoundJob {
+            spawn_id: "never-asked".into(),
+            job_id: "job-x".into(),
+            state: String::new(),
+        });
+        if spawns.iter().any(|s| s.spawn_id == "bad-id") {
+            out.push(FoundJob {
+                spawn_id: "bad-id".into(),
+                job_id: String::new(),
+                state: String::new(),
+            });
+        }
+        Ok(out)
     }
 }
 
