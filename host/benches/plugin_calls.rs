@@ -1,6 +1,8 @@
 //! Plugin call latency, printed (not asserted): compile vs cached load, and
 //! a fresh store + instantiate + call through the `InstancePre`, for the
-//! `local` plugin (Rust, 0.2 MB), the example site plugin (Rust on the slurm
+//! `local` plugin (Rust, 0.2 MB) and `slurm` as built against API 0.2 and,
+//! from the committed fixtures, against 0.1 (through the 0.1 dispatch), the
+//! example site plugin (Rust on the slurm
 //! logic, 1 MB) and, when built, the Python plugin (18 MB, CPython inside).
 //!
 //! Run: `cargo xtask plugins && cargo xtask python-plugin && cargo bench -p wasmspawner --bench plugin_calls`
@@ -109,6 +111,18 @@ fn main() {
             pct(samples.clone(), 0.5),
             pct(samples, 0.99),
         );
+
+        // The same plugins as built against API 0.1 (committed fixtures),
+        // through the 0.1 dispatch: what the conversions cost.
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/api-0.1");
+        for name in ["local", "slurm"] {
+            let label = format!("{name}@0.1");
+            measure(&runtime, dir.path(), &label, &fixtures.join(format!("{name}.wasm"))).await;
+        }
+        let slurm = plugins.join("slurm.wasm");
+        if slurm.exists() {
+            measure(&runtime, dir.path(), "slurm@0.2", &slurm).await;
+        }
 
         for name in ["example-site", "python-slurm"] {
             let wasm = plugins.join(format!("{name}.wasm"));
