@@ -302,7 +302,14 @@ fn build_js_plugin() -> Result<()> {
         .arg(src.join("plugin.js"))
         .arg("--wit")
         .arg(root().join("wit/since_v0.2.0"))
-        .args(["--world-name", "plugin", "--disable", "http", "fetch-event", "--out"])
+        .args([
+            "--world-name",
+            "plugin",
+            "--disable",
+            "http",
+            "fetch-event",
+            "--out",
+        ])
         .arg(&tmp);
     run(c)?;
     let dest = out_dir.join("js-slurm.wasm");
