@@ -117,7 +117,13 @@ fn main() {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/api-0.1");
         for name in ["local", "slurm"] {
             let label = format!("{name}@0.1");
-            measure(&runtime, dir.path(), &label, &fixtures.join(format!("{name}.wasm"))).await;
+            measure(
+                &runtime,
+                dir.path(),
+                &label,
+                &fixtures.join(format!("{name}.wasm")),
+            )
+            .await;
         }
         let slurm = plugins.join("slurm.wasm");
         if slurm.exists() {

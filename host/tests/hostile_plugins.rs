@@ -159,8 +159,11 @@ async fn every_capability_import_passes_the_gate() {
 /// runtime test above extended).
 #[test]
 fn the_gated_import_list_matches_the_wit() {
-    let wit =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/since_v0.2.0/plugin.wit")).unwrap();
+    let wit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../wit/since_v0.2.0/plugin.wit"
+    ))
+    .unwrap();
     let imported: Vec<&str> = wit
         .split("world plugin {")
         .nth(1)

@@ -380,6 +380,33 @@ fn python_slurm() {
     });
 }
 
+/// The same cycle for Slurm written in JavaScript against API 0.2
+/// (examples/js-plugin, built with componentize-js by `cargo xtask test`).
+#[test]
+fn js_slurm() {
+    let dir = std::env::var_os("WASMSPAWNER_PLUGIN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    if !dir.join("js-slurm.wasm").exists() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI must test the JavaScript plugin: build it with `cargo xtask js-plugin`");
+        }
+        eprintln!("\n*** SKIPPED (no js-slurm.wasm): build it with `cargo xtask js-plugin` ***\n");
+        return;
+    }
+    cycle(&Sched {
+        plugin: "js-slurm",
+        submit: "sbatch",
+        status: "squeue",
+        cancel: "scancel",
+        submitted: "101\n",
+        job_id: "101",
+        status_out: "101|RUNNING|node07|None|1:00:00|2026-12-01T10:00:00|2026-12-01T11:00:00\n",
+        queue: "partition",
+        script_line: "#SBATCH --partition=batch",
+    });
+}
+
 /// The example configs load, and every plugin accepts its site config; the
 /// only problems allowed are scheduler commands missing on this machine.
 #[test]

@@ -140,10 +140,10 @@ pub mod prelude {
     pub use crate::host::Host;
     pub use crate::options::Options;
     pub use crate::{
-        Command, DeclaredCapabilities, Descriptor, DoneInfo, EnvVar, Field, FieldError,
-        FieldKind, FieldValue, FormSchema, FoundJob, Job, JobSpec, JobState, Launch, Level,
-        Output, PendingInfo, Plugin, PluginError, ProcessState, ProgramUse, RunError,
-        RunningInfo, Signal, SpawnRef, Submitted, TimeLimit, User, Value, API_VERSION,
+        Command, DeclaredCapabilities, Descriptor, DoneInfo, EnvVar, Field, FieldError, FieldKind,
+        FieldValue, FormSchema, FoundJob, Job, JobSpec, JobState, Launch, Level, Output,
+        PendingInfo, Plugin, PluginError, ProcessState, ProgramUse, RunError, RunningInfo, Signal,
+        SpawnRef, Submitted, TimeLimit, User, Value, API_VERSION,
     };
 }
 
@@ -196,7 +196,11 @@ pub trait Plugin: Sized {
     /// error whenever the scheduler's answer does not prove that. The host
     /// calls this after a crash during submit. The default says the plugin
     /// cannot, which the host treats as "cannot know".
-    fn find_jobs(&self, _host: &dyn Host, _spawns: &[SpawnRef]) -> Result<Vec<FoundJob>, PluginError> {
+    fn find_jobs(
+        &self,
+        _host: &dyn Host,
+        _spawns: &[SpawnRef],
+    ) -> Result<Vec<FoundJob>, PluginError> {
         Err(PluginError::Unsupported(
             "this plugin does not look jobs up by spawn".into(),
         ))

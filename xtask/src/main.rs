@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("pyenv") => pyenv().map(|_| ()),
         Some("python-plugin") => pyenv().and_then(|v| build_python_plugin(&v)),
+        Some("js-plugin") => build_js_plugin(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <build|plugins|demo|test [cargo test args]>\n\
@@ -33,7 +34,8 @@ fn main() -> ExitCode {
                  \n  demo     build, then run a host with the local plugin (examples/local.toml)\
                  \n  test     build the plugins, then run all tests (Rust, then Python with a real JupyterHub)\
                  \n  pyenv    create the Python venv for the JupyterHub tests ($WASMSPAWNER_VENV, default target/venv)\
-                 \n  python-plugin  build examples/python-plugin with componentize-py (from that venv)"
+                 \n  python-plugin  build examples/python-plugin with componentize-py (from that venv)\
+                 \n  js-plugin      build examples/js-plugin with componentize-js (from npm, into target/js-tools)"
             );
             return ExitCode::from(2);
         }
@@ -238,6 +240,7 @@ fn demo() -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     build_plugins()?;
+    build_js_plugin()?;
     // The venv first: it has componentize-py for the Python plugin, which
     // the host's tests load.
     let venv = pyenv()?;
@@ -268,6 +271,52 @@ fn pytest(venv: &Path, what: &[&str]) -> Result<()> {
         .env("WASMSPAWNER_BIN", target_dir().join("debug/wasmspawner"))
         .env("WASMSPAWNER_PLUGIN_DIR", target_dir().join("plugins"));
     run(c)
+}
+
+/// The JavaScript example plugin (examples/js-plugin, API 0.2), built with
+/// componentize-js from npm (the versions its package-lock.json pins,
+/// installed once into `target/js-tools`), into
+/// `target/plugins/js-slurm.wasm`.
+fn build_js_plugin() -> Result<()> {
+    let src = root().join("examples/js-plugin");
+    let tools = target_dir().join("js-tools");
+    std::fs::create_dir_all(&tools)?;
+    let lock = std::fs::read(src.join("package-lock.json"))?;
+    let stamp = tools.join(".wasmspawner-stamp");
+    if std::fs::read(&stamp).ok().as_deref() != Some(lock.as_slice()) {
+        for f in ["package.json", "package-lock.json"] {
+            std::fs::copy(src.join(f), tools.join(f))?;
+        }
+        eprintln!("xtask: installing componentize-js into {}", tools.display());
+        let mut c = Command::new("npm");
+        c.current_dir(&tools)
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]);
+        run(c).context("npm (Node.js 18 or later) installs componentize-js; on Debian: apt-get install nodejs npm")?;
+        std::fs::write(&stamp, &lock)?;
+    }
+    let out_dir = target_dir().join("plugins");
+    std::fs::create_dir_all(&out_dir)?;
+    let tmp = out_dir.join(".js-slurm.wasm.tmp");
+    let mut c = Command::new(tools.join("node_modules/.bin/componentize-js"));
+    c.current_dir(root())
+        .arg(src.join("plugin.js"))
+        .arg("--wit")
+        .arg(root().join("wit/since_v0.2.0"))
+        .args([
+            "--world-name",
+            "plugin",
+            "--disable",
+            "http",
+            "fetch-event",
+            "--out",
+        ])
+        .arg(&tmp);
+    run(c)?;
+    let dest = out_dir.join("js-slurm.wasm");
+    std::fs::rename(&tmp, &dest)?;
+    let size = std::fs::metadata(&dest)?.len();
+    eprintln!("xtask: {} ({} KiB)", dest.display(), size / 1024);
+    Ok(())
 }
 
 /// A second venv next to the first, with JupyterHub 5 (sharing its proxy).

@@ -1,5 +1,6 @@
-//! The `wasmspawner` command line: `serve`, `check`, and `plugin` (one
-//! plugin export called with real capabilities, result as JSON on stdout).
+//! The `wasmspawner` command line: `serve`, `check`, `audit`, `plugin` (one
+//! plugin export called with real capabilities, result as JSON on stdout)
+//! and `conformance` (the standard scenarios against a component).
 
 mod audit;
 mod check;
@@ -49,6 +50,27 @@ pub enum Command {
     /// Call one plugin export with real capabilities and print the result as JSON.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Run the standard scenarios against a plugin component, with scripted
+    /// fake scheduler programs; print a table; exit 1 on any failure.
+    Conformance {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        /// The scheduler profile (slurm, pbs, torque, gridengine, lsf,
+        /// htcondor, moab); default: from the plugin's name and programs.
+        #[arg(long)]
+        scheduler: Option<String>,
+        /// A TOML file with the instance's site config (the
+        /// `[instances.X.config]` table).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A group of the test user `alice` (repeatable), for site rules
+        /// that depend on groups.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Options every `plugin` subcommand takes.
@@ -150,5 +172,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Check { config, json } => check::run(&config, json).await,
         Command::Audit { config, json } => audit::run(&config, json).await,
         Command::Plugin(cmd) => plugin_cmd::run(cmd).await,
+        Command::Conformance {
+            plugin,
+            scheduler,
+            config,
+            groups,
+            json,
+        } => {
+            let report = crate::conformance::run(&crate::conformance::Options {
+                plugin,
+                scheduler,
+                site_config: config,
+                groups,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(if report.failed() == 0 { 0 } else { 1 })
+        }
     }
 }

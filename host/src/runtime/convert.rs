@@ -184,7 +184,10 @@ fn details(d: Vec<w::Detail>) -> Vec<(String, String)> {
     d.into_iter()
         .filter(|d| {
             d.name.len() <= 32
-                && d.name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+                && d.name
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_lowercase())
                 && d.name
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -244,6 +247,8 @@ pub fn plugin_error(e: w::PluginError) -> m::PluginError {
         w::PluginError::Capability(s) => m::PluginError::Capability(clean(&s)),
         w::PluginError::Scheduler(s) => m::PluginError::Scheduler(clean(&s)),
         w::PluginError::Other(s) => m::PluginError::Other(clean(&s)),
-        w::PluginError::Unsupported(s) => m::PluginError::Other(clean(&format!("unsupported: {s}"))),
+        w::PluginError::Unsupported(s) => {
+            m::PluginError::Other(clean(&format!("unsupported: {s}")))
+        }
     }
 }

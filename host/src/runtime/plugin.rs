@@ -293,7 +293,11 @@ enum Answer {
 impl Request {
     /// Instantiates `pre` in `store` and makes the call through the
     /// bindings of the component's version.
-    async fn call(self, pre: &VersionedPre, store: &mut Store<CallState>) -> wasmtime::Result<Answer> {
+    async fn call(
+        self,
+        pre: &VersionedPre,
+        store: &mut Store<CallState>,
+    ) -> wasmtime::Result<Answer> {
         match pre {
             VersionedPre::V0_2(pre) => {
                 let p = pre.instantiate_async(&mut *store).await?;
@@ -303,7 +307,8 @@ impl Request {
                 if let Request::FindJobs(..) = self {
                     // Nothing to instantiate: 0.1 has no such export.
                     return Ok(Answer::FindJobs(Err(w::PluginError::Unsupported(
-                        "an API 0.1 plugin cannot find jobs by spawn; rebuild it with the 0.2 SDK".into(),
+                        "an API 0.1 plugin cannot find jobs by spawn; rebuild it with the 0.2 SDK"
+                            .into(),
                     ))));
                 }
                 let p = pre.instantiate_async(&mut *store).await?;
@@ -320,7 +325,9 @@ impl Request {
         use v0_1::{down, up};
         let s = p.wasmspawner_plugin_spawner();
         Ok(match self {
-            Request::Describe => Answer::Describe(up::descriptor(s.call_describe(&mut *store).await?)),
+            Request::Describe => {
+                Answer::Describe(up::descriptor(s.call_describe(&mut *store).await?))
+            }
             Request::Form(c, u) => Answer::Form(
                 s.call_form(&mut *store, &c, &down::user(&u))
                     .await?
@@ -572,10 +579,12 @@ impl PluginInstance {
                 }
                 Ok(out)
             }
-            Err(w::PluginError::Unsupported(m)) => Err(FindJobsError::Unsupported(
-                crate::sanitize::reason(&m),
-            )),
-            Err(e) => Err(FindJobsError::Call(CallError::Plugin(convert::plugin_error(e)))),
+            Err(w::PluginError::Unsupported(m)) => {
+                Err(FindJobsError::Unsupported(crate::sanitize::reason(&m)))
+            }
+            Err(e) => Err(FindJobsError::Call(CallError::Plugin(
+                convert::plugin_error(e),
+            ))),
         }
     }
 
@@ -628,11 +637,17 @@ async fn load_version(
         anyhow::anyhow!("{where_}: the component (API {api}) does not fit this host's world wasmspawner:plugin@{api}: {e:#}")
     })?;
     let not_exported = |e: wasmtime::Error| {
-        anyhow::anyhow!("{where_}: the component does not export wasmspawner:plugin/spawner@{api}: {e:#}")
+        anyhow::anyhow!(
+            "{where_}: the component does not export wasmspawner:plugin/spawner@{api}: {e:#}"
+        )
     };
     let pre = match api {
-        ApiVersion::V0_1 => VersionedPre::V0_1(v0_1::PluginPre::new(instance_pre).map_err(not_exported)?),
-        ApiVersion::V0_2 => VersionedPre::V0_2(latest::PluginPre::new(instance_pre).map_err(not_exported)?),
+        ApiVersion::V0_1 => {
+            VersionedPre::V0_1(v0_1::PluginPre::new(instance_pre).map_err(not_exported)?)
+        }
+        ApiVersion::V0_2 => {
+            VersionedPre::V0_2(latest::PluginPre::new(instance_pre).map_err(not_exported)?)
+        }
     };
 
     // describe() runs with a gate that allows nothing.
@@ -661,7 +676,8 @@ async fn load_version(
         unreachable!("a describe request gets a descriptor")
     };
     let descriptor = convert::descriptor(descriptor);
-    check_api_version(api, &descriptor.api_version).map_err(|m| anyhow::anyhow!("{where_}: {m}"))?;
+    check_api_version(api, &descriptor.api_version)
+        .map_err(|m| anyhow::anyhow!("{where_}: {m}"))?;
     for (kind, uses) in [
         ("programs", &descriptor.capabilities.programs),
         ("ssh", &descriptor.capabilities.ssh),

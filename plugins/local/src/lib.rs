@@ -172,7 +172,9 @@ impl Plugin for Local {
         host.detached_status(&handles)
             .into_iter()
             .map(|s| match s {
-                ProcessState::Running => JobState::Running(RunningInfo::on(Some("127.0.0.1".into()))),
+                ProcessState::Running => {
+                    JobState::Running(RunningInfo::on(Some("127.0.0.1".into())))
+                }
                 ProcessState::Exited(code) => JobState::Done(DoneInfo {
                     exit_code: code,
                     reason: match code {

@@ -145,9 +145,7 @@ fn run_error(e: new::process::RunError) -> old::process::RunError {
 }
 
 /// Links the 0.1 imports (each forwarding to the latest).
-pub fn add_to_linker(
-    linker: &mut wasmtime::component::Linker<CallState>,
-) -> wasmtime::Result<()> {
+pub fn add_to_linker(linker: &mut wasmtime::component::Linker<CallState>) -> wasmtime::Result<()> {
     use wasmtime::component::HasSelf;
     old::types::add_to_linker::<CallState, HasSelf<CallState>>(linker, |s| s)?;
     old::process::add_to_linker::<CallState, HasSelf<CallState>>(linker, |s| s)?;

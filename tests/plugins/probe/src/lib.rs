@@ -88,9 +88,7 @@ impl Probe {
             "ok" | "short-status" | "bad-status" | "inject" => Ok(String::new()),
             // Hostile in one export only (see there).
             "big-error" | "big-options" | "cancel-fails" | "changing-reason" | "bad-host"
-            | "find-jobs" => {
-                Ok(String::new())
-            }
+            | "find-jobs" => Ok(String::new()),
             "sleep" => {
                 let out = host.run(&Command::new("sleep").arg(self.c.seconds.clone()))?;
                 Ok(out.stdout_str())
@@ -408,10 +406,10 @@ impl Plugin for Probe {
                 .iter()
                 .map(|j| {
                     JobState::Running(RunningInfo::on(Some(if j.state.is_empty() {
-                            self.c.host.clone()
-                        } else {
-                            j.state.clone()
-                        })))
+                        self.c.host.clone()
+                    } else {
+                        j.state.clone()
+                    })))
                 })
                 .collect(),
             "find-jobs" => jobs
@@ -452,9 +450,7 @@ impl Plugin for Probe {
                 .collect(),
             _ => jobs
                 .iter()
-                .map(|_| {
-                    JobState::Running(RunningInfo::on(Some("127.0.0.1".into())))
-                })
+                .map(|_| JobState::Running(RunningInfo::on(Some("127.0.0.1".into()))))
                 .collect(),
         }
     }
@@ -469,7 +465,11 @@ impl Plugin for Probe {
         self.act(host).map(|_| ())
     }
 
-    fn find_jobs(&self, host: &dyn Host, spawns: &[SpawnRef]) -> Result<Vec<FoundJob>, PluginError> {
+    fn find_jobs(
+        &self,
+        host: &dyn Host,
+        spawns: &[SpawnRef],
+    ) -> Result<Vec<FoundJob>, PluginError> {
         if self.c.behavior != "find-jobs" {
             return Err(PluginError::Unsupported("probe: find-jobs is off".into()));
         }
