@@ -7,7 +7,7 @@
 //! ask for the state of many jobs and how to read the answer into an
 //! [`Answer`]. Everything else is [`Batch`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Deserialize;
 
@@ -50,6 +50,73 @@ pub struct Scheduler {
     /// Cancel output (stdout or stderr) that means "the job already ended or
     /// is unknown", so cancelling it is not an error.
     pub cancel_gone: &'static [&'static str],
+    /// How two spellings of one job id compare (exact, apart from what the
+    /// scheduler itself treats as the same job).
+    pub ids: JobIds,
+    /// How many job ids one status command asks about (the site's
+    /// `status_ids_per_call` overrides it): chosen so one answer stays well
+    /// inside the host's output cap (1 MiB by default).
+    pub status_per_call: usize,
+}
+
+/// How a scheduler spells one job's id, so an asked id finds the job in an
+/// answer and never another job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobIds {
+    /// Equal strings only (Slurm, Grid Engine, LSF).
+    Exact,
+    /// PBS and Torque `SEQ.SERVER`: the sequence number must be equal and
+    /// the server the same name, short or fully qualified (`101.pbs01` is
+    /// `101.pbs01.example.org`, never `101.pbs02`).
+    PbsServer,
+    /// HTCondor `CLUSTER.PROC`: a bare cluster is its process 0 (`301` is
+    /// `301.0`, never `301.1`).
+    CondorProc,
+    /// Moab: `Moab.42` is `42`.
+    MoabPrefix,
+}
+
+impl JobIds {
+    /// The part of an id that must be equal for two ids to be one job (an
+    /// index key; [`JobIds::same`] decides).
+    pub fn key<'a>(&self, id: &'a str) -> std::borrow::Cow<'a, str> {
+        let id = id.trim();
+        match self {
+            JobIds::Exact => id.into(),
+            JobIds::PbsServer => id.split('.').next().unwrap_or(id).into(),
+            JobIds::CondorProc => match id.split_once('.') {
+                None => format!("{id}.0").into(),
+                Some(_) => id.into(),
+            },
+            JobIds::MoabPrefix => id.strip_prefix("Moab.").unwrap_or(id).into(),
+        }
+    }
+
+    /// Whether `a` and `b` name the same job.
+    pub fn same(&self, a: &str, b: &str) -> bool {
+        let (a, b) = (a.trim(), b.trim());
+        if a == b {
+            return true;
+        }
+        match self {
+            JobIds::PbsServer => {
+                let (Some((sa, ha)), Some((sb, hb))) = (a.split_once('.'), b.split_once('.'))
+                else {
+                    return false;
+                };
+                sa == sb && !ha.is_empty() && !hb.is_empty() && {
+                    let (short, long) = if ha.len() <= hb.len() {
+                        (ha, hb)
+                    } else {
+                        (hb, ha)
+                    };
+                    long.strip_prefix(short)
+                        .is_some_and(|rest| rest.starts_with('.'))
+                }
+            }
+            _ => self.key(a) == self.key(b),
+        }
+    }
 }
 
 impl Scheduler {
@@ -694,6 +761,7 @@ impl Batch {
                 "`{}` output was cut at the host's cap",
                 self.sched.status
             )),
+            Ok(out) if is_empty_listing(&out) => Ok(Answer::complete(vec![])),
             Ok(out) => parse(&out).map_err(|e| format!("`{}`: {e}", self.sched.status)),
         };
         match answer {
@@ -707,15 +775,25 @@ impl Batch {
         }
     }
 
-    /// Maps a parsed answer to a state per job, in order.
+    /// Maps a parsed answer to a state per job, in order. An asked id finds
+    /// only the job the scheduler's own spelling rules make it
+    /// ([`Scheduler::ids`]).
     pub fn map_states(&self, jobs: &[Job], a: &Answer) -> Vec<JobState> {
+        let ids = self.sched.ids;
+        let mut seen: HashMap<std::borrow::Cow<'_, str>, Vec<&Seen>> = HashMap::new();
+        for s in &a.jobs {
+            seen.entry(ids.key(&s.id)).or_default().push(s);
+        }
         jobs.iter()
             .map(|j| {
-                let key = job_key(&j.job_id);
-                if let Some(seen) = a.jobs.iter().find(|s| job_key(&s.id) == key) {
-                    return self.state_of(seen);
+                let key = ids.key(&j.job_id);
+                let found = seen
+                    .get(&key)
+                    .and_then(|c| c.iter().find(|s| ids.same(&s.id, &j.job_id)));
+                if let Some(s) = found {
+                    return self.state_of(s);
                 }
-                if a.gone.iter().any(|g| job_key(g) == key) {
+                if a.gone.iter().any(|g| ids.same(g, &j.job_id)) {
                     return JobState::Done(DoneInfo {
                         exit_code: None,
                         reason: "the scheduler no longer knows the job (finished)".into(),
@@ -834,21 +912,6 @@ fn excerpt(stdout: &str, stderr: &str) -> String {
     s.chars().take(400).collect()
 }
 
-/// The part of a job id two spellings share: `123.server` and
-/// `123.server.example.org` are the same job, as are `301` and `301.0`
-/// (HTCondor cluster and its process) and `Moab.42` and `42`.
-pub fn job_key(id: &str) -> String {
-    let id = id.trim();
-    let id = id.strip_prefix("Moab.").unwrap_or(id);
-    let id = id.split(';').next().unwrap_or(id);
-    match id.split_once('.') {
-        Some((head, _)) if head.bytes().next().is_some_and(|b| b.is_ascii_digit()) => {
-            head.to_string()
-        }
-        _ => id.to_string(),
-    }
-}
-
 // ----- status answers -----
 
 /// A job's state, in the words every scheduler documents.
@@ -942,6 +1005,16 @@ impl Answer {
             absent_means_done: Err(why.into()),
         }
     }
+}
+
+/// A status command that succeeded and printed nothing at all: a job-less
+/// listing, read the same way by every batch plugin (none of the asked jobs
+/// is in the queue any more), whatever format the scheduler prints jobs in.
+pub fn is_empty_listing(out: &Output) -> bool {
+    out.success()
+        && !out.truncated
+        && out.stdout.iter().all(u8::is_ascii_whitespace)
+        && out.stderr.iter().all(u8::is_ascii_whitespace)
 }
 
 /// For text answers: fails on a non-zero exit or unexpected stderr, except
@@ -1146,7 +1219,8 @@ mod tests {
     use super::*;
     use crate::testing::{jobs, output, text, user};
 
-    static TEST: Scheduler = Scheduler {
+    static TEST: Scheduler = TEST_FIELDS;
+    const TEST_FIELDS: Scheduler = Scheduler {
         name: "test",
         submit: "tsub",
         status: "tstat",
@@ -1159,6 +1233,8 @@ mod tests {
         memory: formats::mb,
         runtime: formats::hms,
         cancel_gone: &[],
+        ids: JobIds::Exact,
+        status_per_call: 2,
     };
 
     fn batch(config: &str) -> Batch {
@@ -1166,13 +1242,48 @@ mod tests {
     }
 
     #[test]
-    fn job_keys_match_spellings_of_one_job() {
-        assert_eq!(job_key("101.pbs01"), job_key("101.pbs01.example.org"));
-        assert_eq!(job_key("301"), job_key("301.0"));
-        assert_eq!(job_key("Moab.42"), job_key("42"));
-        assert_eq!(job_key("42;c2"), "42");
-        assert_ne!(job_key("101.a"), job_key("102.a"));
-        assert_eq!(job_key("123[1]"), "123[1]");
+    fn job_ids_match_exactly_or_by_the_schedulers_own_rule() {
+        use JobIds::*;
+        assert!(PbsServer.same("101.pbs01", "101.pbs01.example.org"));
+        assert!(PbsServer.same("101.pbs01.example.org", "101.pbs01"));
+        assert!(!PbsServer.same("101.serverA", "101.serverB"));
+        assert!(!PbsServer.same("101.pbs01", "101.pbs011"));
+        assert!(!PbsServer.same("101.a", "102.a"));
+        assert!(!PbsServer.same("101", "101.a"));
+        assert!(CondorProc.same("301", "301.0"));
+        assert!(!CondorProc.same("301", "301.1"));
+        assert!(!CondorProc.same("301", "3010"));
+        assert!(MoabPrefix.same("Moab.42", "42"));
+        assert!(!MoabPrefix.same("Moab.42", "420"));
+        assert!(!Exact.same("101", "1010"));
+        assert!(!Exact.same("101.serverA", "101.serverB"));
+        assert!(Exact.same("123[1]", " 123[1]"));
+        assert!(!Exact.same("123[1]", "123[2]"));
+    }
+
+    #[test]
+    fn map_states_never_takes_another_servers_job() {
+        let mut b = batch("{}");
+        static PBSLIKE: Scheduler = Scheduler {
+            ids: JobIds::PbsServer,
+            ..TEST_FIELDS
+        };
+        b.sched = &PBSLIKE;
+        let a = Answer::complete(vec![Seen::new("101.serverB", Phase::Running, "R")]);
+        let s = b.map_states(&jobs(&["101.serverA", "101.serverB.example.org"]), &a);
+        assert!(matches!(&s[0], JobState::Done(_)), "{s:?}");
+        assert!(matches!(&s[1], JobState::Running(_)), "{s:?}");
+    }
+
+    #[test]
+    fn an_empty_listing_is_a_joblless_answer() {
+        let b = batch("{}");
+        let host = crate::testing::FakeHost::new();
+        host.on("tstat", &["**"]).stdout("\n");
+        let s = b.status(&host, &jobs(&["1"]), Command::new("tstat"), |_| {
+            Err("the parser is not asked".into())
+        });
+        assert!(matches!(&s[0], JobState::Done(_)), "{s:?}");
     }
 
     #[test]

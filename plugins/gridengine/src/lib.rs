@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Phase, Scheduler, Seen};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Phase, Scheduler, Seen};
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
 pub static GRIDENGINE: Scheduler = Scheduler {
@@ -22,6 +22,8 @@ pub static GRIDENGINE: Scheduler = Scheduler {
     memory: formats::mega,
     runtime: formats::hms,
     cancel_gone: &["does not exist"],
+    ids: JobIds::Exact,
+    status_per_call: 1000,
 };
 
 const TEMPLATE: &str = r#"#!/bin/bash

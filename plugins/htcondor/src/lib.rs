@@ -3,7 +3,7 @@
 //! has no queues, so the queue field is off unless a site enables it (and
 //! uses it in its own template). Site config: see docs/plugins.md.
 
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Phase, Scheduler, Seen};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Phase, Scheduler, Seen};
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
 pub static HTCONDOR: Scheduler = Scheduler {
@@ -23,6 +23,8 @@ pub static HTCONDOR: Scheduler = Scheduler {
         "not found",
         "already marked for removal",
     ],
+    ids: JobIds::CondorProc,
+    status_per_call: 1000,
 };
 
 // The server command runs through /usr/bin/env so a bare program name is

@@ -221,3 +221,15 @@ fn status_survives_mangled_output() {
         states(code, out, "", &["301", "302", "303"])
     });
 }
+
+#[test]
+fn status_cluster_is_its_process_zero_only() {
+    let s = states(
+        0,
+        "301.1 2 slot1@n1 undefined undefined\n",
+        "",
+        &["301", "301.1"],
+    );
+    assert!(s[0].starts_with("done:"), "{s:?}");
+    assert_eq!(s[1], "running@n1");
+}

@@ -2,7 +2,7 @@
 //! `bjobs -a -o …` for the state of many jobs, `bkill`. Site config: see
 //! docs/plugins.md.
 
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Phase, Scheduler, Seen};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Phase, Scheduler, Seen};
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
 pub static LSF: Scheduler = Scheduler {
@@ -18,6 +18,8 @@ pub static LSF: Scheduler = Scheduler {
     memory: mb_upper,
     runtime: formats::hm,
     cancel_gone: &["Job has already finished", "is not found"],
+    ids: JobIds::Exact,
+    status_per_call: 1000,
 };
 
 fn mb_upper(mib: u64) -> String {

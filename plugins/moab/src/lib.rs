@@ -2,7 +2,7 @@
 //! stdin), one `mdiag -j --xml` for the state of every job, `mjobctl -c`.
 //! Site config: see docs/plugins.md.
 
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Phase, Scheduler, Seen};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Phase, Scheduler, Seen};
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
 pub static MOAB: Scheduler = Scheduler {
@@ -22,6 +22,8 @@ pub static MOAB: Scheduler = Scheduler {
         "does not exist",
         "cannot locate job",
     ],
+    ids: JobIds::MoabPrefix,
+    status_per_call: 320,
 };
 
 const TEMPLATE: &str = r#"#!/bin/bash
@@ -85,9 +87,22 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
             (Phase::Completed, None) => Some(0),
             (_, e) => e,
         };
+        // Moab writes the allocated nodes on the job's requirement
+        // (`<req AllocNodeList="n01:2,n02:2">`); some versions also on the
+        // job itself; `MasterHost` is the first node of an active job.
+        let req_nodes = job
+            .children()
+            .filter(|n| n.has_tag_name("req"))
+            .find_map(|r| {
+                r.attribute("AllocNodeList")
+                    .filter(|v| !v.trim().is_empty())
+            });
+        let host = req_nodes
+            .or_else(|| Some(attr("AllocNodeList")).filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| attr("MasterHost"));
         seen.push(
             Seen::new(attr("JobID"), phase, state)
-                .host(attr("AllocNodeList"))
+                .host(host)
                 .reason(attr("BlockReason"))
                 .exit_code(exit),
         );

@@ -16,11 +16,21 @@ fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
     out.iter().map(brief).collect()
 }
 
+/// Jobs as Moab writes them (MJobToXML): the job's attributes on `<job>`,
+/// the allocated nodes on its `<req>` child. An `AllocNodeList="…"` in
+/// `attrs` goes to the `<req>`, as in real output.
 fn xml(jobs: &[&str]) -> String {
     let mut s = String::from("<Data>");
     for j in jobs {
+        let (job_attrs, nodes) = match j.find("AllocNodeList=\"") {
+            Some(at) => {
+                let end = j[at + 15..].find('"').unwrap() + at + 16;
+                (format!("{}{}", &j[..at], &j[end..]), j[at..end].to_string())
+            }
+            None => (j.to_string(), String::new()),
+        };
         s.push_str(&format!(
-            "<job AWDuration=\"0\" Account=\"proj\" Class=\"batch\" EEDuration=\"0\" GJID=\"x\" Group=\"alice\" {j} PAL=\"torque\" ReqAWDuration=\"28800\" User=\"alice\"></job>"
+            "<job AWDuration=\"0\" Account=\"proj\" Class=\"batch\" EEDuration=\"0\" GJID=\"x\" Group=\"alice\" {job_attrs} PAL=\"torque\" ReqAWDuration=\"28800\" User=\"alice\"><req {nodes} ReqNodeDisk=\"0\" ReqNodeMem=\"0\" ReqPartition=\"torque\" ReqProcPerTask=\"1\" TCReqMin=\"1\" /></job>"
         ));
     }
     s.push_str("</Data>\n");
@@ -85,6 +95,30 @@ fn status_suspended_completed_removed_vacated() {
     );
     assert_eq!(one("State=\"Removed\""), "done: cancelled");
     assert_eq!(one("State=\"Vacated\""), "done: failed");
+}
+
+#[test]
+fn status_host_from_req_job_or_master_host() {
+    // Real `mdiag -j --xml` / `checkjob --xml`: the nodes on `<req>`.
+    let real = "<Data><job JobID=\"1234\" State=\"Running\" User=\"alice\"><req AllocNodeList=\"n07:2,n08:2\" AllocPartition=\"torque\" ReqProcPerTask=\"2\"></req></job></Data>";
+    assert_eq!(states(0, real, "", &["1234"])[0], "running@n07");
+    // Older output on the job itself, and MasterHost alone.
+    let on_job = "<Data><job JobID=\"1234\" State=\"Running\" AllocNodeList=\"n09\"><req ReqProcPerTask=\"1\"/></job></Data>";
+    assert_eq!(states(0, on_job, "", &["1234"])[0], "running@n09");
+    let master = "<Data><job JobID=\"1234\" State=\"Running\" MasterHost=\"n10\"/></Data>";
+    assert_eq!(states(0, master, "", &["1234"])[0], "running@n10");
+}
+
+#[test]
+fn status_ids_match_exactly() {
+    let s = states(
+        0,
+        &xml(&["JobID=\"12340\" State=\"Running\" AllocNodeList=\"n1\""]),
+        "",
+        &["1234", "12340"],
+    );
+    assert!(s[0].starts_with("done:"), "{s:?}");
+    assert_eq!(s[1], "running@n1");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! `qdel`. Site config: see docs/plugins.md.
 
 use wasmspawner_sdk::batch::pbs::{exit_code, gone, phase};
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Scheduler, Seen};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Scheduler, Seen};
 use wasmspawner_sdk::parse::qstat_full;
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
@@ -20,6 +20,8 @@ pub static PBS: Scheduler = Scheduler {
     memory: formats::mb,
     runtime: formats::hms,
     cancel_gone: &["Unknown Job Id", "Job has finished", "job has finished"],
+    ids: JobIds::PbsServer,
+    status_per_call: 320,
 };
 
 const TEMPLATE: &str = r#"#!/bin/bash

@@ -252,3 +252,25 @@ fn status_survives_mangled_output() {
         states(code, out, "", &["101.pbs01", "102.pbs01"])
     });
 }
+
+#[test]
+fn status_ids_match_exactly_server_included() {
+    let out = "Job Id: 101.serverB\n    job_state = R\n    exec_host = n2/0\n";
+    let s = states(
+        0,
+        out,
+        "",
+        &["101.serverA", "101.serverB.example.org", "10.serverB"],
+    );
+    assert!(s[0].starts_with("done:"), "{s:?}");
+    assert_eq!(s[1], "running@n2");
+    assert!(s[2].starts_with("done:"), "{s:?}");
+}
+
+#[test]
+fn status_empty_and_jobless_listings_read_alike() {
+    for out in ["", "\n"] {
+        let s = states(0, out, "", &["101.pbs01"]);
+        assert!(s[0].starts_with("done: the job has left"), "{out:?}: {s:?}");
+    }
+}

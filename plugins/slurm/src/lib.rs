@@ -1,7 +1,7 @@
 //! The `slurm` plugin: `sbatch --parsable` (script on stdin), one `squeue`
 //! for the state of many jobs, `scancel`. Site config: see docs/plugins.md.
 
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Phase, Scheduler, Seen};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Phase, Scheduler, Seen};
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
 pub static SLURM: Scheduler = Scheduler {
@@ -20,6 +20,8 @@ pub static SLURM: Scheduler = Scheduler {
         "already completing or completed",
         "Invalid job id specified",
     ],
+    ids: JobIds::Exact,
+    status_per_call: 1000,
 };
 
 const TEMPLATE: &str = r#"#!/bin/bash

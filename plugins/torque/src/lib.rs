@@ -3,7 +3,7 @@
 //! `qdel`. Site config: see docs/plugins.md.
 
 use wasmspawner_sdk::batch::pbs::{exit_code, gone, phase};
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Scheduler, Seen};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Scheduler, Seen};
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
 pub static TORQUE: Scheduler = Scheduler {
@@ -19,6 +19,8 @@ pub static TORQUE: Scheduler = Scheduler {
     memory: formats::mb,
     runtime: formats::hms,
     cancel_gone: &["Unknown Job Id", "invalid state for job - COMPLETE"],
+    ids: JobIds::PbsServer,
+    status_per_call: 320,
 };
 
 const TEMPLATE: &str = r#"#!/bin/bash
