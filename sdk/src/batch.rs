@@ -57,6 +57,9 @@ pub struct Scheduler {
     /// `status_ids_per_call` overrides it): chosen so one answer stays well
     /// inside the host's output cap (1 MiB by default).
     pub status_per_call: usize,
+    /// Further programs the plugin runs with any arguments, declared beside
+    /// the three (Moab's `mdiag` for finding jobs by name).
+    pub extra_programs: &'static [&'static str],
 }
 
 /// How a scheduler spells one job's id, so an asked id finds the job in an
@@ -129,11 +132,14 @@ impl Scheduler {
             spawn_env,
         };
         crate::DeclaredCapabilities {
-            programs: vec![
+            programs: [
                 use_(self.submit, true),
                 use_(self.status, false),
                 use_(self.cancel, false),
-            ],
+            ]
+            .into_iter()
+            .chain(self.extra_programs.iter().map(|p| use_(p, false)))
+            .collect(),
             ssh: vec![],
             detached: vec![],
         }
@@ -203,6 +209,11 @@ pub struct BatchConfig {
     pub host_pattern: Option<String>,
     /// Timeout of one scheduler command in milliseconds (0: the host's).
     pub timeout_ms: u32,
+    /// Job ids one status command asks about (default: the scheduler's,
+    /// sized so one answer stays inside the host's 1 MiB output cap). More
+    /// jobs take more commands; an instance with more live jobs than
+    /// `limits.max_runs_per_call` (32) times this needs that limit raised.
+    pub status_ids_per_call: Option<usize>,
     #[serde(alias = "partition")]
     pub queue: FieldConfig,
     #[serde(alias = "cores")]
@@ -352,6 +363,13 @@ impl Batch {
             let mut env = minijinja::Environment::new();
             env.add_template("site", t)
                 .map_err(|e| PluginError::Config(format!("template: {e}")))?;
+        }
+        if let Some(n) = b.config.status_ids_per_call {
+            if !(1..=100_000).contains(&n) {
+                return cfg(format!(
+                    "status_ids_per_call: {n} is not between 1 and 100000"
+                ));
+            }
         }
         if let Some(n) = &b.config.job_name {
             if !is_safe_word(n) {
@@ -630,15 +648,23 @@ impl Batch {
         ctx.insert("options".into(), opts.into());
         ctx.insert("prologue".into(), self.config.prologue.clone().into());
         ctx.insert("epilogue".into(), self.config.epilogue.clone().into());
+        // The job is tagged with its spawn: `jupyterhub-sp-…` (the site's
+        // job_name, then the spawn id), so the jobs of a spawn can be found
+        // again by name (`find`), e.g. after the host died while submitting.
+        let base = self.job_name_base();
         ctx.insert(
             "job_name".into(),
-            self.config
-                .job_name
-                .clone()
-                .unwrap_or_else(|| "jupyterhub".into())
-                .into(),
+            find::job_name(base, &job.spawn_id).into(),
         );
+        ctx.insert("job_name_base".into(), base.to_string().into());
+        ctx.insert("spawn_id".into(), job.spawn_id.clone().into());
         ctx
+    }
+
+    /// The site's job name (`job_name`, default `jupyterhub`), before the
+    /// spawn tag.
+    pub fn job_name_base(&self) -> &str {
+        self.config.job_name.as_deref().unwrap_or("jupyterhub")
     }
 
     /// The batch script for `job`.
@@ -773,6 +799,113 @@ impl Batch {
                     .collect()
             }
         }
+    }
+
+    /// Job ids one status command asks about.
+    pub fn status_per_call(&self) -> usize {
+        self.config
+            .status_ids_per_call
+            .unwrap_or(self.sched.status_per_call)
+            .max(1)
+    }
+
+    /// Status by job id, never "every job of the site": the jobs in chunks
+    /// of [`Batch::status_per_call`] ids, one command per chunk (`cmd` builds
+    /// it from the chunk's jobs). An answer cut at the host's output cap is
+    /// asked again in halves; a command the host refuses or that cannot run
+    /// ends the round (the remaining jobs are `unknown`, as the run budget
+    /// is spent or the scheduler is down).
+    pub fn status_by_id(
+        &self,
+        host: &dyn Host,
+        jobs: &[Job],
+        cmd: impl Fn(&[&Job]) -> Command,
+        parse: impl Fn(&Output) -> Result<Answer, String>,
+    ) -> Vec<JobState> {
+        let per = self.status_per_call();
+        let groups = (0..jobs.len())
+            .collect::<Vec<_>>()
+            .chunks(per)
+            .map(<[usize]>::to_vec)
+            .collect();
+        let halves = |_: &[Job], g: &[usize]| {
+            (g.len() > 1).then(|| {
+                let (a, b) = g.split_at(g.len() / 2);
+                (a.to_vec(), b.to_vec())
+            })
+        };
+        self.status_in_groups(host, jobs, groups, halves, cmd, parse)
+    }
+
+    /// [`Batch::status_by_id`] with the caller's grouping: `groups` are
+    /// indices into `jobs`, one command each; `split` divides a group whose
+    /// answer was cut at the output cap (`None`: it cannot be divided, its
+    /// jobs are `unknown`).
+    pub fn status_in_groups(
+        &self,
+        host: &dyn Host,
+        jobs: &[Job],
+        groups: Vec<Vec<usize>>,
+        split: impl Fn(&[Job], &[usize]) -> Option<(Vec<usize>, Vec<usize>)>,
+        cmd: impl Fn(&[&Job]) -> Command,
+        parse: impl Fn(&Output) -> Result<Answer, String>,
+    ) -> Vec<JobState> {
+        let program = self.sched.status;
+        let mut states: Vec<Option<JobState>> = vec![None; jobs.len()];
+        let mut todo: std::collections::VecDeque<Vec<usize>> = groups.into();
+        let mut stopped: Option<String> = None;
+        while let Some(group) = todo.pop_front() {
+            if group.is_empty() {
+                continue;
+            }
+            let asked: Vec<&Job> = group.iter().map(|&i| &jobs[i]).collect();
+            let answer = match host.run(&cmd(&asked)) {
+                Err(e) => {
+                    let why = format!("`{program}` could not run: {}", run_error_message(&e));
+                    for &i in &group {
+                        states[i] = Some(JobState::Unknown(why.clone()));
+                    }
+                    stopped = Some(why);
+                    break;
+                }
+                Ok(out) if out.truncated => {
+                    if let Some((a, b)) = split(jobs, &group) {
+                        todo.push_front(b);
+                        todo.push_front(a);
+                        continue;
+                    }
+                    Err(format!(
+                        "`{program}` output for {} job(s) was cut at the host's output cap \
+                         (limits.output_bytes; or lower status_ids_per_call)",
+                        group.len()
+                    ))
+                }
+                Ok(out) if is_empty_listing(&out) => Ok(Answer::complete(vec![])),
+                Ok(out) => parse(&out).map_err(|e| format!("`{program}`: {e}")),
+            };
+            let owned: Vec<Job> = asked.into_iter().cloned().collect();
+            let mapped = match answer {
+                Ok(a) => self.map_states(&owned, &a),
+                Err(why) => {
+                    host.log(crate::Level::Warn, &why);
+                    owned
+                        .iter()
+                        .map(|_| JobState::Unknown(why.clone()))
+                        .collect()
+                }
+            };
+            for (&i, st) in group.iter().zip(mapped) {
+                states[i] = Some(st);
+            }
+        }
+        if let Some(why) = &stopped {
+            host.log(crate::Level::Warn, why);
+        }
+        let rest = stopped.unwrap_or_else(|| "not asked".into());
+        states
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| JobState::Unknown(rest.clone())))
+            .collect()
     }
 
     /// Maps a parsed answer to a state per job, in order. An asked id finds
@@ -1054,6 +1187,8 @@ pub fn check_exit(
     (ids, ok)
 }
 
+pub mod find;
+
 /// The descriptor of a batch plugin.
 pub fn descriptor(sched: &Scheduler, version: &str, description: &str) -> crate::Descriptor {
     crate::Descriptor {
@@ -1235,6 +1370,7 @@ mod tests {
         cancel_gone: &[],
         ids: JobIds::Exact,
         status_per_call: 2,
+        extra_programs: &[],
     };
 
     fn batch(config: &str) -> Batch {
@@ -1273,6 +1409,75 @@ mod tests {
         let s = b.map_states(&jobs(&["101.serverA", "101.serverB.example.org"]), &a);
         assert!(matches!(&s[0], JobState::Done(_)), "{s:?}");
         assert!(matches!(&s[1], JobState::Running(_)), "{s:?}");
+    }
+
+    fn parse_lines(out: &Output) -> Result<Answer, String> {
+        Ok(Answer::complete(
+            out.stdout_str()
+                .lines()
+                .map(|l| Seen::new(l.split(' ').next().unwrap(), Phase::Running, "R"))
+                .collect(),
+        ))
+    }
+
+    fn by_id(b: &Batch, host: &crate::testing::FakeHost, ids: &[&str]) -> Vec<JobState> {
+        b.status_by_id(
+            host,
+            &jobs(ids),
+            |chunk| Command::new("tstat").args(chunk.iter().map(|j| j.job_id.clone())),
+            parse_lines,
+        )
+    }
+
+    #[test]
+    fn status_by_id_asks_in_chunks_and_halves_a_cut_answer() {
+        let b = batch(r#"{"status_ids_per_call":4}"#);
+        let host = crate::testing::FakeHost::new();
+        host.output_cap(30);
+        // Each job prints 10 bytes: 4 jobs (40) pass the cap, 2 do not.
+        host.on("tstat", &["**"]).with(|c| {
+            let out: String = c.args.iter().map(|id| format!("{id:<9}\n")).collect();
+            crate::testing::output(0, &out, "")
+        });
+        let ids = ["1", "2", "3", "4", "5", "6"];
+        let s = by_id(&b, &host, &ids);
+        assert!(s.iter().all(|s| matches!(s, JobState::Running(_))), "{s:?}");
+        let argvs: Vec<Vec<String>> = host
+            .calls()
+            .iter()
+            .map(|c| c.command.args.clone())
+            .collect();
+        assert_eq!(
+            argvs,
+            vec![
+                vec!["1", "2", "3", "4"],
+                vec!["1", "2"],
+                vec!["3", "4"],
+                vec!["5", "6"]
+            ]
+        );
+        // One job whose answer alone passes the cap: unknown, naming the cap.
+        host.output_cap(5);
+        let s = by_id(&b, &host, &["1"]);
+        assert!(
+            matches!(&s[0], JobState::Unknown(w) if w.contains("output cap")),
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn status_by_id_stops_at_the_first_refused_command() {
+        let b = batch(r#"{"status_ids_per_call":1}"#);
+        let host = crate::testing::FakeHost::new();
+        host.on("tstat", &["1"]).stdout("1\n");
+        host.on("tstat", &["2"])
+            .fails(crate::RunError::Denied("run budget spent".into()));
+        host.on("tstat", &["3"]).stdout("3\n");
+        let s = by_id(&b, &host, &["1", "2", "3"]);
+        assert!(matches!(&s[0], JobState::Running(_)));
+        assert!(matches!(&s[1], JobState::Unknown(w) if w.contains("run budget")));
+        assert!(matches!(&s[2], JobState::Unknown(w) if w.contains("run budget")));
+        assert_eq!(host.calls().len(), 2);
     }
 
     #[test]

@@ -42,16 +42,22 @@ impl RecordedCall {
     }
 }
 
+type Reply = std::rc::Rc<dyn Fn(&Command) -> Result<Output, RunError>>;
+
 struct Rule {
     program: String,
     args: Vec<String>,
-    answer: Result<Output, RunError>,
+    answer: Reply,
 }
 
+/// The host's default cap on each of a program's stdout and stderr
+/// (`limits.output_bytes`, 1 MiB).
+pub const HOST_OUTPUT_CAP: usize = 1 << 20;
+
 /// Scripted capabilities. See the module docs.
-#[derive(Default)]
 pub struct FakeHost {
     rules: RefCell<Vec<Rule>>,
+    output_cap: std::cell::Cell<usize>,
     calls: RefCell<Vec<RecordedCall>>,
     processes: RefCell<BTreeMap<String, (Launch, ProcessState)>>,
     signals: RefCell<Vec<(String, Signal)>>,
@@ -66,7 +72,15 @@ pub struct Answer<'a> {
 
 impl Answer<'_> {
     fn set(&self, answer: Result<Output, RunError>) {
-        self.host.rules.borrow_mut()[self.index].answer = answer;
+        self.host.rules.borrow_mut()[self.index].answer =
+            std::rc::Rc::new(move |_: &Command| answer.clone());
+    }
+    /// An answer computed from the call, e.g. a fake scheduler that prints
+    /// only the jobs asked about.
+    pub fn with(self, reply: impl Fn(&Command) -> Output + 'static) -> Self {
+        self.host.rules.borrow_mut()[self.index].answer =
+            std::rc::Rc::new(move |c: &Command| Ok(reply(c)));
+        self
     }
     /// Exit 0 with this stdout.
     pub fn stdout(self, stdout: &str) -> Self {
@@ -95,9 +109,29 @@ pub fn output(code: i32, stdout: &str, stderr: &str) -> Output {
     }
 }
 
+impl Default for FakeHost {
+    fn default() -> Self {
+        FakeHost {
+            rules: RefCell::default(),
+            output_cap: std::cell::Cell::new(HOST_OUTPUT_CAP),
+            calls: RefCell::default(),
+            processes: RefCell::default(),
+            signals: RefCell::default(),
+            logs: RefCell::default(),
+        }
+    }
+}
+
 impl FakeHost {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Cuts each of stdout and stderr at `bytes` and marks the output
+    /// truncated, as the host does ([`HOST_OUTPUT_CAP`] unless set).
+    pub fn output_cap(&self, bytes: usize) -> &Self {
+        self.output_cap.set(bytes);
+        self
     }
 
     /// Adds a rule: calls of `program` whose arguments match `args` answer
@@ -107,7 +141,7 @@ impl FakeHost {
         rules.push(Rule {
             program: program.to_string(),
             args: args.iter().map(|s| s.to_string()).collect(),
-            answer: Ok(output(0, "", "")),
+            answer: std::rc::Rc::new(|_: &Command| Ok(output(0, "", ""))),
         });
         Answer {
             host: self,
@@ -149,19 +183,29 @@ impl FakeHost {
             ssh_host: ssh_host.map(str::to_string),
             command: cmd.clone(),
         });
-        let rules = self.rules.borrow();
-        rules
+        let reply = self
+            .rules
+            .borrow()
             .iter()
             .find(|r| {
                 r.program == cmd.program && wasmspawner_argpattern::matches(&r.args, &cmd.args)
             })
-            .map(|r| r.answer.clone())
-            .unwrap_or_else(|| {
-                Err(RunError::Denied(format!(
-                    "FakeHost has no rule for `{}`",
-                    cmd.display()
-                )))
-            })
+            .map(|r| r.answer.clone());
+        let Some(reply) = reply else {
+            return Err(RunError::Denied(format!(
+                "FakeHost has no rule for `{}`",
+                cmd.display()
+            )));
+        };
+        let mut out = reply(cmd)?;
+        let cap = self.output_cap.get();
+        for stream in [&mut out.stdout, &mut out.stderr] {
+            if stream.len() > cap {
+                stream.truncate(cap);
+                out.truncated = true;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -271,6 +315,93 @@ pub fn int(field: &str, v: i64) -> crate::FieldValue {
         field: field.into(),
         value: crate::Value::Integer(v),
     }
+}
+
+/// What one [`status_at_scale`] run measured.
+#[derive(Debug, Clone)]
+pub struct ScaleRun {
+    pub jobs: usize,
+    /// Status commands the plugin ran.
+    pub calls: usize,
+    /// The largest answer one command printed (bytes).
+    pub max_output: usize,
+    /// Whether any answer passed the host's output cap.
+    pub truncated: bool,
+    /// Wall time of the plugin's `status` (parsing and mapping; the fake
+    /// scheduler's printing included).
+    pub elapsed: std::time::Duration,
+    pub states: Vec<crate::JobState>,
+}
+
+impl std::fmt::Display for ScaleRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status of {} jobs: {} command(s), largest answer {} KiB, {:.2} ms",
+            self.jobs,
+            self.calls,
+            self.max_output / 1024,
+            self.elapsed.as_secs_f64() * 1000.0
+        )
+    }
+}
+
+/// Status of `n` jobs (ids from `id`) through a fake scheduler `program`
+/// that prints, for each call, what `answer(cmd)` returns (the records of
+/// the jobs the call asks about), with the host's output cap. Prints and
+/// returns what it measured; the caller asserts on the states.
+pub fn status_at_scale(
+    n: usize,
+    program: &str,
+    id: impl Fn(usize) -> String,
+    user: impl Fn(usize) -> String,
+    answer: impl Fn(&Command) -> String + 'static,
+    status: impl Fn(&FakeHost, &[crate::Job]) -> Vec<crate::JobState>,
+) -> ScaleRun {
+    let sizes = std::rc::Rc::new(RefCell::new(Vec::new()));
+    let host = FakeHost::new();
+    let seen = sizes.clone();
+    host.on(program, &["**"]).with(move |c| {
+        let out = answer(c);
+        seen.borrow_mut().push(out.len());
+        output(0, &out, "")
+    });
+    let jobs: Vec<crate::Job> = (0..n)
+        .map(|i| crate::Job {
+            job_id: id(i),
+            user: user(i),
+            state: String::new(),
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let states = status(&host, &jobs);
+    let elapsed = start.elapsed();
+    let sizes = sizes.borrow();
+    let run = ScaleRun {
+        jobs: n,
+        calls: host.calls().len(),
+        max_output: sizes.iter().copied().max().unwrap_or(0),
+        truncated: sizes.iter().any(|&s| s > HOST_OUTPUT_CAP),
+        elapsed,
+        states,
+    };
+    eprintln!("{program}: {run}");
+    run
+}
+
+/// The job ids a status command asks about: its arguments that look like
+/// ids (start with a digit or `Moab.`), and comma lists in `--jobs=`.
+pub fn asked_ids(cmd: &Command) -> Vec<String> {
+    let mut ids = Vec::new();
+    for a in &cmd.args {
+        let a = a.strip_prefix("--jobs=").unwrap_or(a);
+        for id in a.split(',') {
+            if id.starts_with(|c: char| c.is_ascii_digit()) || id.starts_with("Moab.") {
+                ids.push(id.to_string());
+            }
+        }
+    }
+    ids
 }
 
 /// Variants of real scheduler output as a broken, cut-off or hostile

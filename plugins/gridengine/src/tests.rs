@@ -252,3 +252,58 @@ fn status_survives_mangled_output() {
         states(code, out, "", &["1", "2", "3", "4"])
     });
 }
+
+/// Status by job id at scale: 100 and 10 000 jobs, batched within the
+/// host's output cap and its run budget (32 commands per call).
+#[test]
+fn status_by_id_at_scale() {
+    use wasmspawner_sdk::testing::{asked_ids, status_at_scale};
+    for n in [100, 10_000] {
+        let run = status_at_scale(
+            n,
+            "qstat",
+            |i| (i + 1000).to_string(),
+            |i| format!("user{}", i / 5),
+            |c| {
+                // A site with 50 000 queued jobs of 500 other users besides
+                // the hub's: `-u` prints only the asked owners' jobs.
+                let owners: Vec<String> = c.args
+                    [c.args.iter().position(|a| a == "-u").unwrap() + 1]
+                    .split(',')
+                    .map(str::to_string)
+                    .collect();
+                let mut s = String::from("<?xml version='1.0'?>\n<job_info xmlns:xsd=\"http://arc.liv.ac.uk/repos/darcs/sge/source/dist/util/resources/schemas/qstat/qstat.xsd\">\n  <queue_info>\n");
+                for o in &owners {
+                    if let Some(u) = o.strip_prefix("user") {
+                        let u: usize = u.parse().unwrap();
+                        for i in u * 5..u * 5 + 5 {
+                            s.push_str(&format!("    <job_list state=\"running\">\n      <JB_job_number>{}</JB_job_number>\n      <JAT_prio>0.55500</JAT_prio>\n      <JB_name>jupyterhub-sp-0123456789abcdef01234567</JB_name>\n      <JB_owner>{o}</JB_owner>\n      <state>r</state>\n      <JAT_start_time>2026-12-01T22:00:00</JAT_start_time>\n      <queue_name>all.q@node07.example.org</queue_name>\n      <slots>2</slots>\n    </job_list>\n", i + 1000));
+                        }
+                    }
+                    if let Some(u) = o.strip_prefix("other") {
+                        let u: usize = u.parse().unwrap();
+                        for i in 0..100 {
+                            s.push_str(&format!("    <job_list state=\"pending\"><JB_job_number>{}</JB_job_number><JB_owner>{o}</JB_owner><state>qw</state></job_list>\n", 100_000 + u * 100 + i));
+                        }
+                    }
+                }
+                s.push_str("  </queue_info>\n  <job_info>\n  </job_info>\n</job_info>\n");
+                s
+            },
+            |host, jobs| plugin_for_scale().status(host, jobs),
+        );
+        assert!(!run.truncated, "{run}");
+        assert!(run.calls <= 32, "{run}");
+        for (i, s) in run.states.iter().enumerate() {
+            assert!(
+                matches!(s, wasmspawner_sdk::JobState::Running(r) if r.host.is_some()),
+                "job {i}: {s:?}"
+            );
+        }
+        let _ = asked_ids;
+    }
+}
+
+fn plugin_for_scale() -> GridEngine {
+    ok(load::<GridEngine>("{}"))
+}

@@ -233,3 +233,38 @@ fn status_cluster_is_its_process_zero_only() {
     assert!(s[0].starts_with("done:"), "{s:?}");
     assert_eq!(s[1], "running@n1");
 }
+
+/// Status by job id at scale: 100 and 10 000 jobs, batched within the
+/// host's output cap and its run budget (32 commands per call).
+#[test]
+fn status_by_id_at_scale() {
+    use wasmspawner_sdk::testing::{asked_ids, status_at_scale};
+    for n in [100, 10_000] {
+        let run = status_at_scale(
+            n,
+            "condor_q",
+            |i| (i + 1000).to_string(),
+            |i| format!("user{}", i / 5),
+            |c| {
+                asked_ids(c)
+                    .iter()
+                    .map(|id| format!("{id}.0 2 slot1@node07.example.org undefined undefined\n"))
+                    .collect()
+            },
+            |host, jobs| plugin_for_scale().status(host, jobs),
+        );
+        assert!(!run.truncated, "{run}");
+        assert!(run.calls <= 32, "{run}");
+        for (i, s) in run.states.iter().enumerate() {
+            assert!(
+                matches!(s, wasmspawner_sdk::JobState::Running(r) if r.host.is_some()),
+                "job {i}: {s:?}"
+            );
+        }
+        let _ = asked_ids;
+    }
+}
+
+fn plugin_for_scale() -> HtCondor {
+    ok(load::<HtCondor>("{}"))
+}

@@ -10,7 +10,7 @@ fn plugin() -> Moab {
 
 fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
     let host = FakeHost::new();
-    host.on("mdiag", &["**"]).exits(code, stdout, stderr);
+    host.on("checkjob", &["**"]).exits(code, stdout, stderr);
     let out = plugin().status(&host, &jobs(ids));
     assert_eq!(host.calls().len(), 1);
     out.iter().map(brief).collect()
@@ -48,11 +48,11 @@ fn one(attrs: &str) -> String {
 }
 
 #[test]
-fn status_is_one_mdiag() {
+fn status_is_one_checkjob_for_the_asked_ids() {
     let host = FakeHost::new();
-    host.on("mdiag", &["**"]).stdout("<Data></Data>");
+    host.on("checkjob", &["**"]).stdout("<Data></Data>");
     plugin().status(&host, &jobs(&["1", "2"]));
-    assert_eq!(host.calls()[0].argv(), vec!["mdiag", "-j", "--xml"]);
+    assert_eq!(host.calls()[0].argv(), vec!["checkjob", "--xml", "1", "2"]);
 }
 
 #[test]
@@ -134,6 +134,26 @@ fn status_moab_prefixed_ids_match() {
 }
 
 #[test]
+fn status_unknown_ids_are_gone_others_read() {
+    let s = states(
+        1,
+        &xml(&["JobID=\"1234\" State=\"Running\" AllocNodeList=\"n1\""]),
+        "ERROR:    invalid job specified (1235)\n",
+        &["1234", "1235"],
+    );
+    assert_eq!(s[0], "running@n1");
+    assert!(
+        s[1].starts_with("done: the scheduler no longer knows"),
+        "{s:?}"
+    );
+    let s = states(1, "", "ERROR:  cannot locate job '77'\n", &["77"]);
+    assert!(
+        s[0].starts_with("done: the scheduler no longer knows"),
+        "{s:?}"
+    );
+}
+
+#[test]
 fn status_server_down_is_unknown() {
     let s = states(
         1,
@@ -150,13 +170,13 @@ fn status_server_down_is_unknown() {
 #[test]
 fn status_non_xml_is_unknown() {
     let s = states(0, "job 1234 not found\n", "", &["1234"]);
-    assert!(s[0].starts_with("unknown: `mdiag`: not XML"), "{s:?}");
+    assert!(s[0].starts_with("unknown: `checkjob`: not XML"), "{s:?}");
     let s = states(0, "<Data><job JobID=\"1\"", "", &["1234"]);
     assert!(s[0].starts_with("unknown:"), "{s:?}");
     assert!(one("State=\"Frobbed\"").starts_with("unknown: the scheduler reports"));
     let host = FakeHost::new();
-    host.on("mdiag", &["**"])
-        .fails(RunError::TimedOut("mdiag".into()));
+    host.on("checkjob", &["**"])
+        .fails(RunError::TimedOut("checkjob".into()));
     assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
 }
 
@@ -243,4 +263,41 @@ fn status_survives_mangled_output() {
     assert_survives_mangled(&samples, &[0, 1], 3, |code, out| {
         states(code, out, "", &["1234", "1235", "1236"])
     });
+}
+
+/// Status by job id at scale: 100 and 10 000 jobs, batched within the
+/// host's output cap and its run budget (32 commands per call).
+#[test]
+fn status_by_id_at_scale() {
+    use wasmspawner_sdk::testing::{asked_ids, status_at_scale};
+    for n in [100, 10_000] {
+        let run = status_at_scale(
+            n,
+            "checkjob",
+            |i| (i + 1000).to_string(),
+            |i| format!("user{}", i / 5),
+            |c| {
+                assert_eq!(c.args[0], "--xml");
+                let jobs: String = asked_ids(c)
+                    .iter()
+                    .map(|id| format!("<job AWDuration=\"120\" Account=\"proj\" Class=\"batch\" DRM=\"torque\" DRMJID=\"{id}.torque01\" EEDuration=\"3\" EState=\"Running\" Flags=\"RESTARTABLE\" GJID=\"{id}\" Group=\"alice\" IWD=\"/home/alice\" JobID=\"{id}\" JobName=\"jupyterhub-sp-0123456789abcdef01234567\" MasterHost=\"node07\" PAL=\"torque\" QOS=\"normal\" ReqAWDuration=\"28800\" ReqNodes=\"1\" ReqProcs=\"2\" RsvStartTime=\"1764626400\" StartCount=\"1\" StartPriority=\"1\" StartTime=\"1764626400\" State=\"Running\" StatMSUtl=\"0.000\" StatPSDed=\"240.000\" StatPSUtl=\"1.200\" SubmitTime=\"1764626397\" SuspendDuration=\"0\" SysPrio=\"0\" User=\"alice\" UserPrio=\"0\"><req AllocNodeList=\"node07:2\" AllocPartition=\"torque\" ReqNodeDisk=\"0\" ReqNodeMem=\"0\" ReqNodeProc=\"0\" ReqNodeSwap=\"0\" ReqPartition=\"torque\" ReqProcPerTask=\"2\" TCReqMin=\"1\" UtilMem=\"312\" UtilProc=\"0.01\" UtilSwap=\"0\"></req></job>"))
+                    .collect();
+                format!("<Data>{jobs}</Data>\n")
+            },
+            |host, jobs| plugin_for_scale().status(host, jobs),
+        );
+        assert!(!run.truncated, "{run}");
+        assert!(run.calls <= 32, "{run}");
+        for (i, s) in run.states.iter().enumerate() {
+            assert!(
+                matches!(s, wasmspawner_sdk::JobState::Running(r) if r.host.is_some()),
+                "job {i}: {s:?}"
+            );
+        }
+        let _ = asked_ids;
+    }
+}
+
+fn plugin_for_scale() -> Moab {
+    ok(load::<Moab>("{}"))
 }

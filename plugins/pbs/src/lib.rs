@@ -22,6 +22,7 @@ pub static PBS: Scheduler = Scheduler {
     cancel_gone: &["Unknown Job Id", "Job has finished", "job has finished"],
     ids: JobIds::PbsServer,
     status_per_call: 320,
+    extra_programs: &[],
 };
 
 const TEMPLATE: &str = r#"#!/bin/bash
@@ -47,11 +48,20 @@ wasmspawner_sdk::batch_plugin!(
 );
 
 /// `qstat -f -x A B C`: one call; `-x` keeps finished jobs (state F).
+/// One call per [`PBS`]`.status_per_call` jobs (320: a `qstat -f` block
+/// with the job's exported environment is 1–3 KiB).
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
-    let args = ["-f".to_string(), "-x".into()]
-        .into_iter()
-        .chain(jobs.iter().map(|j| j.job_id.clone()));
-    b.status(host, jobs, b.status_command(args), parse)
+    b.status_by_id(
+        host,
+        jobs,
+        |chunk| {
+            let args = ["-f".to_string(), "-x".into()]
+                .into_iter()
+                .chain(chunk.iter().map(|j| j.job_id.clone()));
+            b.status_command(args)
+        },
+        parse,
+    )
 }
 
 pub fn parse(out: &Output) -> Result<Answer, String> {
@@ -83,6 +93,18 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
     };
     answer.gone = gone_ids;
     Ok(answer)
+}
+
+/// The jobs of these spawns, found by the spawn id every job is named with
+/// (`jupyterhub-sp-…`), in one scheduler command: what the plugin API's
+/// coming `find-jobs` export answers.
+pub fn find_jobs(
+    b: &Batch,
+    host: &dyn Host,
+    spawns: &[wasmspawner_sdk::batch::find::Spawn],
+) -> Result<std::collections::BTreeMap<String, Vec<wasmspawner_sdk::batch::find::Found>>, String> {
+    use wasmspawner_sdk::batch::find;
+    find::find_jobs(find::Flavour::Pbs, b, host, spawns)
 }
 
 #[cfg(test)]

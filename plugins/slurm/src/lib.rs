@@ -22,6 +22,7 @@ pub static SLURM: Scheduler = Scheduler {
     ],
     ids: JobIds::Exact,
     status_per_call: 1000,
+    extra_programs: &[],
 };
 
 const TEMPLATE: &str = r#"#!/bin/bash
@@ -52,16 +53,21 @@ wasmspawner_sdk::batch_plugin_type!(
 #[cfg(feature = "export")]
 wasmspawner_sdk::export_plugin!(Slurm);
 
-/// `squeue -h -t all -j A,B,C -o %i|%T|%B|%N|%r`: one call for every job.
+/// `squeue -h -t all -j A,B,C -o %i|%T|%B|%N|%r`: one call per
+/// [`SLURM`]`.status_per_call` jobs (1000: about 100 KiB of answer).
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
+    b.status_by_id(host, jobs, |chunk| status_command(b, chunk), parse)
+}
+
+/// The `squeue` command for these jobs.
+pub fn status_command(b: &Batch, jobs: &[&Job]) -> wasmspawner_sdk::Command {
     let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
-    let cmd = b.status_command([
+    b.status_command([
         "--noheader".to_string(),
         "--states=all".into(),
         format!("--jobs={}", ids.join(",")),
         "--format=%i|%T|%B|%N|%r".into(),
-    ]);
-    b.status(host, jobs, cmd, parse)
+    ])
 }
 
 pub fn parse(out: &Output) -> Result<Answer, String> {
@@ -136,6 +142,18 @@ fn phase(state: &str, reason: &str) -> Phase {
         | "OUT_OF_MEMORY" | "OOM" | "DEADLINE" | "DL" | "PREEMPTED" | "PR" => Phase::Failed,
         _ => Phase::Unknown,
     }
+}
+
+/// The jobs of these spawns, found by the spawn id every job is named with
+/// (`jupyterhub-sp-…`), in one scheduler command: what the plugin API's
+/// coming `find-jobs` export answers.
+pub fn find_jobs(
+    b: &Batch,
+    host: &dyn Host,
+    spawns: &[wasmspawner_sdk::batch::find::Spawn],
+) -> Result<std::collections::BTreeMap<String, Vec<wasmspawner_sdk::batch::find::Found>>, String> {
+    use wasmspawner_sdk::batch::find;
+    find::find_jobs(find::Flavour::Slurm, b, host, spawns)
 }
 
 #[cfg(test)]

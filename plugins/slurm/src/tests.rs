@@ -390,3 +390,61 @@ fn status_survives_mangled_output() {
         states("{}", code, out, "", &["7", "8", "9"])
     });
 }
+
+/// Status by job id at scale: 100 and 10 000 jobs, batched within the
+/// host's output cap and its run budget (32 commands per call).
+#[test]
+fn status_by_id_at_scale() {
+    use wasmspawner_sdk::testing::{asked_ids, status_at_scale};
+    for n in [100, 10_000] {
+        let run = status_at_scale(
+            n,
+            "squeue",
+            |i| (i + 1000).to_string(),
+            |i| format!("user{}", i / 5),
+            |c| {
+                asked_ids(c)
+                    .iter()
+                    .map(|id| format!("{id}|RUNNING|node{id}|node{id}|None\n"))
+                    .collect()
+            },
+            |host, jobs| plugin_for_scale().status(host, jobs),
+        );
+        assert!(!run.truncated, "{run}");
+        assert!(run.calls <= 32, "{run}");
+        for (i, s) in run.states.iter().enumerate() {
+            assert!(
+                matches!(s, wasmspawner_sdk::JobState::Running(r) if r.host.is_some()),
+                "job {i}: {s:?}"
+            );
+        }
+        let _ = asked_ids;
+    }
+}
+
+fn plugin_for_scale() -> Slurm {
+    ok(load::<Slurm>("{}"))
+}
+
+#[test]
+fn submitted_job_is_named_with_its_spawn() {
+    let host = FakeHost::new();
+    host.on("sbatch", &["**"]).stdout("42\n");
+    let job = wasmspawner_sdk::testing::job_spec("alice", vec![]);
+    ok(plugin_for_scale().submit(&host, &job));
+    let script = host.calls()[0].stdin_str();
+    assert!(
+        script.contains("#SBATCH --job-name=jupyterhub-spawn-test\n"),
+        "{script}"
+    );
+    // And the spawn is found again by that name, in one squeue.
+    host.on("squeue", &["**"])
+        .stdout("42|jupyterhub-spawn-test|PENDING\n");
+    let b = &plugin_for_scale().0;
+    let spawns = [wasmspawner_sdk::batch::find::Spawn {
+        spawn_id: "spawn-test".into(),
+        user: "alice".into(),
+    }];
+    let m = find_jobs(b, &host, &spawns).unwrap();
+    assert_eq!(m["spawn-test"][0].job_id, "42");
+}
