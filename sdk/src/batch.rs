@@ -58,7 +58,7 @@ pub struct Scheduler {
     /// inside the host's output cap (1 MiB by default).
     pub status_per_call: usize,
     /// Further programs the plugin runs with any arguments, declared beside
-    /// the three (Moab's `mdiag` for finding jobs by name).
+    /// the three (e.g. a program only finding jobs by name uses).
     pub extra_programs: &'static [&'static str],
 }
 
@@ -430,11 +430,19 @@ impl Batch {
     }
 
     fn word_field(&self, id: &str, label: &str, f: &FieldConfig, user: &User) -> Field {
+        // A list without a default starts with an empty choice, "the site's
+        // default", so what the help says is what the list offers.
+        let site_default = f.default.is_none() && f.required != Some(true);
         let field = if f.choices.is_empty() {
             text_field(id, label).pattern(SAFE_WORD).max_length(64)
         } else {
             let cs = self.choices_for(f, user);
-            choice_field(id, label, cs.iter().map(|c| (*c, *c)))
+            let empty = site_default.then_some(("", "(the site's default)"));
+            choice_field(
+                id,
+                label,
+                empty.into_iter().chain(cs.iter().map(|c| (*c, *c))),
+            )
         };
         let mut field = field
             .label_opt(f.label.as_deref())
@@ -458,9 +466,14 @@ impl Batch {
             } else {
                 "Queue"
             };
+            let help = if q.default.is_some() || q.required == Some(true) {
+                "Where the job runs."
+            } else {
+                "Where the job runs; empty for the site's default."
+            };
             fields.push(
                 self.word_field(self.sched.queue_field, label, q, user)
-                    .help_default("Where the job runs; empty for the site's default."),
+                    .help_default(help),
             );
         }
         for spec in self.int_specs() {
@@ -945,8 +958,14 @@ impl Batch {
 
     fn state_of(&self, s: &Seen) -> JobState {
         let pending = |what: &str| {
+            let mut reason = join_reason(what, &s.reason);
+            if let Some(t) = &s.expected_start_text {
+                reason.push_str(&format!(", expected start {t}"));
+            } else if let Some(e) = s.expected_start {
+                reason.push_str(&format!(", expected start {}", utc(e)));
+            }
             JobState::Pending(PendingInfo {
-                reason: join_reason(what, &s.reason),
+                reason,
                 expected_start: s.expected_start,
             })
         };
@@ -1002,6 +1021,27 @@ fn join_reason(what: &str, reason: &str) -> String {
     } else {
         format!("{what}: {reason}")
     }
+}
+
+/// `2026-12-01T23:10:00Z` for seconds since the epoch (civil from days,
+/// proleptic Gregorian).
+fn utc(epoch: u64) -> String {
+    let (days, secs) = ((epoch / 86_400) as i64, epoch % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 fn hms(min: u64) -> String {
@@ -1078,6 +1118,9 @@ pub struct Seen {
     pub reason: String,
     pub exit_code: Option<i32>,
     pub expected_start: Option<u64>,
+    /// The expected start as the scheduler printed it, for the reason text
+    /// (`2026-12-01T23:10:00`) when it gives no epoch.
+    pub expected_start_text: Option<String>,
 }
 
 impl Seen {
@@ -1090,7 +1133,22 @@ impl Seen {
             reason: String::new(),
             exit_code: None,
             expected_start: None,
+            expected_start_text: None,
         }
+    }
+    /// The expected start, seconds since the epoch (a pending job only).
+    pub fn expected_start(mut self, epoch: Option<u64>) -> Self {
+        self.expected_start = epoch.filter(|&e| e > 0);
+        self
+    }
+    /// The expected start as printed (`N/A`, `Unknown`, `-` and the like
+    /// are nothing).
+    pub fn expected_start_text(mut self, t: &str) -> Self {
+        let t = t.trim();
+        if t.bytes().next().is_some_and(|b| b.is_ascii_digit()) && t.len() <= 40 {
+            self.expected_start_text = Some(t.to_string());
+        }
+        self
     }
     pub fn host(mut self, h: &str) -> Self {
         self.host = crate::parse::first_host(h).map(|_| h.trim().to_string());
@@ -1489,6 +1547,65 @@ mod tests {
             Err("the parser is not asked".into())
         });
         assert!(matches!(&s[0], JobState::Done(_)), "{s:?}");
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_764_630_600), "2025-12-01T23:10:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn queue_list_offers_what_its_help_says() {
+        let form = batch(r#"{"queue":{"choices":["a","b"]}}"#).form(&user("alice"));
+        let q = &form.fields[0];
+        assert!(
+            q.help.contains("empty for the site's default"),
+            "{}",
+            q.help
+        );
+        let crate::FieldKind::Choice(cs) = &q.kind else {
+            panic!()
+        };
+        assert_eq!(cs[0].value, "");
+        let form = batch(r#"{"queue":{"choices":["a","b"],"default":"a"}}"#).form(&user("alice"));
+        let q = &form.fields[0];
+        assert!(!q.help.contains("empty"), "{}", q.help);
+        let crate::FieldKind::Choice(cs) = &q.kind else {
+            panic!()
+        };
+        assert_eq!(
+            cs.iter().map(|c| c.value.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn pending_reason_carries_the_expected_start() {
+        let b = batch("{}");
+        let a = Answer::complete(vec![
+            Seen::new("1", Phase::Pending, "PD")
+                .reason("Priority")
+                .expected_start_text("2026-12-01T23:10:00"),
+            Seen::new("2", Phase::Pending, "Idle").expected_start(Some(1_764_630_600)),
+            Seen::new("3", Phase::Pending, "PD")
+                .reason("Resources")
+                .expected_start_text("N/A"),
+        ]);
+        let s: Vec<String> = b
+            .map_states(&jobs(&["1", "2", "3"]), &a)
+            .iter()
+            .map(crate::testing::brief)
+            .collect();
+        assert_eq!(
+            s,
+            [
+                "pending: pending: Priority, expected start 2026-12-01T23:10:00",
+                "pending: pending, expected start 2025-12-01T23:10:00Z",
+                "pending: pending: Resources",
+            ]
+        );
     }
 
     #[test]

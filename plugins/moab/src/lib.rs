@@ -25,7 +25,9 @@ pub static MOAB: Scheduler = Scheduler {
     ],
     ids: JobIds::MoabPrefix,
     status_per_call: 320,
-    extra_programs: &["mdiag"],
+    // `mdiag` (finding jobs by name) joins when the find-jobs export
+    // is wired, with its own grant.
+    extra_programs: &[],
 };
 
 const TEMPLATE: &str = r#"#!/bin/bash
@@ -132,8 +134,14 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
         let host = req_nodes
             .or_else(|| Some(attr("AllocNodeList")).filter(|v| !v.is_empty()))
             .unwrap_or_else(|| attr("MasterHost"));
+        // RsvStartTime: when Moab's reservation for an idle job starts.
+        let start = match phase {
+            Phase::Pending | Phase::Waiting => attr("RsvStartTime").parse().ok(),
+            _ => None,
+        };
         seen.push(
             Seen::new(attr("JobID"), phase, state)
+                .expected_start(start)
                 .host(host)
                 .reason(attr("BlockReason"))
                 .exit_code(exit),

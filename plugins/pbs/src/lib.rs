@@ -80,8 +80,18 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
             reason
         };
         let exit = exit_code(exit);
+        // `estimated.start_time` (PBS Pro's estimator): a queued job's
+        // expected start, as PBS prints it.
+        let start = match phase {
+            wasmspawner_sdk::batch::Phase::Pending => a
+                .get("estimated.start_time")
+                .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
         seen.push(
             Seen::new(id, phase, st)
+                .expected_start_text(&start)
                 .host(a.get("exec_host").map(String::as_str).unwrap_or(""))
                 .reason(&reason)
                 .exit_code(exit),

@@ -53,7 +53,8 @@ wasmspawner_sdk::batch_plugin_type!(
 #[cfg(feature = "export")]
 wasmspawner_sdk::export_plugin!(Slurm);
 
-/// `squeue -h -t all -j A,B,C -o %i|%T|%B|%N|%r`: one call per
+/// `squeue -h -t all -j A,B,C -o %i|%T|%B|%N|%S|%r` (`%S`: a pending job's
+/// expected start, shown in its reason): one call per
 /// [`SLURM`]`.status_per_call` jobs (1000: about 100 KiB of answer).
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
     b.status_by_id(host, jobs, |chunk| status_command(b, chunk), parse)
@@ -66,7 +67,7 @@ pub fn status_command(b: &Batch, jobs: &[&Job]) -> wasmspawner_sdk::Command {
         "--noheader".to_string(),
         "--states=all".into(),
         format!("--jobs={}", ids.join(",")),
-        "--format=%i|%T|%B|%N|%r".into(),
+        "--format=%i|%T|%B|%N|%S|%r".into(),
     ])
 }
 
@@ -87,9 +88,13 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
         if line.is_empty() || line.starts_with("CLUSTER:") {
             continue;
         }
-        let f: Vec<&str> = line.splitn(5, '|').collect();
-        let [id, state, batch_host, nodes, reason] = f[..] else {
-            return Err(format!("unexpected line {line:?}"));
+        // `%i|%T|%B|%N|%S|%r`; lines without `%S` (a site's own format,
+        // older recordings) are read too.
+        let f: Vec<&str> = line.splitn(6, '|').collect();
+        let (id, state, batch_host, nodes, start, reason) = match f[..] {
+            [id, state, b, n, start, reason] => (id, state, b, n, start, reason),
+            [id, state, b, n, reason] => (id, state, b, n, "", reason),
+            _ => return Err(format!("unexpected line {line:?}")),
         };
         let phase = phase(state, reason);
         let host = if wasmspawner_sdk::parse::first_host(batch_host).is_some() {
@@ -108,12 +113,14 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
         } else {
             reason.to_string()
         };
-        seen.push(
-            Seen::new(id, phase, state)
-                .host(host)
-                .reason(&reason)
-                .exit_code(exit),
-        );
+        let mut s = Seen::new(id, phase, state)
+            .host(host)
+            .reason(&reason)
+            .exit_code(exit);
+        if matches!(phase, Phase::Pending | Phase::Waiting) {
+            s = s.expected_start_text(start);
+        }
+        seen.push(s);
     }
     Ok(match ok {
         Ok(()) => Answer::complete(seen),

@@ -36,7 +36,7 @@ fn status_asks_once_for_every_job() {
             "--noheader",
             "--states=all",
             "--jobs=1,2,3",
-            "--format=%i|%T|%B|%N|%r"
+            "--format=%i|%T|%B|%N|%S|%r"
         ]
     );
 }
@@ -447,4 +447,28 @@ fn submitted_job_is_named_with_its_spawn() {
     }];
     let m = find_jobs(b, &host, &spawns).unwrap();
     assert_eq!(m["spawn-test"][0].job_id, "42");
+}
+
+#[test]
+fn pending_reason_and_expected_start() {
+    let host = FakeHost::new();
+    host.on("squeue", &["**"]).stdout(
+        "7|PENDING|n/a|(null)|2026-12-01T23:10:00|Priority\n8|PENDING|n/a|(null)|N/A|Resources\n9|RUNNING|node1|node1|2026-12-01T22:00:00|None\n",
+    );
+    let s: Vec<String> = plugin_for_scale()
+        .status(&host, &jobs(&["7", "8", "9"]))
+        .iter()
+        .map(brief)
+        .collect();
+    assert_eq!(
+        s,
+        [
+            "pending: pending: Priority, expected start 2026-12-01T23:10:00",
+            "pending: pending: Resources",
+            "running@node1",
+        ]
+    );
+    assert!(host.calls()[0]
+        .argv()
+        .contains(&"--format=%i|%T|%B|%N|%S|%r".to_string()));
 }
