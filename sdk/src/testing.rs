@@ -56,6 +56,8 @@ pub const HOST_OUTPUT_CAP: usize = 1 << 20;
 
 /// Scripted capabilities. See the module docs.
 pub struct FakeHost {
+    declared: RefCell<Option<crate::DeclaredCapabilities>>,
+    undeclared: RefCell<Vec<String>>,
     rules: RefCell<Vec<Rule>>,
     output_cap: std::cell::Cell<usize>,
     calls: RefCell<Vec<RecordedCall>>,
@@ -112,6 +114,8 @@ pub fn output(code: i32, stdout: &str, stderr: &str) -> Output {
 impl Default for FakeHost {
     fn default() -> Self {
         FakeHost {
+            declared: RefCell::default(),
+            undeclared: RefCell::default(),
             rules: RefCell::default(),
             output_cap: std::cell::Cell::new(HOST_OUTPUT_CAP),
             calls: RefCell::default(),
@@ -125,6 +129,49 @@ impl Default for FakeHost {
 impl FakeHost {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A fake that checks every call against the plugin's own declaration
+    /// (`P::describe()`), as the host's gate does: a program, argument list
+    /// or spawn-environment use the plugin did not declare is denied, and
+    /// the test fails when the host is dropped (unless
+    /// [`FakeHost::take_undeclared`] took the list first).
+    pub fn for_plugin<P: crate::Plugin>() -> Self {
+        let host = Self::default();
+        *host.declared.borrow_mut() = Some(P::describe().capabilities);
+        host
+    }
+
+    /// The calls so far that the declaration does not allow (and forgets them).
+    pub fn take_undeclared(&self) -> Vec<String> {
+        std::mem::take(&mut *self.undeclared.borrow_mut())
+    }
+
+    fn check_declared(&self, ssh: bool, cmd: &Command) -> Result<(), RunError> {
+        let declared = self.declared.borrow();
+        let Some(d) = declared.as_ref() else {
+            return Ok(());
+        };
+        let uses = if ssh { &d.ssh } else { &d.programs };
+        let allowed = uses.iter().any(|u| {
+            (u.program == "*" || u.program == cmd.program)
+                && wasmspawner_argpattern::matches(&u.args, &cmd.args)
+                && (u.spawn_env || !cmd.spawn_env)
+        });
+        if allowed {
+            return Ok(());
+        }
+        let what = format!(
+            "`{}`{} is not in the plugin's declaration",
+            cmd.display(),
+            if cmd.spawn_env {
+                " with the spawn's environment"
+            } else {
+                ""
+            }
+        );
+        self.undeclared.borrow_mut().push(what.clone());
+        Err(RunError::Denied(what))
     }
 
     /// Cuts each of stdout and stderr at `bytes` and marks the output
@@ -183,6 +230,7 @@ impl FakeHost {
             ssh_host: ssh_host.map(str::to_string),
             command: cmd.clone(),
         });
+        self.check_declared(ssh_host.is_some(), cmd)?;
         let reply = self
             .rules
             .borrow()
@@ -209,6 +257,19 @@ impl FakeHost {
     }
 }
 
+impl Drop for FakeHost {
+    fn drop(&mut self) {
+        let undeclared = self.undeclared.get_mut();
+        if !undeclared.is_empty() && !std::thread::panicking() {
+            panic!(
+                "the plugin made calls its declaration does not allow (the real host's gate \
+                 denies them): {}",
+                undeclared.join("; ")
+            );
+        }
+    }
+}
+
 impl Host for FakeHost {
     fn run(&self, cmd: &Command) -> Result<Output, RunError> {
         self.answer(None, cmd)
@@ -217,6 +278,20 @@ impl Host for FakeHost {
         self.answer(Some(host), cmd)
     }
     fn start_detached(&self, launch: &Launch) -> Result<String, RunError> {
+        if let Some(d) = self.declared.borrow().as_ref() {
+            let ok = d.detached.iter().any(|u| {
+                (u.program == "*" || u.program == launch.program)
+                    && wasmspawner_argpattern::matches(&u.args, &launch.args)
+            });
+            if !ok {
+                let what = format!(
+                    "detached `{}` is not in the plugin's declaration",
+                    launch.program
+                );
+                self.undeclared.borrow_mut().push(what.clone());
+                return Err(RunError::Denied(what));
+            }
+        }
         let mut procs = self.processes.borrow_mut();
         let handle = format!("fake-{}", procs.len() + 1);
         procs.insert(handle.clone(), (launch.clone(), ProcessState::Running));
@@ -591,6 +666,77 @@ mod tests {
             .any(|v| sample.starts_with(v.as_str()) && v.len() < sample.len()));
         assert!(a.iter().any(|v| v.lines().count() == 1 && v.len() > 5));
         assert!(a.iter().any(|v| v.len() > 5000));
+    }
+
+    struct Declares;
+    impl crate::Plugin for Declares {
+        type Config = ();
+        fn describe() -> crate::Descriptor {
+            crate::Descriptor {
+                name: "d".into(),
+                version: "0".into(),
+                api_version: crate::API_VERSION.into(),
+                description: String::new(),
+                capabilities: crate::DeclaredCapabilities {
+                    programs: vec![crate::ProgramUse {
+                        program: "squeue".into(),
+                        args: vec!["-h".into(), "**".into()],
+                        spawn_env: false,
+                    }],
+                    ssh: vec![],
+                    detached: vec![],
+                },
+            }
+        }
+        fn new(_: ()) -> Result<Self, PluginError> {
+            Ok(Declares)
+        }
+        fn form(&self, _: &dyn Host, _: &User) -> Result<crate::FormSchema, PluginError> {
+            unreachable!()
+        }
+        fn submit(
+            &self,
+            _: &dyn Host,
+            _: &crate::JobSpec,
+        ) -> Result<crate::Submitted, PluginError> {
+            unreachable!()
+        }
+        fn status(&self, _: &dyn Host, _: &[crate::Job]) -> Vec<crate::JobState> {
+            vec![]
+        }
+        fn cancel(&self, _: &dyn Host, _: &crate::Job) -> Result<(), PluginError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn calls_outside_the_declaration_are_denied_as_the_gate_would() {
+        let host = FakeHost::for_plugin::<Declares>();
+        host.on("squeue", &["**"]).stdout("ok");
+        host.on("sbatch", &["**"]).stdout("1");
+        assert!(host
+            .run(&Command::new("squeue").args(["-h", "-j", "1"]))
+            .is_ok());
+        assert!(matches!(
+            host.run(&Command::new("squeue").arg("-j")),
+            Err(RunError::Denied(_))
+        ));
+        assert!(matches!(
+            host.run(&Command::new("squeue").arg("-h").with_spawn_env()),
+            Err(RunError::Denied(_))
+        ));
+        assert!(matches!(
+            host.run(&Command::new("sbatch")),
+            Err(RunError::Denied(_))
+        ));
+        assert_eq!(host.take_undeclared().len(), 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "declaration does not allow")]
+    fn an_undeclared_call_fails_the_test() {
+        let host = FakeHost::for_plugin::<Declares>();
+        let _ = host.run(&Command::new("rm"));
     }
 
     #[test]

@@ -253,18 +253,16 @@ fn status_survives_mangled_output() {
     });
 }
 
-/// Status by job id at scale: 100 and 10 000 jobs, batched within the
-/// host's output cap and its run budget (32 commands per call).
-#[test]
-fn status_by_id_at_scale() {
-    use wasmspawner_sdk::testing::{asked_ids, status_at_scale};
-    for n in [100, 10_000] {
-        let run = status_at_scale(
-            n,
-            "qstat",
-            |i| (i + 1000).to_string(),
-            |i| format!("user{}", i / 5),
-            |c| {
+// The tests every batch plugin shares (declaration, submit, status by id
+// at scale, dead controller, cancel), on a FakeHost that checks each call
+// against this plugin's declaration.
+wasmspawner_sdk::scheduler_test_suite! {
+    plugin: GridEngine,
+    submit: ("qsub", "101\n", "101"),
+    status: ("qstat", "<?xml version='1.0'?>\n<job_info><queue_info><job_list state=\"running\"><JB_job_number>101</JB_job_number><JB_owner>alice</JB_owner><state>r</state><queue_name>all.q@node07</queue_name></job_list></queue_info><job_info></job_info></job_info>\n", "102"),
+    dead: (1, "error: commlib error: got select error (Connection refused)\n"),
+    cancel: ("qdel", "denied: job \"101\" does not exist\n"),
+    scale: (|i| (i + 1000).to_string(), |c| {
                 // A site with 50 000 queued jobs of 500 other users besides
                 // the hub's: `-u` prints only the asked owners' jobs.
                 let owners: Vec<String> = c.args
@@ -289,21 +287,5 @@ fn status_by_id_at_scale() {
                 }
                 s.push_str("  </queue_info>\n  <job_info>\n  </job_info>\n</job_info>\n");
                 s
-            },
-            |host, jobs| plugin_for_scale().status(host, jobs),
-        );
-        assert!(!run.truncated, "{run}");
-        assert!(run.calls <= 32, "{run}");
-        for (i, s) in run.states.iter().enumerate() {
-            assert!(
-                matches!(s, wasmspawner_sdk::JobState::Running(r) if r.host.is_some()),
-                "job {i}: {s:?}"
-            );
-        }
-        let _ = asked_ids;
-    }
-}
-
-fn plugin_for_scale() -> GridEngine {
-    ok(load::<GridEngine>("{}"))
+            }),
 }

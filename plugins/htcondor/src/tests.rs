@@ -234,37 +234,19 @@ fn status_cluster_is_its_process_zero_only() {
     assert_eq!(s[1], "running@n1");
 }
 
-/// Status by job id at scale: 100 and 10 000 jobs, batched within the
-/// host's output cap and its run budget (32 commands per call).
-#[test]
-fn status_by_id_at_scale() {
-    use wasmspawner_sdk::testing::{asked_ids, status_at_scale};
-    for n in [100, 10_000] {
-        let run = status_at_scale(
-            n,
-            "condor_q",
-            |i| (i + 1000).to_string(),
-            |i| format!("user{}", i / 5),
-            |c| {
-                asked_ids(c)
+// The tests every batch plugin shares (declaration, submit, status by id
+// at scale, dead controller, cancel), on a FakeHost that checks each call
+// against this plugin's declaration.
+wasmspawner_sdk::scheduler_test_suite! {
+    plugin: HtCondor,
+    submit: ("condor_submit", "Submitting job(s).\n1 job(s) submitted to cluster 101.\n", "101"),
+    status: ("condor_q", "101.0 2 slot1@node07 undefined undefined\n", "102"),
+    dead: (1, "-- Failed to fetch ads from: <127.0.0.1:9618> : schedd01\n"),
+    cancel: ("condor_rm", "Couldn't find/remove all jobs matching constraint (ClusterId == 101)\n"),
+    scale: (|i| (i + 1000).to_string(), |c| {
+                wasmspawner_sdk::testing::asked_ids(c)
                     .iter()
                     .map(|id| format!("{id}.0 2 slot1@node07.example.org undefined undefined\n"))
                     .collect()
-            },
-            |host, jobs| plugin_for_scale().status(host, jobs),
-        );
-        assert!(!run.truncated, "{run}");
-        assert!(run.calls <= 32, "{run}");
-        for (i, s) in run.states.iter().enumerate() {
-            assert!(
-                matches!(s, wasmspawner_sdk::JobState::Running(r) if r.host.is_some()),
-                "job {i}: {s:?}"
-            );
-        }
-        let _ = asked_ids;
-    }
-}
-
-fn plugin_for_scale() -> HtCondor {
-    ok(load::<HtCondor>("{}"))
+            }),
 }

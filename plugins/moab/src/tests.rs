@@ -265,39 +265,21 @@ fn status_survives_mangled_output() {
     });
 }
 
-/// Status by job id at scale: 100 and 10 000 jobs, batched within the
-/// host's output cap and its run budget (32 commands per call).
-#[test]
-fn status_by_id_at_scale() {
-    use wasmspawner_sdk::testing::{asked_ids, status_at_scale};
-    for n in [100, 10_000] {
-        let run = status_at_scale(
-            n,
-            "checkjob",
-            |i| (i + 1000).to_string(),
-            |i| format!("user{}", i / 5),
-            |c| {
+// The tests every batch plugin shares (declaration, submit, status by id
+// at scale, dead controller, cancel), on a FakeHost that checks each call
+// against this plugin's declaration.
+wasmspawner_sdk::scheduler_test_suite! {
+    plugin: Moab,
+    submit: ("msub", "\n101\n", "101"),
+    status: ("checkjob", "<Data><job JobID=\"101\" State=\"Running\"><req AllocNodeList=\"node07:2\"/></job></Data>\n", "102"),
+    dead: (1, "ERROR:    cannot connect to Moab server 'moab01' (port 42559)\n"),
+    cancel: ("mjobctl", "ERROR:    invalid job specified (101)\n"),
+    scale: (|i| (i + 1000).to_string(), |c| {
                 assert_eq!(c.args[0], "--xml");
-                let jobs: String = asked_ids(c)
+                let jobs: String = wasmspawner_sdk::testing::asked_ids(c)
                     .iter()
                     .map(|id| format!("<job AWDuration=\"120\" Account=\"proj\" Class=\"batch\" DRM=\"torque\" DRMJID=\"{id}.torque01\" EEDuration=\"3\" EState=\"Running\" Flags=\"RESTARTABLE\" GJID=\"{id}\" Group=\"alice\" IWD=\"/home/alice\" JobID=\"{id}\" JobName=\"jupyterhub-sp-0123456789abcdef01234567\" MasterHost=\"node07\" PAL=\"torque\" QOS=\"normal\" ReqAWDuration=\"28800\" ReqNodes=\"1\" ReqProcs=\"2\" RsvStartTime=\"1764626400\" StartCount=\"1\" StartPriority=\"1\" StartTime=\"1764626400\" State=\"Running\" StatMSUtl=\"0.000\" StatPSDed=\"240.000\" StatPSUtl=\"1.200\" SubmitTime=\"1764626397\" SuspendDuration=\"0\" SysPrio=\"0\" User=\"alice\" UserPrio=\"0\"><req AllocNodeList=\"node07:2\" AllocPartition=\"torque\" ReqNodeDisk=\"0\" ReqNodeMem=\"0\" ReqNodeProc=\"0\" ReqNodeSwap=\"0\" ReqPartition=\"torque\" ReqProcPerTask=\"2\" TCReqMin=\"1\" UtilMem=\"312\" UtilProc=\"0.01\" UtilSwap=\"0\"></req></job>"))
                     .collect();
                 format!("<Data>{jobs}</Data>\n")
-            },
-            |host, jobs| plugin_for_scale().status(host, jobs),
-        );
-        assert!(!run.truncated, "{run}");
-        assert!(run.calls <= 32, "{run}");
-        for (i, s) in run.states.iter().enumerate() {
-            assert!(
-                matches!(s, wasmspawner_sdk::JobState::Running(r) if r.host.is_some()),
-                "job {i}: {s:?}"
-            );
-        }
-        let _ = asked_ids;
-    }
-}
-
-fn plugin_for_scale() -> Moab {
-    ok(load::<Moab>("{}"))
+            }),
 }

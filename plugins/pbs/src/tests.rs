@@ -275,41 +275,23 @@ fn status_empty_and_jobless_listings_read_alike() {
     }
 }
 
-/// Status by job id at scale: 100 and 10 000 jobs, batched within the
-/// host's output cap and its run budget (32 commands per call).
-#[test]
-fn status_by_id_at_scale() {
-    use wasmspawner_sdk::testing::{asked_ids, status_at_scale};
-    for n in [100, 10_000] {
-        let run = status_at_scale(
-            n,
-            "qstat",
-            |i| format!("{}.pbs01", i + 1000),
-            |i| format!("user{}", i / 5),
-            |c| {
+// The tests every batch plugin shares (declaration, submit, status by id
+// at scale, dead controller, cancel), on a FakeHost that checks each call
+// against this plugin's declaration.
+wasmspawner_sdk::scheduler_test_suite! {
+    plugin: Pbs,
+    submit: ("qsub", "101.pbs01\n", "101.pbs01"),
+    status: ("qstat", "Job Id: 101.pbs01.example.org\n    job_state = R\n    exec_host = node07/0*2\n", "102.pbs01"),
+    dead: (2, "Connection refused\nqstat: cannot connect to server pbs01 (errno=15010)\n"),
+    cancel: ("qdel", "qdel: Unknown Job Id 101.pbs01\n"),
+    scale: (|i| format!("{}.pbs01", i + 1000), |c| {
                 let env = format!(
                     "PBS_O_HOME=/home/alice,PBS_O_PATH={},PBS_O_SHELL=/bin/bash",
                     "/usr/bin:".repeat(150)
                 );
-                asked_ids(c)
+                wasmspawner_sdk::testing::asked_ids(c)
                     .iter()
                     .map(|id| format!("Job Id: {id}.example.org\n    Job_Name = jupyterhub-sp-0123456789abcdef01234567\n    Job_Owner = alice@login01.example.org\n    job_state = R\n    queue = workq\n    server = pbs01\n    exec_host = node07/0*2\n    exec_vnode = (node07:ncpus=2:mem=4194304kb)\n    Resource_List.ncpus = 2\n    Resource_List.walltime = 08:00:00\n    Variable_List = {env}\n\n"))
                     .collect()
-            },
-            |host, jobs| plugin_for_scale().status(host, jobs),
-        );
-        assert!(!run.truncated, "{run}");
-        assert!(run.calls <= 32, "{run}");
-        for (i, s) in run.states.iter().enumerate() {
-            assert!(
-                matches!(s, wasmspawner_sdk::JobState::Running(r) if r.host.is_some()),
-                "job {i}: {s:?}"
-            );
-        }
-        let _ = asked_ids;
-    }
-}
-
-fn plugin_for_scale() -> Pbs {
-    ok(load::<Pbs>("{}"))
+            }),
 }

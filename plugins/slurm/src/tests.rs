@@ -391,35 +391,21 @@ fn status_survives_mangled_output() {
     });
 }
 
-/// Status by job id at scale: 100 and 10 000 jobs, batched within the
-/// host's output cap and its run budget (32 commands per call).
-#[test]
-fn status_by_id_at_scale() {
-    use wasmspawner_sdk::testing::{asked_ids, status_at_scale};
-    for n in [100, 10_000] {
-        let run = status_at_scale(
-            n,
-            "squeue",
-            |i| (i + 1000).to_string(),
-            |i| format!("user{}", i / 5),
-            |c| {
-                asked_ids(c)
+// The tests every batch plugin shares (declaration, submit, status by id
+// at scale, dead controller, cancel), on a FakeHost that checks each call
+// against this plugin's declaration.
+wasmspawner_sdk::scheduler_test_suite! {
+    plugin: Slurm,
+    submit: ("sbatch", "42\n", "42"),
+    status: ("squeue", "42|RUNNING|node07|node07|N/A|None\n", "43"),
+    dead: (1, "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"),
+    cancel: ("scancel", "scancel: error: Kill job error on job id 42: Invalid job id specified\n"),
+    scale: (|i| (i + 1000).to_string(), |c| {
+                wasmspawner_sdk::testing::asked_ids(c)
                     .iter()
                     .map(|id| format!("{id}|RUNNING|node{id}|node{id}|None\n"))
                     .collect()
-            },
-            |host, jobs| plugin_for_scale().status(host, jobs),
-        );
-        assert!(!run.truncated, "{run}");
-        assert!(run.calls <= 32, "{run}");
-        for (i, s) in run.states.iter().enumerate() {
-            assert!(
-                matches!(s, wasmspawner_sdk::JobState::Running(r) if r.host.is_some()),
-                "job {i}: {s:?}"
-            );
-        }
-        let _ = asked_ids;
-    }
+            }),
 }
 
 fn plugin_for_scale() -> Slurm {

@@ -224,42 +224,24 @@ fn status_survives_mangled_output() {
     });
 }
 
-/// Status by job id at scale: 100 and 10 000 jobs, batched within the
-/// host's output cap and its run budget (32 commands per call).
-#[test]
-fn status_by_id_at_scale() {
-    use wasmspawner_sdk::testing::{asked_ids, status_at_scale};
-    for n in [100, 10_000] {
-        let run = status_at_scale(
-            n,
-            "qstat",
-            |i| format!("{}.torque01", i + 1000),
-            |i| format!("user{}", i / 5),
-            |c| {
+// The tests every batch plugin shares (declaration, submit, status by id
+// at scale, dead controller, cancel), on a FakeHost that checks each call
+// against this plugin's declaration.
+wasmspawner_sdk::scheduler_test_suite! {
+    plugin: Torque,
+    submit: ("qsub", "101.torque01\n", "101.torque01"),
+    status: ("qstat", "<Data><Job><Job_Id>101.torque01</Job_Id><job_state>R</job_state><exec_host>node07/0-1</exec_host></Job></Data>\n", "102.torque01"),
+    dead: (1, "Cannot connect to default server host 'torque01' - check pbs_server daemon.\n"),
+    cancel: ("qdel", "qdel: Unknown Job Id 101.torque01\n"),
+    scale: (|i| format!("{}.torque01", i + 1000), |c| {
                 let env = format!(
                     "PBS_O_HOME=/home/alice,PBS_O_PATH={}",
                     "/usr/bin:".repeat(150)
                 );
-                let jobs: String = asked_ids(c)
+                let jobs: String = wasmspawner_sdk::testing::asked_ids(c)
                     .iter()
                     .map(|id| format!("<Job><Job_Id>{id}</Job_Id><Job_Name>jupyterhub-sp-0123456789abcdef01234567</Job_Name><Job_Owner>alice@login01</Job_Owner><job_state>R</job_state><queue>batch</queue><server>torque01</server><exec_host>node07/0-1</exec_host><Resource_List><nodes>1:ppn=2</nodes><walltime>08:00:00</walltime></Resource_List><Variable_List>{env}</Variable_List></Job>"))
                     .collect();
                 format!("<Data>{jobs}</Data>\n")
-            },
-            |host, jobs| plugin_for_scale().status(host, jobs),
-        );
-        assert!(!run.truncated, "{run}");
-        assert!(run.calls <= 32, "{run}");
-        for (i, s) in run.states.iter().enumerate() {
-            assert!(
-                matches!(s, wasmspawner_sdk::JobState::Running(r) if r.host.is_some()),
-                "job {i}: {s:?}"
-            );
-        }
-        let _ = asked_ids;
-    }
-}
-
-fn plugin_for_scale() -> Torque {
-    ok(load::<Torque>("{}"))
+            }),
 }
