@@ -9,7 +9,7 @@ fn plugin() -> GridEngine {
 }
 
 fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<GridEngine>();
     host.on("qstat", &["**"]).exits(code, stdout, stderr);
     let out = plugin().status(&host, &jobs(ids));
     assert_eq!(host.calls().len(), 1);
@@ -32,7 +32,7 @@ fn xml(running: &[(&str, &str, &str)], pending: &[(&str, &str)]) -> String {
 
 #[test]
 fn status_is_one_qstat_for_the_users() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<GridEngine>();
     host.on("qstat", &["**"]).stdout(&xml(&[], &[]));
     let mut js = jobs(&["1", "2", "3"]);
     js[1].user = "bob".into();
@@ -146,7 +146,7 @@ fn status_non_xml_is_unknown_never_done() {
 fn status_error_output_with_rc0_is_unknown() {
     let s = states(0, &xml(&[], &[]), "error: access denied\n", &["1"]);
     assert!(s[0].starts_with("unknown:"), "{s:?}");
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<GridEngine>();
     host.on("qstat", &["**"])
         .fails(RunError::TimedOut("qstat".into()));
     assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
@@ -164,7 +164,7 @@ fn submit(
     stderr: &str,
     config: &str,
 ) -> (FakeHost, Result<String, PluginError>) {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<GridEngine>();
     host.on("qsub", &["**"]).exits(code, stdout, stderr);
     let job = job_spec(
         "alice",
@@ -221,7 +221,7 @@ fn submit_rejected() {
 
 #[test]
 fn cancel_gone_is_fine() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<GridEngine>();
     host.on("qdel", &["1"])
         .stdout("alice has registered the job 1 for deletion\n");
     host.on("qdel", &["2"])

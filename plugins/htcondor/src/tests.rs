@@ -7,7 +7,7 @@ fn plugin() -> HtCondor {
 }
 
 fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<HtCondor>();
     host.on("condor_q", &["**"]).exits(code, stdout, stderr);
     let out = plugin().status(&host, &jobs(ids));
     assert_eq!(host.calls().len(), 1);
@@ -20,7 +20,7 @@ fn one(line: &str) -> String {
 
 #[test]
 fn status_is_one_condor_q() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<HtCondor>();
     host.on("condor_q", &["**"]).stdout("");
     plugin().status(&host, &jobs(&["301", "302"]));
     assert_eq!(
@@ -140,14 +140,14 @@ fn status_malformed_is_unknown() {
     assert!(
         one("301.0 9 undefined undefined undefined").starts_with("unknown: the scheduler reports")
     );
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<HtCondor>();
     host.on("condor_q", &["**"])
         .fails(RunError::NotFound("condor_q".into()));
     assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
 }
 
 fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<HtCondor>();
     host.on("condor_submit", &["**"])
         .exits(code, stdout, stderr);
     let mut job = job_spec(
@@ -198,7 +198,7 @@ fn submit_rejected() {
 
 #[test]
 fn cancel_finished_is_fine() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<HtCondor>();
     host.on("condor_rm", &["1"])
         .stdout("All jobs in cluster 1 have been marked for removal\n");
     host.on("condor_rm", &["2"])

@@ -9,7 +9,7 @@ fn plugin() -> Moab {
 }
 
 fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Moab>();
     host.on("checkjob", &["**"]).exits(code, stdout, stderr);
     let out = plugin().status(&host, &jobs(ids));
     assert_eq!(host.calls().len(), 1);
@@ -49,7 +49,7 @@ fn one(attrs: &str) -> String {
 
 #[test]
 fn status_is_one_checkjob_for_the_asked_ids() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Moab>();
     host.on("checkjob", &["**"]).stdout("<Data></Data>");
     plugin().status(&host, &jobs(&["1", "2"]));
     assert_eq!(host.calls()[0].argv(), vec!["checkjob", "--xml", "1", "2"]);
@@ -174,14 +174,14 @@ fn status_non_xml_is_unknown() {
     let s = states(0, "<Data><job JobID=\"1\"", "", &["1234"]);
     assert!(s[0].starts_with("unknown:"), "{s:?}");
     assert!(one("State=\"Frobbed\"").starts_with("unknown: the scheduler reports"));
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Moab>();
     host.on("checkjob", &["**"])
         .fails(RunError::TimedOut("checkjob".into()));
     assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
 }
 
 fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Moab>();
     host.on("msub", &["**"]).exits(code, stdout, stderr);
     let job = job_spec(
         "alice",
@@ -235,7 +235,7 @@ fn submit_rejected() {
 
 #[test]
 fn cancel_is_mjobctl_c() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Moab>();
     host.on("mjobctl", &["-c", "1"])
         .stdout("job '1' cancelled\n");
     host.on("mjobctl", &["-c", "2"])

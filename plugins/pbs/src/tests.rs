@@ -9,7 +9,7 @@ fn plugin(config: &str) -> Pbs {
 }
 
 fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Pbs>();
     host.on("qstat", &["**"]).exits(code, stdout, stderr);
     let out = plugin("{}").status(&host, &jobs(ids));
     assert_eq!(host.calls().len(), 1);
@@ -29,7 +29,7 @@ fn one(attrs: &str) -> String {
 
 #[test]
 fn status_is_one_qstat_for_all_jobs() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Pbs>();
     host.on("qstat", &["**"]).stdout("");
     plugin(r#"{"status_args":["-w"]}"#).status(&host, &jobs(&["1.s", "2.s"]));
     assert_eq!(
@@ -167,14 +167,14 @@ fn status_malformed_output_and_unknown_state() {
     );
     assert!(s[0].starts_with("unknown:"), "{s:?}");
     assert!(one("    job_state = Z\n").starts_with("unknown: the scheduler reports state \"Z\""));
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Pbs>();
     host.on("qstat", &["**"])
         .fails(RunError::NotFound("qstat".into()));
     assert!(brief(&plugin("{}").status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
 }
 
 fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Pbs>();
     host.on("qsub", &["**"]).exits(code, stdout, stderr);
     let job = job_spec(
         "alice",
@@ -225,7 +225,7 @@ fn submit_refused() {
 
 #[test]
 fn cancel_finished_is_fine() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Pbs>();
     host.on("qdel", &["1.s"])
         .exits(35, "", "qdel: Job has finished 1.s\n");
     host.on("qdel", &["2.s"])

@@ -11,7 +11,7 @@ fn plugin(config: &str) -> Slurm {
 
 /// Runs `status` for `ids` against one scripted squeue answer.
 fn states(config: &str, code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("squeue", &["**"]).exits(code, stdout, stderr);
     let out = plugin(config).status(&host, &jobs(ids));
     assert_eq!(host.calls().len(), 1, "one squeue for all jobs");
@@ -24,7 +24,7 @@ fn one(stdout: &str) -> String {
 
 #[test]
 fn status_asks_once_for_every_job() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("squeue", &["**"]).stdout("");
     plugin(r#"{"extra_args":["-M","c2"]}"#).status(&host, &jobs(&["1", "2", "3"]));
     assert_eq!(
@@ -196,12 +196,12 @@ fn status_multi_cluster_output() {
 
 #[test]
 fn status_capability_errors_are_unknown() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("squeue", &["**"])
         .fails(RunError::TimedOut("squeue after 30 s".into()));
     let s = plugin("{}").status(&host, &jobs(&["7"]));
     assert!(brief(&s[0]).starts_with("unknown:") && brief(&s[0]).contains("timed out"));
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     let s = plugin("{}").status(&host, &jobs(&["7"]));
     assert!(brief(&s[0]).contains("denied"));
 }
@@ -212,7 +212,7 @@ fn submit(
     stdout: &str,
     stderr: &str,
 ) -> (FakeHost, Result<String, PluginError>) {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("sbatch", &["**"]).exits(code, stdout, stderr);
     let job = job_spec(
         "alice",
@@ -276,7 +276,7 @@ fn submit_errors_are_scheduler_errors() {
 
 #[test]
 fn submit_quotes_the_command_and_renders_site_templates() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("sbatch", &["**"]).stdout("5\n");
     let mut job = job_spec("alice", vec![]);
     job.cmd = vec!["jupyterhub-singleuser".into(), "--x=$(rm -rf /)".into()];
@@ -295,15 +295,22 @@ fn extra_options_are_off_by_default_and_allowlisted() {
     let u = user("alice");
     let p = plugin("{}");
     let opts = wasmspawner_sdk::Options::from(vec![text("options", "--qos=high")]);
-    assert!(p.validate(&FakeHost::new(), &u, opts.clone()).is_err());
+    assert!(p
+        .validate(&FakeHost::for_plugin::<Slurm>(), &u, opts.clone())
+        .is_err());
     let p =
         plugin(r#"{"extra_options":{"enabled":true,"allowed_flags":["--qos","--constraint"]}}"#);
-    assert!(p.validate(&FakeHost::new(), &u, opts).is_ok());
+    assert!(p
+        .validate(&FakeHost::for_plugin::<Slurm>(), &u, opts)
+        .is_ok());
     for bad in ["--begin=now", "--qos=$(id)", "--qos high extra", "; rm"] {
         let o = wasmspawner_sdk::Options::from(vec![text("options", bad)]);
-        assert!(p.validate(&FakeHost::new(), &u, o).is_err(), "{bad}");
+        assert!(
+            p.validate(&FakeHost::for_plugin::<Slurm>(), &u, o).is_err(),
+            "{bad}"
+        );
     }
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("sbatch", &["**"]).stdout("9\n");
     let job = job_spec("alice", vec![text("options", "--qos high --constraint=ib")]);
     ok(p.submit(&host, &job));
@@ -319,7 +326,7 @@ fn form_follows_site_config_and_groups() {
         r#"{"partition":{"choices":["debug","gpu"],"default":"debug","groups":{"gpu":["gpu-users"]}},
             "ngpus":{"enabled":true,"max":4},"account":{"enabled":true},"runtime":{"enabled":false}}"#,
     );
-    let f = ok(p.form(&FakeHost::new(), &user("alice")));
+    let f = ok(p.form(&FakeHost::for_plugin::<Slurm>(), &user("alice")));
     assert_eq!(
         field_ids(&f),
         vec!["partition", "nprocs", "memory", "ngpus", "account"]
@@ -332,9 +339,11 @@ fn form_follows_site_config_and_groups() {
     gpu_user.groups.push("gpu-users".into());
     let o = wasmspawner_sdk::Options::from(vec![text("partition", "gpu")]);
     assert!(p
-        .validate(&FakeHost::new(), &user("alice"), o.clone())
+        .validate(&FakeHost::for_plugin::<Slurm>(), &user("alice"), o.clone())
         .is_err());
-    assert!(p.validate(&FakeHost::new(), &gpu_user, o).is_ok());
+    assert!(p
+        .validate(&FakeHost::for_plugin::<Slurm>(), &gpu_user, o)
+        .is_ok());
 }
 
 #[test]
@@ -358,7 +367,7 @@ fn config_errors_name_the_key() {
 
 #[test]
 fn cancel_accepts_finished_jobs() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("scancel", &["1"]).stdout("");
     host.on("scancel", &["2"]).exits(
         1,
@@ -414,7 +423,7 @@ fn plugin_for_scale() -> Slurm {
 
 #[test]
 fn submitted_job_is_named_with_its_spawn() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("sbatch", &["**"]).stdout("42\n");
     let job = wasmspawner_sdk::testing::job_spec("alice", vec![]);
     ok(plugin_for_scale().submit(&host, &job));
@@ -437,7 +446,7 @@ fn submitted_job_is_named_with_its_spawn() {
 
 #[test]
 fn pending_reason_and_expected_start() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("squeue", &["**"]).stdout(
         "7|PENDING|n/a|(null)|2026-12-01T23:10:00|Priority\n8|PENDING|n/a|(null)|N/A|Resources\n9|RUNNING|node1|node1|2026-12-01T22:00:00|None\n",
     );

@@ -9,7 +9,7 @@ fn plugin() -> Torque {
 }
 
 fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Torque>();
     host.on("qstat", &["**"]).exits(code, stdout, stderr);
     let out = plugin().status(&host, &jobs(ids));
     assert_eq!(host.calls().len(), 1);
@@ -41,7 +41,7 @@ fn one(inner: &str) -> String {
 
 #[test]
 fn status_is_one_qstat_x() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Torque>();
     host.on("qstat", &["**"]).stdout("");
     plugin().status(&host, &jobs(&["1.t", "2.t"]));
     assert_eq!(host.calls()[0].argv(), vec!["qstat", "-x", "1.t", "2.t"]);
@@ -130,14 +130,14 @@ fn status_errors_are_unknown() {
     let s = states(0, "<Data><Job><Job_Id>1.t</Job_Id>", "", &["1.t"]);
     assert!(s[0].starts_with("unknown:"), "truncated XML: {s:?}");
     assert!(one("<job_state>Z</job_state>").starts_with("unknown: the scheduler reports"));
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Torque>();
     host.on("qstat", &["**"])
         .fails(RunError::Failed("spawn".into()));
     assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
 }
 
 fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Torque>();
     host.on("qsub", &["**"]).exits(code, stdout, stderr);
     let job = job_spec(
         "alice",
@@ -189,7 +189,7 @@ fn submit_refused() {
 
 #[test]
 fn cancel_completed_is_fine() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Torque>();
     host.on("qdel", &["1.t"])
         .exits(153, "", "qdel: Unknown Job Id Error 1.t\n");
     host.on("qdel", &["2.t"]).exits(
