@@ -100,11 +100,11 @@ const SCHEDULERS: &[Sched] = &[
     Sched {
         plugin: "moab",
         submit: "msub",
-        status: "mdiag",
+        status: "checkjob",
         cancel: "mjobctl",
         submitted: "\n\n101\n\n",
         job_id: "101",
-        status_out: "<Data><job JobID=\"101\" State=\"Running\" AllocNodeList=\"node07:2\"></job></Data>\n",
+        status_out: "<Data><job JobID=\"101\" State=\"Running\" User=\"alice\"><req AllocNodeList=\"node07:2\" ReqProcPerTask=\"2\"></req></job></Data>\n",
         queue: "queue",
         script_line: "#MSUB -q batch",
     },
@@ -276,6 +276,13 @@ program = "{cancel}"
     assert_eq!(states[1]["state"], "done", "{}: {states}", s.plugin);
     let calls = std::fs::read_to_string(log.join("status.argv")).unwrap();
     assert_eq!(calls.lines().count(), 1, "{}: {calls}", s.plugin);
+    // By id (Grid Engine: by the jobs' owners), never every job of the site.
+    let asked = if s.plugin == "gridengine" {
+        "-u alice"
+    } else {
+        s.job_id
+    };
+    assert!(calls.contains(asked), "{}: {calls}", s.plugin);
 
     // A dead controller: unknown, never done.
     std::fs::write(log.join("down"), "").unwrap();

@@ -36,6 +36,7 @@ pub mod options;
 pub mod parse;
 pub mod template;
 pub mod testing;
+mod testing_suite;
 
 #[doc(hidden)]
 pub mod bindings {

@@ -42,16 +42,24 @@ impl RecordedCall {
     }
 }
 
+type Reply = std::rc::Rc<dyn Fn(&Command) -> Result<Output, RunError>>;
+
 struct Rule {
     program: String,
     args: Vec<String>,
-    answer: Result<Output, RunError>,
+    answer: Reply,
 }
 
+/// The host's default cap on each of a program's stdout and stderr
+/// (`limits.output_bytes`, 1 MiB).
+pub const HOST_OUTPUT_CAP: usize = 1 << 20;
+
 /// Scripted capabilities. See the module docs.
-#[derive(Default)]
 pub struct FakeHost {
+    declared: RefCell<Option<crate::DeclaredCapabilities>>,
+    undeclared: RefCell<Vec<String>>,
     rules: RefCell<Vec<Rule>>,
+    output_cap: std::cell::Cell<usize>,
     calls: RefCell<Vec<RecordedCall>>,
     processes: RefCell<BTreeMap<String, (Launch, ProcessState)>>,
     signals: RefCell<Vec<(String, Signal)>>,
@@ -66,7 +74,15 @@ pub struct Answer<'a> {
 
 impl Answer<'_> {
     fn set(&self, answer: Result<Output, RunError>) {
-        self.host.rules.borrow_mut()[self.index].answer = answer;
+        self.host.rules.borrow_mut()[self.index].answer =
+            std::rc::Rc::new(move |_: &Command| answer.clone());
+    }
+    /// An answer computed from the call, e.g. a fake scheduler that prints
+    /// only the jobs asked about.
+    pub fn with(self, reply: impl Fn(&Command) -> Output + 'static) -> Self {
+        self.host.rules.borrow_mut()[self.index].answer =
+            std::rc::Rc::new(move |c: &Command| Ok(reply(c)));
+        self
     }
     /// Exit 0 with this stdout.
     pub fn stdout(self, stdout: &str) -> Self {
@@ -95,9 +111,74 @@ pub fn output(code: i32, stdout: &str, stderr: &str) -> Output {
     }
 }
 
+impl Default for FakeHost {
+    fn default() -> Self {
+        FakeHost {
+            declared: RefCell::default(),
+            undeclared: RefCell::default(),
+            rules: RefCell::default(),
+            output_cap: std::cell::Cell::new(HOST_OUTPUT_CAP),
+            calls: RefCell::default(),
+            processes: RefCell::default(),
+            signals: RefCell::default(),
+            logs: RefCell::default(),
+        }
+    }
+}
+
 impl FakeHost {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A fake that checks every call against the plugin's own declaration
+    /// (`P::describe()`), as the host's gate does: a program, argument list
+    /// or spawn-environment use the plugin did not declare is denied, and
+    /// the test fails when the host is dropped (unless
+    /// [`FakeHost::take_undeclared`] took the list first).
+    pub fn for_plugin<P: crate::Plugin>() -> Self {
+        let host = Self::default();
+        *host.declared.borrow_mut() = Some(P::describe().capabilities.into());
+        host
+    }
+
+    /// The calls so far that the declaration does not allow (and forgets them).
+    pub fn take_undeclared(&self) -> Vec<String> {
+        std::mem::take(&mut *self.undeclared.borrow_mut())
+    }
+
+    fn check_declared(&self, ssh: bool, cmd: &Command) -> Result<(), RunError> {
+        let declared = self.declared.borrow();
+        let Some(d) = declared.as_ref() else {
+            return Ok(());
+        };
+        let uses = if ssh { &d.ssh } else { &d.programs };
+        let allowed = uses.iter().any(|u| {
+            (u.program == "*" || u.program == cmd.program)
+                && wasmspawner_argpattern::matches(&u.args, &cmd.args)
+                && (u.spawn_env || !cmd.spawn_env)
+        });
+        if allowed {
+            return Ok(());
+        }
+        let what = format!(
+            "`{}`{} is not in the plugin's declaration",
+            cmd.display(),
+            if cmd.spawn_env {
+                " with the spawn's environment"
+            } else {
+                ""
+            }
+        );
+        self.undeclared.borrow_mut().push(what.clone());
+        Err(RunError::Denied(what))
+    }
+
+    /// Cuts each of stdout and stderr at `bytes` and marks the output
+    /// truncated, as the host does ([`HOST_OUTPUT_CAP`] unless set).
+    pub fn output_cap(&self, bytes: usize) -> &Self {
+        self.output_cap.set(bytes);
+        self
     }
 
     /// Adds a rule: calls of `program` whose arguments match `args` answer
@@ -107,7 +188,7 @@ impl FakeHost {
         rules.push(Rule {
             program: program.to_string(),
             args: args.iter().map(|s| s.to_string()).collect(),
-            answer: Ok(output(0, "", "")),
+            answer: std::rc::Rc::new(|_: &Command| Ok(output(0, "", ""))),
         });
         Answer {
             host: self,
@@ -149,19 +230,43 @@ impl FakeHost {
             ssh_host: ssh_host.map(str::to_string),
             command: cmd.clone(),
         });
-        let rules = self.rules.borrow();
-        rules
+        self.check_declared(ssh_host.is_some(), cmd)?;
+        let reply = self
+            .rules
+            .borrow()
             .iter()
             .find(|r| {
                 r.program == cmd.program && wasmspawner_argpattern::matches(&r.args, &cmd.args)
             })
-            .map(|r| r.answer.clone())
-            .unwrap_or_else(|| {
-                Err(RunError::Denied(format!(
-                    "FakeHost has no rule for `{}`",
-                    cmd.display()
-                )))
-            })
+            .map(|r| r.answer.clone());
+        let Some(reply) = reply else {
+            return Err(RunError::Denied(format!(
+                "FakeHost has no rule for `{}`",
+                cmd.display()
+            )));
+        };
+        let mut out = reply(cmd)?;
+        let cap = self.output_cap.get();
+        for stream in [&mut out.stdout, &mut out.stderr] {
+            if stream.len() > cap {
+                stream.truncate(cap);
+                out.truncated = true;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for FakeHost {
+    fn drop(&mut self) {
+        let undeclared = self.undeclared.get_mut();
+        if !undeclared.is_empty() && !std::thread::panicking() {
+            panic!(
+                "the plugin made calls its declaration does not allow (the real host's gate \
+                 denies them): {}",
+                undeclared.join("; ")
+            );
+        }
     }
 }
 
@@ -173,6 +278,20 @@ impl Host for FakeHost {
         self.answer(Some(host), cmd)
     }
     fn start_detached(&self, launch: &Launch) -> Result<String, RunError> {
+        if let Some(d) = self.declared.borrow().as_ref() {
+            let ok = d.detached.iter().any(|u| {
+                (u.program == "*" || u.program == launch.program)
+                    && wasmspawner_argpattern::matches(&u.args, &launch.args)
+            });
+            if !ok {
+                let what = format!(
+                    "detached `{}` is not in the plugin's declaration",
+                    launch.program
+                );
+                self.undeclared.borrow_mut().push(what.clone());
+                return Err(RunError::Denied(what));
+            }
+        }
         let mut procs = self.processes.borrow_mut();
         let handle = format!("fake-{}", procs.len() + 1);
         procs.insert(handle.clone(), (launch.clone(), ProcessState::Running));
@@ -271,6 +390,93 @@ pub fn int(field: &str, v: i64) -> crate::FieldValue {
         field: field.into(),
         value: crate::Value::Integer(v),
     }
+}
+
+/// What one [`status_at_scale`] run measured.
+#[derive(Debug, Clone)]
+pub struct ScaleRun {
+    pub jobs: usize,
+    /// Status commands the plugin ran.
+    pub calls: usize,
+    /// The largest answer one command printed (bytes).
+    pub max_output: usize,
+    /// Whether any answer passed the host's output cap.
+    pub truncated: bool,
+    /// Wall time of the plugin's `status` (parsing and mapping; the fake
+    /// scheduler's printing included).
+    pub elapsed: std::time::Duration,
+    pub states: Vec<crate::JobState>,
+}
+
+impl std::fmt::Display for ScaleRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status of {} jobs: {} command(s), largest answer {} KiB, {:.2} ms",
+            self.jobs,
+            self.calls,
+            self.max_output / 1024,
+            self.elapsed.as_secs_f64() * 1000.0
+        )
+    }
+}
+
+/// Status of `n` jobs (ids from `id`) through a fake scheduler `program`
+/// that prints, for each call, what `answer(cmd)` returns (the records of
+/// the jobs the call asks about), with the host's output cap. Prints and
+/// returns what it measured; the caller asserts on the states.
+pub fn status_at_scale(
+    n: usize,
+    program: &str,
+    id: impl Fn(usize) -> String,
+    user: impl Fn(usize) -> String,
+    answer: impl Fn(&Command) -> String + 'static,
+    status: impl Fn(&FakeHost, &[crate::Job]) -> Vec<crate::JobState>,
+) -> ScaleRun {
+    let sizes = std::rc::Rc::new(RefCell::new(Vec::new()));
+    let host = FakeHost::new();
+    let seen = sizes.clone();
+    host.on(program, &["**"]).with(move |c| {
+        let out = answer(c);
+        seen.borrow_mut().push(out.len());
+        output(0, &out, "")
+    });
+    let jobs: Vec<crate::Job> = (0..n)
+        .map(|i| crate::Job {
+            job_id: id(i),
+            user: user(i),
+            state: String::new(),
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let states = status(&host, &jobs);
+    let elapsed = start.elapsed();
+    let sizes = sizes.borrow();
+    let run = ScaleRun {
+        jobs: n,
+        calls: host.calls().len(),
+        max_output: sizes.iter().copied().max().unwrap_or(0),
+        truncated: sizes.iter().any(|&s| s > HOST_OUTPUT_CAP),
+        elapsed,
+        states,
+    };
+    eprintln!("{program}: {run}");
+    run
+}
+
+/// The job ids a status command asks about: its arguments that look like
+/// ids (start with a digit or `Moab.`), and comma lists in `--jobs=`.
+pub fn asked_ids(cmd: &Command) -> Vec<String> {
+    let mut ids = Vec::new();
+    for a in &cmd.args {
+        let a = a.strip_prefix("--jobs=").unwrap_or(a);
+        for id in a.split(',') {
+            if id.starts_with(|c: char| c.is_ascii_digit()) || id.starts_with("Moab.") {
+                ids.push(id.to_string());
+            }
+        }
+    }
+    ids
 }
 
 /// Variants of real scheduler output as a broken, cut-off or hostile
@@ -460,6 +666,78 @@ mod tests {
             .any(|v| sample.starts_with(v.as_str()) && v.len() < sample.len()));
         assert!(a.iter().any(|v| v.lines().count() == 1 && v.len() > 5));
         assert!(a.iter().any(|v| v.len() > 5000));
+    }
+
+    struct Declares;
+    impl crate::Plugin for Declares {
+        type Config = ();
+        fn describe() -> crate::Descriptor {
+            crate::Descriptor {
+                name: "d".into(),
+                version: "0".into(),
+                api_version: crate::API_VERSION.into(),
+                description: String::new(),
+                capabilities: crate::DeclaredCapabilities {
+                    programs: vec![crate::ProgramUse {
+                        program: "squeue".into(),
+                        args: vec!["-h".into(), "**".into()],
+                        spawn_env: false,
+                    }],
+                    ssh: vec![],
+                    detached: vec![],
+                }
+                .into(),
+            }
+        }
+        fn new(_: ()) -> Result<Self, PluginError> {
+            Ok(Declares)
+        }
+        fn form(&self, _: &dyn Host, _: &User) -> Result<crate::FormSchema, PluginError> {
+            unreachable!()
+        }
+        fn submit(
+            &self,
+            _: &dyn Host,
+            _: &crate::JobSpec,
+        ) -> Result<crate::Submitted, PluginError> {
+            unreachable!()
+        }
+        fn status(&self, _: &dyn Host, _: &[crate::Job]) -> Vec<crate::JobState> {
+            vec![]
+        }
+        fn cancel(&self, _: &dyn Host, _: &crate::Job) -> Result<(), PluginError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn calls_outside_the_declaration_are_denied_as_the_gate_would() {
+        let host = FakeHost::for_plugin::<Declares>();
+        host.on("squeue", &["**"]).stdout("ok");
+        host.on("sbatch", &["**"]).stdout("1");
+        assert!(host
+            .run(&Command::new("squeue").args(["-h", "-j", "1"]))
+            .is_ok());
+        assert!(matches!(
+            host.run(&Command::new("squeue").arg("-j")),
+            Err(RunError::Denied(_))
+        ));
+        assert!(matches!(
+            host.run(&Command::new("squeue").arg("-h").with_spawn_env()),
+            Err(RunError::Denied(_))
+        ));
+        assert!(matches!(
+            host.run(&Command::new("sbatch")),
+            Err(RunError::Denied(_))
+        ));
+        assert_eq!(host.take_undeclared().len(), 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "declaration does not allow")]
+    fn an_undeclared_call_fails_the_test() {
+        let host = FakeHost::for_plugin::<Declares>();
+        let _ = host.run(&Command::new("rm"));
     }
 
     #[test]

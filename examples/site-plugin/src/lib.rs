@@ -14,7 +14,7 @@
 //! the instance's config, exactly as for the `slurm` plugin.
 
 use wasmspawner_plugin_slurm::SLURM;
-use wasmspawner_sdk::batch::{Batch, BatchConfig};
+use wasmspawner_sdk::batch::{Batch, FormEntry};
 use wasmspawner_sdk::prelude::*;
 use wasmspawner_sdk::{Bound, Profile};
 
@@ -29,30 +29,26 @@ pub const SUPPORT: &str = "hpc-support@example.edu";
 
 pub struct Site(Batch);
 
-impl Plugin for Site {
-    type Config = BatchConfig;
-
-    fn describe() -> Descriptor {
-        let mut d = wasmspawner_sdk::batch::descriptor(
-            &SLURM,
-            env!("CARGO_PKG_VERSION"),
-            "Example University: Jupyter on Slurm with the site's presets and project accounts.",
-        );
-        d.name = "example-site".into();
-        d
+/// The site overrides only what it changes: the form table (the account is
+/// one of the user's projects), the form's profiles, a site rule, and
+/// status comes from the `slurm` plugin. Submit and cancel are the
+/// defaults.
+impl wasmspawner_sdk::batch::BatchPlugin for Site {
+    fn batch(&self) -> &Batch {
+        &self.0
     }
 
-    fn new(config: BatchConfig) -> Result<Self, PluginError> {
-        Batch::new(&SLURM, config).map(Site)
+    fn status(&self, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
+        wasmspawner_plugin_slurm::status(&self.0, host, jobs)
     }
 
-    fn form(&self, _host: &dyn Host, user: &User) -> Result<FormSchema, PluginError> {
-        let mut form = self.0.form(user);
+    fn form_table(&self, user: &User) -> Vec<FormEntry> {
+        let mut table = self.0.form_table();
         // The account is one of the user's projects, not a free text box.
-        form.fields.retain(|f| f.id != "account");
+        table.retain(|e| *e != FormEntry::Account);
         let projects = projects(user);
         if let Some(first) = projects.first() {
-            form.fields.push(
+            table.push(FormEntry::Custom(
                 choice_field(
                     "account",
                     "Project",
@@ -61,8 +57,13 @@ impl Plugin for Site {
                 .default_value(first.clone())
                 .required()
                 .help("The project charged for the session."),
-            );
+            ));
         }
+        table
+    }
+
+    fn form(&self, _host: &dyn Host, user: &User) -> Result<FormSchema, PluginError> {
+        let mut form = self.0.form_from(&self.form_table(user), user);
         form.profiles = profiles(user);
         Ok(form)
     }
@@ -81,19 +82,23 @@ impl Plugin for Site {
             Err(errors)
         }
     }
-
-    fn submit(&self, host: &dyn Host, job: &JobSpec) -> Result<Submitted, PluginError> {
-        self.0.submit(host, job)
-    }
-
-    fn status(&self, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
-        wasmspawner_plugin_slurm::status(&self.0, host, jobs)
-    }
-
-    fn cancel(&self, host: &dyn Host, job: &Job) -> Result<(), PluginError> {
-        self.0.cancel(host, job)
-    }
 }
+
+fn descriptor() -> Descriptor {
+    let mut d = wasmspawner_sdk::batch::descriptor(
+        &SLURM,
+        env!("CARGO_PKG_VERSION"),
+        "Example University: Jupyter on Slurm with the site's presets and project accounts.",
+    );
+    d.name = "example-site".into();
+    d
+}
+
+wasmspawner_sdk::plugin_via_batch!(
+    Site,
+    describe: descriptor,
+    new: |config| Batch::new(&SLURM, config).map(Site)
+);
 
 wasmspawner_sdk::export_plugin!(Site);
 

@@ -38,7 +38,7 @@ fn options(values: &[FieldValue]) -> Options {
 fn the_project_is_a_choice_of_the_users_own_projects() {
     let form = site()
         .form(
-            &FakeHost::new(),
+            &FakeHost::for_plugin::<Site>(),
             &member("alice", &["staff", "proj-astro", "proj-bio"]),
         )
         .unwrap();
@@ -67,7 +67,7 @@ fn the_project_is_a_choice_of_the_users_own_projects() {
 fn the_gpu_preset_is_only_for_gpu_users() {
     let ids = |u: &User| -> Vec<String> {
         site()
-            .form(&FakeHost::new(), u)
+            .form(&FakeHost::for_plugin::<Site>(), u)
             .unwrap()
             .profiles
             .into_iter()
@@ -85,7 +85,7 @@ fn the_gpu_preset_is_only_for_gpu_users() {
     // The gpu partition itself is closed to others too (the slurm config's groups).
     let e = site()
         .validate(
-            &FakeHost::new(),
+            &FakeHost::for_plugin::<Site>(),
             &member("alice", &["proj-astro"]),
             options(&[text("partition", "gpu"), text("account", "astro")]),
         )
@@ -98,7 +98,7 @@ fn memory_per_core_is_bounded() {
     let alice = member("alice", &["proj-astro"]);
     let e = site()
         .validate(
-            &FakeHost::new(),
+            &FakeHost::for_plugin::<Site>(),
             &alice,
             options(&[
                 int("nprocs", 2),
@@ -115,16 +115,16 @@ fn memory_per_core_is_bounded() {
         int("memory", 32),
         text("account", "astro"),
     ]);
-    assert!(site().validate(&FakeHost::new(), &alice, fine).is_ok());
+    assert!(site().validate(&FakeHost::for_plugin::<Site>(), &alice, fine).is_ok());
 }
 
 #[test]
 fn a_user_without_a_project_is_told_whom_to_ask() {
     let carol = member("carol", &["staff"]);
-    let form = site().form(&FakeHost::new(), &carol).unwrap();
+    let form = site().form(&FakeHost::for_plugin::<Site>(), &carol).unwrap();
     assert!(!field_ids(&form).contains(&"account"));
     let e = site()
-        .validate(&FakeHost::new(), &carol, options(&[int("nprocs", 1)]))
+        .validate(&FakeHost::for_plugin::<Site>(), &carol, options(&[int("nprocs", 1)]))
         .unwrap_err();
     assert_eq!(e[0].field, "", "a form-level error: {e:?}");
     assert!(e[0].message.contains(SUPPORT), "{}", e[0].message);
@@ -132,7 +132,7 @@ fn a_user_without_a_project_is_told_whom_to_ask() {
 
 #[test]
 fn submit_and_status_are_the_slurm_plugins() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Site>();
     host.on("sbatch", &["--parsable"]).stdout("4242\n");
     let job = job_spec(
         "alice",
@@ -157,7 +157,7 @@ fn submit_and_status_are_the_slurm_plugins() {
         assert!(script.contains(line), "{line} missing from\n{script}");
     }
 
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Site>();
     host.on("squeue", &["**"])
         .stdout("4242|RUNNING|node07|node07|None\n4243|PENDING|n/a||Resources\n");
     let states = site().status(&host, &jobs(&["4242", "4243"]));

@@ -1,12 +1,12 @@
 //! The `gridengine` plugin (Son of Grid Engine, Univa/Altair Grid Engine,
-//! OGS): `qsub -terse` (script on stdin), one `qstat -xml -u USERS` for the
-//! state of many jobs, `qdel`. Site config: see docs/plugins.md; the parallel
+//! OGS): `qsub -terse` (script on stdin), `qstat -xml -u OWNERS` for the
+//! state of many jobs (their owners' jobs only), `qdel`. Site config: see docs/plugins.md; the parallel
 //! environment for more than one core is the template variable `pe`
 //! (`vars = { pe = "smp" }`, the default).
 
 use std::collections::BTreeSet;
 
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Phase, Scheduler, Seen};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Phase, Scheduler, Seen};
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
 pub static GRIDENGINE: Scheduler = Scheduler {
@@ -22,6 +22,9 @@ pub static GRIDENGINE: Scheduler = Scheduler {
     memory: formats::mega,
     runtime: formats::hms,
     cancel_gone: &["does not exist"],
+    ids: JobIds::Exact,
+    status_per_call: 320,
+    extra_programs: &[],
 };
 
 const TEMPLATE: &str = r#"#!/bin/bash
@@ -49,13 +52,50 @@ wasmspawner_sdk::batch_plugin!(
     status
 );
 
-/// `qstat -xml -u alice,bob`: every job of the users asked about, in one
-/// call (plain `qstat` lists only the caller's own jobs).
+/// `qstat -xml -u alice,bob`: the jobs of the asked jobs' owners only (Grid
+/// Engine's job listing has no job-id filter, and plain `qstat` lists only
+/// the caller's own jobs), so a site's other queued jobs, however many, are
+/// never printed. Up to [`GRIDENGINE`]`.status_per_call` owners per call
+/// (320; `status_ids_per_call` in the site config); an answer cut
+/// at the host's output cap is asked again for half the owners, and an
+/// owner whose own jobs overflow it gets `unknown` naming the cap.
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
-    let users: BTreeSet<&str> = jobs.iter().map(|j| j.user.as_str()).collect();
-    let users: Vec<&str> = users.into_iter().collect();
-    let args = ["-xml".to_string(), "-u".into(), users.join(",")];
-    b.status(host, jobs, b.status_command(args), parse)
+    b.status_in_groups(
+        host,
+        jobs,
+        owner_groups(jobs, b.status_per_call()),
+        |jobs, group| {
+            let owners = owners(jobs, group);
+            (owners.len() > 1).then(|| {
+                let half: BTreeSet<&str> = owners[..owners.len() / 2].iter().copied().collect();
+                group
+                    .iter()
+                    .partition(|&&i| half.contains(jobs[i].user.as_str()))
+            })
+        },
+        |chunk| {
+            let users: BTreeSet<&str> = chunk.iter().map(|j| j.user.as_str()).collect();
+            let users: Vec<&str> = users.into_iter().collect();
+            b.status_command(["-xml".to_string(), "-u".into(), users.join(",")])
+        },
+        parse,
+    )
+}
+
+/// The distinct owners of these jobs, sorted.
+fn owners<'a>(jobs: &'a [Job], group: &[usize]) -> Vec<&'a str> {
+    let set: BTreeSet<&str> = group.iter().map(|&i| jobs[i].user.as_str()).collect();
+    set.into_iter().collect()
+}
+
+/// Job indices grouped so each group has at most `per` owners.
+pub fn owner_groups(jobs: &[Job], per: usize) -> Vec<Vec<usize>> {
+    let mut by_owner: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, j) in jobs.iter().enumerate() {
+        by_owner.entry(j.user.as_str()).or_default().push(i);
+    }
+    let owners: Vec<Vec<usize>> = by_owner.into_values().collect();
+    owners.chunks(per.max(1)).map(|c| c.concat()).collect()
 }
 
 pub fn parse(out: &Output) -> Result<Answer, String> {
@@ -116,6 +156,18 @@ fn phase(state: &str) -> Phase {
     } else {
         Phase::Unknown
     }
+}
+
+/// The jobs of these spawns, found by the spawn id every job is named with
+/// (`jupyterhub-sp-…`), in one scheduler command: what the plugin API's
+/// coming `find-jobs` export answers.
+pub fn find_jobs(
+    b: &Batch,
+    host: &dyn Host,
+    spawns: &[wasmspawner_sdk::batch::find::Spawn],
+) -> Result<std::collections::BTreeMap<String, Vec<wasmspawner_sdk::batch::find::Found>>, String> {
+    use wasmspawner_sdk::batch::find;
+    find::find_jobs(find::Flavour::GridEngine, b, host, spawns)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! has no queues, so the queue field is off unless a site enables it (and
 //! uses it in its own template). Site config: see docs/plugins.md.
 
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Phase, Scheduler, Seen};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Phase, Scheduler, Seen};
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
 pub static HTCONDOR: Scheduler = Scheduler {
@@ -23,6 +23,9 @@ pub static HTCONDOR: Scheduler = Scheduler {
         "not found",
         "already marked for removal",
     ],
+    ids: JobIds::CondorProc,
+    status_per_call: 1000,
+    extra_programs: &[],
 };
 
 // The server command runs through /usr/bin/env so a bare program name is
@@ -53,11 +56,22 @@ wasmspawner_sdk::batch_plugin!(
 
 /// `condor_q -allusers A B C -af:j JobStatus RemoteHost ExitCode HoldReason`:
 /// one call; a job id is a cluster (`301`) or `cluster.proc`.
+/// One call per [`HTCONDOR`]`.status_per_call` jobs (1000).
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
-    let args = std::iter::once("-allusers".to_string())
-        .chain(jobs.iter().map(|j| j.job_id.clone()))
-        .chain(["-af:j", "JobStatus", "RemoteHost", "ExitCode", "HoldReason"].map(String::from));
-    b.status(host, jobs, b.status_command(args), parse)
+    b.status_by_id(
+        host,
+        jobs,
+        |chunk| {
+            let args = std::iter::once("-allusers".to_string())
+                .chain(chunk.iter().map(|j| j.job_id.clone()))
+                .chain(
+                    ["-af:j", "JobStatus", "RemoteHost", "ExitCode", "HoldReason"]
+                        .map(String::from),
+                );
+            b.status_command(args)
+        },
+        parse,
+    )
 }
 
 pub fn parse(out: &Output) -> Result<Answer, String> {
@@ -96,6 +110,18 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
         );
     }
     Ok(Answer::complete(seen))
+}
+
+/// The jobs of these spawns, found by the spawn id every job is named with
+/// (`jupyterhub-sp-…`), in one scheduler command: what the plugin API's
+/// coming `find-jobs` export answers.
+pub fn find_jobs(
+    b: &Batch,
+    host: &dyn Host,
+    spawns: &[wasmspawner_sdk::batch::find::Spawn],
+) -> Result<std::collections::BTreeMap<String, Vec<wasmspawner_sdk::batch::find::Found>>, String> {
+    use wasmspawner_sdk::batch::find;
+    find::find_jobs(find::Flavour::HtCondor, b, host, spawns)
 }
 
 #[cfg(test)]

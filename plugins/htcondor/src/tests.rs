@@ -7,7 +7,7 @@ fn plugin() -> HtCondor {
 }
 
 fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<HtCondor>();
     host.on("condor_q", &["**"]).exits(code, stdout, stderr);
     let out = plugin().status(&host, &jobs(ids));
     assert_eq!(host.calls().len(), 1);
@@ -20,7 +20,7 @@ fn one(line: &str) -> String {
 
 #[test]
 fn status_is_one_condor_q() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<HtCondor>();
     host.on("condor_q", &["**"]).stdout("");
     plugin().status(&host, &jobs(&["301", "302"]));
     assert_eq!(
@@ -140,14 +140,14 @@ fn status_malformed_is_unknown() {
     assert!(
         one("301.0 9 undefined undefined undefined").starts_with("unknown: the scheduler reports")
     );
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<HtCondor>();
     host.on("condor_q", &["**"])
         .fails(RunError::NotFound("condor_q".into()));
     assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
 }
 
 fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<HtCondor>();
     host.on("condor_submit", &["**"])
         .exits(code, stdout, stderr);
     let mut job = job_spec(
@@ -198,7 +198,7 @@ fn submit_rejected() {
 
 #[test]
 fn cancel_finished_is_fine() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<HtCondor>();
     host.on("condor_rm", &["1"])
         .stdout("All jobs in cluster 1 have been marked for removal\n");
     host.on("condor_rm", &["2"])
@@ -220,4 +220,33 @@ fn status_survives_mangled_output() {
     assert_survives_mangled(&samples, &[0, 1], 3, |code, out| {
         states(code, out, "", &["301", "302", "303"])
     });
+}
+
+#[test]
+fn status_cluster_is_its_process_zero_only() {
+    let s = states(
+        0,
+        "301.1 2 slot1@n1 undefined undefined\n",
+        "",
+        &["301", "301.1"],
+    );
+    assert!(s[0].starts_with("done:"), "{s:?}");
+    assert_eq!(s[1], "running@n1");
+}
+
+// The tests every batch plugin shares (declaration, submit, status by id
+// at scale, dead controller, cancel), on a FakeHost that checks each call
+// against this plugin's declaration.
+wasmspawner_sdk::scheduler_test_suite! {
+    plugin: HtCondor,
+    submit: ("condor_submit", "Submitting job(s).\n1 job(s) submitted to cluster 101.\n", "101"),
+    status: ("condor_q", "101.0 2 slot1@node07 undefined undefined\n", "102"),
+    dead: (1, "-- Failed to fetch ads from: <127.0.0.1:9618> : schedd01\n"),
+    cancel: ("condor_rm", "Couldn't find/remove all jobs matching constraint (ClusterId == 101)\n"),
+    scale: (|i| (i + 1000).to_string(), |c| {
+                wasmspawner_sdk::testing::asked_ids(c)
+                    .iter()
+                    .map(|id| format!("{id}.0 2 slot1@node07.example.org undefined undefined\n"))
+                    .collect()
+            }),
 }

@@ -2,7 +2,7 @@
 //! `bjobs -a -o …` for the state of many jobs, `bkill`. Site config: see
 //! docs/plugins.md.
 
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Phase, Scheduler, Seen};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Phase, Scheduler, Seen};
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
 pub static LSF: Scheduler = Scheduler {
@@ -18,6 +18,9 @@ pub static LSF: Scheduler = Scheduler {
     memory: mb_upper,
     runtime: formats::hm,
     cancel_gone: &["Job has already finished", "is not found"],
+    ids: JobIds::Exact,
+    status_per_call: 1000,
+    extra_programs: &[],
 };
 
 fn mb_upper(mib: u64) -> String {
@@ -53,18 +56,26 @@ const FORMAT: &str = "jobid stat exec_host exit_code pend_reason delimiter='|'";
 /// `bjobs -a -u all -noheader -o "jobid stat exec_host exit_code pend_reason
 /// delimiter='|'" A B C`: one call; `-a` keeps recently finished jobs, `-u all`
 /// because status does not run as the job's owner.
+/// One call per [`LSF`]`.status_per_call` jobs (1000).
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
-    let args = [
-        "-a".to_string(),
-        "-u".into(),
-        "all".into(),
-        "-noheader".into(),
-        "-o".into(),
-        FORMAT.into(),
-    ]
-    .into_iter()
-    .chain(jobs.iter().map(|j| j.job_id.clone()));
-    b.status(host, jobs, b.status_command(args), parse)
+    b.status_by_id(
+        host,
+        jobs,
+        |chunk| {
+            let args = [
+                "-a".to_string(),
+                "-u".into(),
+                "all".into(),
+                "-noheader".into(),
+                "-o".into(),
+                FORMAT.into(),
+            ]
+            .into_iter()
+            .chain(chunk.iter().map(|j| j.job_id.clone()));
+            b.status_command(args)
+        },
+        parse,
+    )
 }
 
 /// `Job <123> is not found`.
@@ -119,6 +130,18 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
     };
     answer.gone = gone_ids;
     Ok(answer)
+}
+
+/// The jobs of these spawns, found by the spawn id every job is named with
+/// (`jupyterhub-sp-…`), in one scheduler command: what the plugin API's
+/// coming `find-jobs` export answers.
+pub fn find_jobs(
+    b: &Batch,
+    host: &dyn Host,
+    spawns: &[wasmspawner_sdk::batch::find::Spawn],
+) -> Result<std::collections::BTreeMap<String, Vec<wasmspawner_sdk::batch::find::Found>>, String> {
+    use wasmspawner_sdk::batch::find;
+    find::find_jobs(find::Flavour::Lsf, b, host, spawns)
 }
 
 #[cfg(test)]

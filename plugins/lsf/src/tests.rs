@@ -9,7 +9,7 @@ fn plugin() -> Lsf {
 }
 
 fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Lsf>();
     host.on("bjobs", &["**"]).exits(code, stdout, stderr);
     let out = plugin().status(&host, &jobs(ids));
     assert_eq!(host.calls().len(), 1);
@@ -22,7 +22,7 @@ fn one(line: &str) -> String {
 
 #[test]
 fn status_is_one_bjobs() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Lsf>();
     host.on("bjobs", &["**"]).stdout("");
     plugin().status(&host, &jobs(&["1", "2"]));
     assert_eq!(
@@ -121,7 +121,7 @@ fn status_lsf_down_is_unknown() {
         s[0].starts_with("unknown:") && s[0].contains("LSF is down"),
         "{s:?}"
     );
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Lsf>();
     host.on("bjobs", &["**"])
         .fails(RunError::TimedOut("bjobs after 30 s".into()));
     assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
@@ -137,7 +137,7 @@ fn status_malformed_is_unknown() {
 }
 
 fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Lsf>();
     host.on("bsub", &["**"]).exits(code, stdout, stderr);
     let job = job_spec(
         "alice",
@@ -191,7 +191,7 @@ fn submit_rejected() {
 
 #[test]
 fn cancel_finished_is_fine() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Lsf>();
     host.on("bkill", &["1"])
         .stdout("Job <1> is being terminated\n");
     host.on("bkill", &["2"])
@@ -214,4 +214,21 @@ fn status_survives_mangled_output() {
     assert_survives_mangled(&samples, &[0, 255], 3, |code, out| {
         states(code, out, "", &["4711", "4712", "4713"])
     });
+}
+
+// The tests every batch plugin shares (declaration, submit, status by id
+// at scale, dead controller, cancel), on a FakeHost that checks each call
+// against this plugin's declaration.
+wasmspawner_sdk::scheduler_test_suite! {
+    plugin: Lsf,
+    submit: ("bsub", "Job <101> is submitted to queue <normal>.\n", "101"),
+    status: ("bjobs", "101|RUN|node07|-|-\n", "102"),
+    dead: (255, "LSF is down. Please wait ...\n"),
+    cancel: ("bkill", "Job <101>: Job has already finished\n"),
+    scale: (|i| (i + 1000).to_string(), |c| {
+                wasmspawner_sdk::testing::asked_ids(c)
+                    .iter()
+                    .map(|id| format!("{id}|RUN|2*node07:node08|-|-\n"))
+                    .collect()
+            }),
 }

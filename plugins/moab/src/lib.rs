@@ -1,14 +1,15 @@
 //! The `moab` plugin (Moab Workload Manager over Torque): `msub` (script on
-//! stdin), one `mdiag -j --xml` for the state of every job, `mjobctl -c`.
+//! stdin), `checkjob --xml` for the state of the jobs asked about (many per
+//! call), `mjobctl -c`.
 //! Site config: see docs/plugins.md.
 
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Phase, Scheduler, Seen};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Phase, Scheduler, Seen};
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
 pub static MOAB: Scheduler = Scheduler {
     name: "moab",
     submit: "msub",
-    status: "mdiag",
+    status: "checkjob",
     cancel: "mjobctl",
     submit_fixed: &[],
     cancel_fixed: &["-c"],
@@ -22,6 +23,11 @@ pub static MOAB: Scheduler = Scheduler {
         "does not exist",
         "cannot locate job",
     ],
+    ids: JobIds::MoabPrefix,
+    status_per_call: 320,
+    // `mdiag` (finding jobs by name) joins when the find-jobs export
+    // is wired, with its own grant.
+    extra_programs: &[],
 };
 
 const TEMPLATE: &str = r#"#!/bin/bash
@@ -47,15 +53,45 @@ wasmspawner_sdk::batch_plugin!(
     status
 );
 
-/// `mdiag -j --xml`: every job Moab knows (completed ones for a while), in
-/// one call; the jobs asked about are picked out of it.
+/// `checkjob --xml A B C`: the jobs asked about, never every job Moab
+/// knows (`mdiag -j --xml` passes the 1 MiB output cap at about 700 jobs);
+/// one call per [`MOAB`]`.status_per_call` jobs (320, about 2 KiB each).
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
-    let cmd = b.status_command(["-j".to_string(), "--xml".into()]);
-    b.status(host, jobs, cmd, parse)
+    b.status_by_id(
+        host,
+        jobs,
+        |chunk| {
+            let args =
+                std::iter::once("--xml".to_string()).chain(chunk.iter().map(|j| j.job_id.clone()));
+            b.status_command(args)
+        },
+        parse,
+    )
+}
+
+/// `ERROR:  invalid job specified (42)`, `cannot locate job '42'`: the job
+/// has left Moab. Returns the id.
+fn gone(line: &str) -> Option<String> {
+    let l = line.trim();
+    if !(l.contains("invalid job specified") || l.contains("cannot locate job")) {
+        return None;
+    }
+    let id = l
+        .split_whitespace()
+        .last()?
+        .trim_matches(|c: char| "()'\":,.".contains(c));
+    (!id.is_empty()).then(|| id.to_string())
 }
 
 pub fn parse(out: &Output) -> Result<Answer, String> {
-    let (_, ok) = check_exit(out, |_| None);
+    let (gone_ids, ok) = check_exit(out, gone);
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        // Every asked job unknown to a live Moab: all gone.
+        ok.clone()?;
+        let mut a = Answer::complete(vec![]);
+        a.gone = gone_ids;
+        return Ok(a);
+    }
     ok.clone()?;
     let text = out.stdout_str();
     let doc = roxmltree::Document::parse(text.trim()).map_err(|e| format!("not XML: {e}"))?;
@@ -85,14 +121,47 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
             (Phase::Completed, None) => Some(0),
             (_, e) => e,
         };
+        // Moab writes the allocated nodes on the job's requirement
+        // (`<req AllocNodeList="n01:2,n02:2">`); some versions also on the
+        // job itself; `MasterHost` is the first node of an active job.
+        let req_nodes = job
+            .children()
+            .filter(|n| n.has_tag_name("req"))
+            .find_map(|r| {
+                r.attribute("AllocNodeList")
+                    .filter(|v| !v.trim().is_empty())
+            });
+        let host = req_nodes
+            .or_else(|| Some(attr("AllocNodeList")).filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| attr("MasterHost"));
+        // RsvStartTime: when Moab's reservation for an idle job starts.
+        let start = match phase {
+            Phase::Pending | Phase::Waiting => attr("RsvStartTime").parse().ok(),
+            _ => None,
+        };
         seen.push(
             Seen::new(attr("JobID"), phase, state)
-                .host(attr("AllocNodeList"))
+                .expected_start(start)
+                .host(host)
                 .reason(attr("BlockReason"))
                 .exit_code(exit),
         );
     }
-    Ok(Answer::complete(seen))
+    let mut answer = Answer::complete(seen);
+    answer.gone = gone_ids;
+    Ok(answer)
+}
+
+/// The jobs of these spawns, found by the spawn id every job is named with
+/// (`jupyterhub-sp-…`), in one scheduler command: what the plugin API's
+/// coming `find-jobs` export answers.
+pub fn find_jobs(
+    b: &Batch,
+    host: &dyn Host,
+    spawns: &[wasmspawner_sdk::batch::find::Spawn],
+) -> Result<std::collections::BTreeMap<String, Vec<wasmspawner_sdk::batch::find::Found>>, String> {
+    use wasmspawner_sdk::batch::find;
+    find::find_jobs(find::Flavour::Moab, b, host, spawns)
 }
 
 #[cfg(test)]

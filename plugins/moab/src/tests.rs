@@ -9,18 +9,28 @@ fn plugin() -> Moab {
 }
 
 fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
-    let host = FakeHost::new();
-    host.on("mdiag", &["**"]).exits(code, stdout, stderr);
+    let host = FakeHost::for_plugin::<Moab>();
+    host.on("checkjob", &["**"]).exits(code, stdout, stderr);
     let out = plugin().status(&host, &jobs(ids));
     assert_eq!(host.calls().len(), 1);
     out.iter().map(brief).collect()
 }
 
+/// Jobs as Moab writes them (MJobToXML): the job's attributes on `<job>`,
+/// the allocated nodes on its `<req>` child. An `AllocNodeList="…"` in
+/// `attrs` goes to the `<req>`, as in real output.
 fn xml(jobs: &[&str]) -> String {
     let mut s = String::from("<Data>");
     for j in jobs {
+        let (job_attrs, nodes) = match j.find("AllocNodeList=\"") {
+            Some(at) => {
+                let end = j[at + 15..].find('"').unwrap() + at + 16;
+                (format!("{}{}", &j[..at], &j[end..]), j[at..end].to_string())
+            }
+            None => (j.to_string(), String::new()),
+        };
         s.push_str(&format!(
-            "<job AWDuration=\"0\" Account=\"proj\" Class=\"batch\" EEDuration=\"0\" GJID=\"x\" Group=\"alice\" {j} PAL=\"torque\" ReqAWDuration=\"28800\" User=\"alice\"></job>"
+            "<job AWDuration=\"0\" Account=\"proj\" Class=\"batch\" EEDuration=\"0\" GJID=\"x\" Group=\"alice\" {job_attrs} PAL=\"torque\" ReqAWDuration=\"28800\" User=\"alice\"><req {nodes} ReqNodeDisk=\"0\" ReqNodeMem=\"0\" ReqPartition=\"torque\" ReqProcPerTask=\"1\" TCReqMin=\"1\" /></job>"
         ));
     }
     s.push_str("</Data>\n");
@@ -38,11 +48,11 @@ fn one(attrs: &str) -> String {
 }
 
 #[test]
-fn status_is_one_mdiag() {
-    let host = FakeHost::new();
-    host.on("mdiag", &["**"]).stdout("<Data></Data>");
+fn status_is_one_checkjob_for_the_asked_ids() {
+    let host = FakeHost::for_plugin::<Moab>();
+    host.on("checkjob", &["**"]).stdout("<Data></Data>");
     plugin().status(&host, &jobs(&["1", "2"]));
-    assert_eq!(host.calls()[0].argv(), vec!["mdiag", "-j", "--xml"]);
+    assert_eq!(host.calls()[0].argv(), vec!["checkjob", "--xml", "1", "2"]);
 }
 
 #[test]
@@ -88,6 +98,30 @@ fn status_suspended_completed_removed_vacated() {
 }
 
 #[test]
+fn status_host_from_req_job_or_master_host() {
+    // Real `mdiag -j --xml` / `checkjob --xml`: the nodes on `<req>`.
+    let real = "<Data><job JobID=\"1234\" State=\"Running\" User=\"alice\"><req AllocNodeList=\"n07:2,n08:2\" AllocPartition=\"torque\" ReqProcPerTask=\"2\"></req></job></Data>";
+    assert_eq!(states(0, real, "", &["1234"])[0], "running@n07");
+    // Older output on the job itself, and MasterHost alone.
+    let on_job = "<Data><job JobID=\"1234\" State=\"Running\" AllocNodeList=\"n09\"><req ReqProcPerTask=\"1\"/></job></Data>";
+    assert_eq!(states(0, on_job, "", &["1234"])[0], "running@n09");
+    let master = "<Data><job JobID=\"1234\" State=\"Running\" MasterHost=\"n10\"/></Data>";
+    assert_eq!(states(0, master, "", &["1234"])[0], "running@n10");
+}
+
+#[test]
+fn status_ids_match_exactly() {
+    let s = states(
+        0,
+        &xml(&["JobID=\"12340\" State=\"Running\" AllocNodeList=\"n1\""]),
+        "",
+        &["1234", "12340"],
+    );
+    assert!(s[0].starts_with("done:"), "{s:?}");
+    assert_eq!(s[1], "running@n1");
+}
+
+#[test]
 fn status_moab_prefixed_ids_match() {
     let s = states(
         0,
@@ -97,6 +131,26 @@ fn status_moab_prefixed_ids_match() {
     );
     assert_eq!(s[0], "running@n1");
     assert!(s[1].starts_with("done: the job has left"), "{s:?}");
+}
+
+#[test]
+fn status_unknown_ids_are_gone_others_read() {
+    let s = states(
+        1,
+        &xml(&["JobID=\"1234\" State=\"Running\" AllocNodeList=\"n1\""]),
+        "ERROR:    invalid job specified (1235)\n",
+        &["1234", "1235"],
+    );
+    assert_eq!(s[0], "running@n1");
+    assert!(
+        s[1].starts_with("done: the scheduler no longer knows"),
+        "{s:?}"
+    );
+    let s = states(1, "", "ERROR:  cannot locate job '77'\n", &["77"]);
+    assert!(
+        s[0].starts_with("done: the scheduler no longer knows"),
+        "{s:?}"
+    );
 }
 
 #[test]
@@ -116,18 +170,18 @@ fn status_server_down_is_unknown() {
 #[test]
 fn status_non_xml_is_unknown() {
     let s = states(0, "job 1234 not found\n", "", &["1234"]);
-    assert!(s[0].starts_with("unknown: `mdiag`: not XML"), "{s:?}");
+    assert!(s[0].starts_with("unknown: `checkjob`: not XML"), "{s:?}");
     let s = states(0, "<Data><job JobID=\"1\"", "", &["1234"]);
     assert!(s[0].starts_with("unknown:"), "{s:?}");
     assert!(one("State=\"Frobbed\"").starts_with("unknown: the scheduler reports"));
-    let host = FakeHost::new();
-    host.on("mdiag", &["**"])
-        .fails(RunError::TimedOut("mdiag".into()));
+    let host = FakeHost::for_plugin::<Moab>();
+    host.on("checkjob", &["**"])
+        .fails(RunError::TimedOut("checkjob".into()));
     assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
 }
 
 fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Moab>();
     host.on("msub", &["**"]).exits(code, stdout, stderr);
     let job = job_spec(
         "alice",
@@ -181,7 +235,7 @@ fn submit_rejected() {
 
 #[test]
 fn cancel_is_mjobctl_c() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Moab>();
     host.on("mjobctl", &["-c", "1"])
         .stdout("job '1' cancelled\n");
     host.on("mjobctl", &["-c", "2"])
@@ -209,4 +263,23 @@ fn status_survives_mangled_output() {
     assert_survives_mangled(&samples, &[0, 1], 3, |code, out| {
         states(code, out, "", &["1234", "1235", "1236"])
     });
+}
+
+// The tests every batch plugin shares (declaration, submit, status by id
+// at scale, dead controller, cancel), on a FakeHost that checks each call
+// against this plugin's declaration.
+wasmspawner_sdk::scheduler_test_suite! {
+    plugin: Moab,
+    submit: ("msub", "\n101\n", "101"),
+    status: ("checkjob", "<Data><job JobID=\"101\" State=\"Running\"><req AllocNodeList=\"node07:2\"/></job></Data>\n", "102"),
+    dead: (1, "ERROR:    cannot connect to Moab server 'moab01' (port 42559)\n"),
+    cancel: ("mjobctl", "ERROR:    invalid job specified (101)\n"),
+    scale: (|i| (i + 1000).to_string(), |c| {
+                assert_eq!(c.args[0], "--xml");
+                let jobs: String = wasmspawner_sdk::testing::asked_ids(c)
+                    .iter()
+                    .map(|id| format!("<job AWDuration=\"120\" Account=\"proj\" Class=\"batch\" DRM=\"torque\" DRMJID=\"{id}.torque01\" EEDuration=\"3\" EState=\"Running\" Flags=\"RESTARTABLE\" GJID=\"{id}\" Group=\"alice\" IWD=\"/home/alice\" JobID=\"{id}\" JobName=\"jupyterhub-sp-0123456789abcdef01234567\" MasterHost=\"node07\" PAL=\"torque\" QOS=\"normal\" ReqAWDuration=\"28800\" ReqNodes=\"1\" ReqProcs=\"2\" RsvStartTime=\"1764626400\" StartCount=\"1\" StartPriority=\"1\" StartTime=\"1764626400\" State=\"Running\" StatMSUtl=\"0.000\" StatPSDed=\"240.000\" StatPSUtl=\"1.200\" SubmitTime=\"1764626397\" SuspendDuration=\"0\" SysPrio=\"0\" User=\"alice\" UserPrio=\"0\"><req AllocNodeList=\"node07:2\" AllocPartition=\"torque\" ReqNodeDisk=\"0\" ReqNodeMem=\"0\" ReqNodeProc=\"0\" ReqNodeSwap=\"0\" ReqPartition=\"torque\" ReqProcPerTask=\"2\" TCReqMin=\"1\" UtilMem=\"312\" UtilProc=\"0.01\" UtilSwap=\"0\"></req></job>"))
+                    .collect();
+                format!("<Data>{jobs}</Data>\n")
+            }),
 }

@@ -3,7 +3,7 @@
 //! `qdel`. Site config: see docs/plugins.md.
 
 use wasmspawner_sdk::batch::pbs::{exit_code, gone, phase};
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Scheduler, Seen};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Scheduler, Seen};
 use wasmspawner_sdk::parse::qstat_full;
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
@@ -20,6 +20,9 @@ pub static PBS: Scheduler = Scheduler {
     memory: formats::mb,
     runtime: formats::hms,
     cancel_gone: &["Unknown Job Id", "Job has finished", "job has finished"],
+    ids: JobIds::PbsServer,
+    status_per_call: 320,
+    extra_programs: &[],
 };
 
 const TEMPLATE: &str = r#"#!/bin/bash
@@ -45,11 +48,20 @@ wasmspawner_sdk::batch_plugin!(
 );
 
 /// `qstat -f -x A B C`: one call; `-x` keeps finished jobs (state F).
+/// One call per [`PBS`]`.status_per_call` jobs (320: a `qstat -f` block
+/// with the job's exported environment is 1–3 KiB).
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
-    let args = ["-f".to_string(), "-x".into()]
-        .into_iter()
-        .chain(jobs.iter().map(|j| j.job_id.clone()));
-    b.status(host, jobs, b.status_command(args), parse)
+    b.status_by_id(
+        host,
+        jobs,
+        |chunk| {
+            let args = ["-f".to_string(), "-x".into()]
+                .into_iter()
+                .chain(chunk.iter().map(|j| j.job_id.clone()));
+            b.status_command(args)
+        },
+        parse,
+    )
 }
 
 pub fn parse(out: &Output) -> Result<Answer, String> {
@@ -68,8 +80,18 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
             reason
         };
         let exit = exit_code(exit);
+        // `estimated.start_time` (PBS Pro's estimator): a queued job's
+        // expected start, as PBS prints it.
+        let start = match phase {
+            wasmspawner_sdk::batch::Phase::Pending => a
+                .get("estimated.start_time")
+                .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
         seen.push(
             Seen::new(id, phase, st)
+                .expected_start_text(&start)
                 .host(a.get("exec_host").map(String::as_str).unwrap_or(""))
                 .reason(&reason)
                 .exit_code(exit),
@@ -81,6 +103,18 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
     };
     answer.gone = gone_ids;
     Ok(answer)
+}
+
+/// The jobs of these spawns, found by the spawn id every job is named with
+/// (`jupyterhub-sp-…`), in one scheduler command: what the plugin API's
+/// coming `find-jobs` export answers.
+pub fn find_jobs(
+    b: &Batch,
+    host: &dyn Host,
+    spawns: &[wasmspawner_sdk::batch::find::Spawn],
+) -> Result<std::collections::BTreeMap<String, Vec<wasmspawner_sdk::batch::find::Found>>, String> {
+    use wasmspawner_sdk::batch::find;
+    find::find_jobs(find::Flavour::Pbs, b, host, spawns)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ fn plugin(config: &str) -> Pbs {
 }
 
 fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Pbs>();
     host.on("qstat", &["**"]).exits(code, stdout, stderr);
     let out = plugin("{}").status(&host, &jobs(ids));
     assert_eq!(host.calls().len(), 1);
@@ -29,7 +29,7 @@ fn one(attrs: &str) -> String {
 
 #[test]
 fn status_is_one_qstat_for_all_jobs() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Pbs>();
     host.on("qstat", &["**"]).stdout("");
     plugin(r#"{"status_args":["-w"]}"#).status(&host, &jobs(&["1.s", "2.s"]));
     assert_eq!(
@@ -167,14 +167,14 @@ fn status_malformed_output_and_unknown_state() {
     );
     assert!(s[0].starts_with("unknown:"), "{s:?}");
     assert!(one("    job_state = Z\n").starts_with("unknown: the scheduler reports state \"Z\""));
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Pbs>();
     host.on("qstat", &["**"])
         .fails(RunError::NotFound("qstat".into()));
     assert!(brief(&plugin("{}").status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
 }
 
 fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Pbs>();
     host.on("qsub", &["**"]).exits(code, stdout, stderr);
     let job = job_spec(
         "alice",
@@ -225,7 +225,7 @@ fn submit_refused() {
 
 #[test]
 fn cancel_finished_is_fine() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Pbs>();
     host.on("qdel", &["1.s"])
         .exits(35, "", "qdel: Job has finished 1.s\n");
     host.on("qdel", &["2.s"])
@@ -251,4 +251,47 @@ fn status_survives_mangled_output() {
     assert_survives_mangled(&samples, &[0, 1], 2, |code, out| {
         states(code, out, "", &["101.pbs01", "102.pbs01"])
     });
+}
+
+#[test]
+fn status_ids_match_exactly_server_included() {
+    let out = "Job Id: 101.serverB\n    job_state = R\n    exec_host = n2/0\n";
+    let s = states(
+        0,
+        out,
+        "",
+        &["101.serverA", "101.serverB.example.org", "10.serverB"],
+    );
+    assert!(s[0].starts_with("done:"), "{s:?}");
+    assert_eq!(s[1], "running@n2");
+    assert!(s[2].starts_with("done:"), "{s:?}");
+}
+
+#[test]
+fn status_empty_and_jobless_listings_read_alike() {
+    for out in ["", "\n"] {
+        let s = states(0, out, "", &["101.pbs01"]);
+        assert!(s[0].starts_with("done: the job has left"), "{out:?}: {s:?}");
+    }
+}
+
+// The tests every batch plugin shares (declaration, submit, status by id
+// at scale, dead controller, cancel), on a FakeHost that checks each call
+// against this plugin's declaration.
+wasmspawner_sdk::scheduler_test_suite! {
+    plugin: Pbs,
+    submit: ("qsub", "101.pbs01\n", "101.pbs01"),
+    status: ("qstat", "Job Id: 101.pbs01.example.org\n    job_state = R\n    exec_host = node07/0*2\n", "102.pbs01"),
+    dead: (2, "Connection refused\nqstat: cannot connect to server pbs01 (errno=15010)\n"),
+    cancel: ("qdel", "qdel: Unknown Job Id 101.pbs01\n"),
+    scale: (|i| format!("{}.pbs01", i + 1000), |c| {
+                let env = format!(
+                    "PBS_O_HOME=/home/alice,PBS_O_PATH={},PBS_O_SHELL=/bin/bash",
+                    "/usr/bin:".repeat(150)
+                );
+                wasmspawner_sdk::testing::asked_ids(c)
+                    .iter()
+                    .map(|id| format!("Job Id: {id}.example.org\n    Job_Name = jupyterhub-sp-0123456789abcdef01234567\n    Job_Owner = alice@login01.example.org\n    job_state = R\n    queue = workq\n    server = pbs01\n    exec_host = node07/0*2\n    exec_vnode = (node07:ncpus=2:mem=4194304kb)\n    Resource_List.ncpus = 2\n    Resource_List.walltime = 08:00:00\n    Variable_List = {env}\n\n"))
+                    .collect()
+            }),
 }

@@ -11,7 +11,7 @@ fn plugin(config: &str) -> Slurm {
 
 /// Runs `status` for `ids` against one scripted squeue answer.
 fn states(config: &str, code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("squeue", &["**"]).exits(code, stdout, stderr);
     let out = plugin(config).status(&host, &jobs(ids));
     assert_eq!(host.calls().len(), 1, "one squeue for all jobs");
@@ -24,7 +24,7 @@ fn one(stdout: &str) -> String {
 
 #[test]
 fn status_asks_once_for_every_job() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("squeue", &["**"]).stdout("");
     plugin(r#"{"extra_args":["-M","c2"]}"#).status(&host, &jobs(&["1", "2", "3"]));
     assert_eq!(
@@ -36,7 +36,7 @@ fn status_asks_once_for_every_job() {
             "--noheader",
             "--states=all",
             "--jobs=1,2,3",
-            "--format=%i|%T|%B|%N|%r"
+            "--format=%i|%T|%B|%N|%S|%r"
         ]
     );
 }
@@ -196,12 +196,12 @@ fn status_multi_cluster_output() {
 
 #[test]
 fn status_capability_errors_are_unknown() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("squeue", &["**"])
         .fails(RunError::TimedOut("squeue after 30 s".into()));
     let s = plugin("{}").status(&host, &jobs(&["7"]));
     assert!(brief(&s[0]).starts_with("unknown:") && brief(&s[0]).contains("timed out"));
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     let s = plugin("{}").status(&host, &jobs(&["7"]));
     assert!(brief(&s[0]).contains("denied"));
 }
@@ -212,7 +212,7 @@ fn submit(
     stdout: &str,
     stderr: &str,
 ) -> (FakeHost, Result<String, PluginError>) {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("sbatch", &["**"]).exits(code, stdout, stderr);
     let job = job_spec(
         "alice",
@@ -276,7 +276,7 @@ fn submit_errors_are_scheduler_errors() {
 
 #[test]
 fn submit_quotes_the_command_and_renders_site_templates() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("sbatch", &["**"]).stdout("5\n");
     let mut job = job_spec("alice", vec![]);
     job.cmd = vec!["jupyterhub-singleuser".into(), "--x=$(rm -rf /)".into()];
@@ -295,15 +295,22 @@ fn extra_options_are_off_by_default_and_allowlisted() {
     let u = user("alice");
     let p = plugin("{}");
     let opts = wasmspawner_sdk::Options::from(vec![text("options", "--qos=high")]);
-    assert!(p.validate(&FakeHost::new(), &u, opts.clone()).is_err());
+    assert!(p
+        .validate(&FakeHost::for_plugin::<Slurm>(), &u, opts.clone())
+        .is_err());
     let p =
         plugin(r#"{"extra_options":{"enabled":true,"allowed_flags":["--qos","--constraint"]}}"#);
-    assert!(p.validate(&FakeHost::new(), &u, opts).is_ok());
+    assert!(p
+        .validate(&FakeHost::for_plugin::<Slurm>(), &u, opts)
+        .is_ok());
     for bad in ["--begin=now", "--qos=$(id)", "--qos high extra", "; rm"] {
         let o = wasmspawner_sdk::Options::from(vec![text("options", bad)]);
-        assert!(p.validate(&FakeHost::new(), &u, o).is_err(), "{bad}");
+        assert!(
+            p.validate(&FakeHost::for_plugin::<Slurm>(), &u, o).is_err(),
+            "{bad}"
+        );
     }
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("sbatch", &["**"]).stdout("9\n");
     let job = job_spec("alice", vec![text("options", "--qos high --constraint=ib")]);
     ok(p.submit(&host, &job));
@@ -319,7 +326,7 @@ fn form_follows_site_config_and_groups() {
         r#"{"partition":{"choices":["debug","gpu"],"default":"debug","groups":{"gpu":["gpu-users"]}},
             "ngpus":{"enabled":true,"max":4},"account":{"enabled":true},"runtime":{"enabled":false}}"#,
     );
-    let f = ok(p.form(&FakeHost::new(), &user("alice")));
+    let f = ok(p.form(&FakeHost::for_plugin::<Slurm>(), &user("alice")));
     assert_eq!(
         field_ids(&f),
         vec!["partition", "nprocs", "memory", "ngpus", "account"]
@@ -332,9 +339,11 @@ fn form_follows_site_config_and_groups() {
     gpu_user.groups.push("gpu-users".into());
     let o = wasmspawner_sdk::Options::from(vec![text("partition", "gpu")]);
     assert!(p
-        .validate(&FakeHost::new(), &user("alice"), o.clone())
+        .validate(&FakeHost::for_plugin::<Slurm>(), &user("alice"), o.clone())
         .is_err());
-    assert!(p.validate(&FakeHost::new(), &gpu_user, o).is_ok());
+    assert!(p
+        .validate(&FakeHost::for_plugin::<Slurm>(), &gpu_user, o)
+        .is_ok());
 }
 
 #[test]
@@ -358,7 +367,7 @@ fn config_errors_name_the_key() {
 
 #[test]
 fn cancel_accepts_finished_jobs() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Slurm>();
     host.on("scancel", &["1"]).stdout("");
     host.on("scancel", &["2"]).exits(
         1,
@@ -389,4 +398,72 @@ fn status_survives_mangled_output() {
     assert_survives_mangled(&samples, &[0, 1], 3, |code, out| {
         states("{}", code, out, "", &["7", "8", "9"])
     });
+}
+
+// The tests every batch plugin shares (declaration, submit, status by id
+// at scale, dead controller, cancel), on a FakeHost that checks each call
+// against this plugin's declaration.
+wasmspawner_sdk::scheduler_test_suite! {
+    plugin: Slurm,
+    submit: ("sbatch", "42\n", "42"),
+    status: ("squeue", "42|RUNNING|node07|node07|N/A|None\n", "43"),
+    dead: (1, "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"),
+    cancel: ("scancel", "scancel: error: Kill job error on job id 42: Invalid job id specified\n"),
+    scale: (|i| (i + 1000).to_string(), |c| {
+                wasmspawner_sdk::testing::asked_ids(c)
+                    .iter()
+                    .map(|id| format!("{id}|RUNNING|node{id}|node{id}|None\n"))
+                    .collect()
+            }),
+}
+
+fn plugin_for_scale() -> Slurm {
+    ok(load::<Slurm>("{}"))
+}
+
+#[test]
+fn submitted_job_is_named_with_its_spawn() {
+    let host = FakeHost::for_plugin::<Slurm>();
+    host.on("sbatch", &["**"]).stdout("42\n");
+    let job = wasmspawner_sdk::testing::job_spec("alice", vec![]);
+    ok(plugin_for_scale().submit(&host, &job));
+    let script = host.calls()[0].stdin_str();
+    assert!(
+        script.contains("#SBATCH --job-name=jupyterhub-spawn-test\n"),
+        "{script}"
+    );
+    // And the spawn is found again by that name, in one squeue.
+    host.on("squeue", &["**"])
+        .stdout("42|jupyterhub-spawn-test|PENDING\n");
+    let b = &plugin_for_scale().0;
+    let spawns = [wasmspawner_sdk::batch::find::Spawn {
+        spawn_id: "spawn-test".into(),
+        user: "alice".into(),
+    }];
+    let m = find_jobs(b, &host, &spawns).unwrap();
+    assert_eq!(m["spawn-test"][0].job_id, "42");
+}
+
+#[test]
+fn pending_reason_and_expected_start() {
+    let host = FakeHost::for_plugin::<Slurm>();
+    host.on("squeue", &["**"]).stdout(
+        "7|PENDING|n/a|(null)|2026-12-01T23:10:00|Priority\n8|PENDING|n/a|(null)|N/A|Resources\n9|RUNNING|node1|node1|2026-12-01T22:00:00|None\n",
+    );
+    let s: Vec<String> = plugin_for_scale()
+        .status(&host, &jobs(&["7", "8", "9"]))
+        .iter()
+        .map(brief)
+        .collect();
+    assert_eq!(
+        s,
+        [
+            "pending: pending: Priority, expected start 2026-12-01T23:10:00",
+            "pending: pending: Resources",
+            "running@node1",
+        ]
+    );
+    assert!(host.calls()[0]
+        .argv()
+        .contains(&"--format=%i|%T|%B|%N|%S|%r".to_string()));
 }

@@ -3,7 +3,7 @@
 //! `qdel`. Site config: see docs/plugins.md.
 
 use wasmspawner_sdk::batch::pbs::{exit_code, gone, phase};
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, Scheduler, Seen};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Scheduler, Seen};
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
 pub static TORQUE: Scheduler = Scheduler {
@@ -19,6 +19,9 @@ pub static TORQUE: Scheduler = Scheduler {
     memory: formats::mb,
     runtime: formats::hms,
     cancel_gone: &["Unknown Job Id", "invalid state for job - COMPLETE"],
+    ids: JobIds::PbsServer,
+    status_per_call: 320,
+    extra_programs: &[],
 };
 
 const TEMPLATE: &str = r#"#!/bin/bash
@@ -46,9 +49,18 @@ wasmspawner_sdk::batch_plugin!(
 
 /// `qstat -x A B C`: Torque's XML for every job in one call (completed
 /// jobs stay as `C` while the server keeps them).
+/// One call per [`TORQUE`]`.status_per_call` jobs (320).
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
-    let args = std::iter::once("-x".to_string()).chain(jobs.iter().map(|j| j.job_id.clone()));
-    b.status(host, jobs, b.status_command(args), parse)
+    b.status_by_id(
+        host,
+        jobs,
+        |chunk| {
+            let args =
+                std::iter::once("-x".to_string()).chain(chunk.iter().map(|j| j.job_id.clone()));
+            b.status_command(args)
+        },
+        parse,
+    )
 }
 
 pub fn parse(out: &Output) -> Result<Answer, String> {
@@ -90,6 +102,18 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
     };
     answer.gone = gone_ids;
     Ok(answer)
+}
+
+/// The jobs of these spawns, found by the spawn id every job is named with
+/// (`jupyterhub-sp-…`), in one scheduler command: what the plugin API's
+/// coming `find-jobs` export answers.
+pub fn find_jobs(
+    b: &Batch,
+    host: &dyn Host,
+    spawns: &[wasmspawner_sdk::batch::find::Spawn],
+) -> Result<std::collections::BTreeMap<String, Vec<wasmspawner_sdk::batch::find::Found>>, String> {
+    use wasmspawner_sdk::batch::find;
+    find::find_jobs(find::Flavour::Torque, b, host, spawns)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ fn plugin() -> Torque {
 }
 
 fn states(code: i32, stdout: &str, stderr: &str, ids: &[&str]) -> Vec<String> {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Torque>();
     host.on("qstat", &["**"]).exits(code, stdout, stderr);
     let out = plugin().status(&host, &jobs(ids));
     assert_eq!(host.calls().len(), 1);
@@ -41,7 +41,7 @@ fn one(inner: &str) -> String {
 
 #[test]
 fn status_is_one_qstat_x() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Torque>();
     host.on("qstat", &["**"]).stdout("");
     plugin().status(&host, &jobs(&["1.t", "2.t"]));
     assert_eq!(host.calls()[0].argv(), vec!["qstat", "-x", "1.t", "2.t"]);
@@ -130,14 +130,14 @@ fn status_errors_are_unknown() {
     let s = states(0, "<Data><Job><Job_Id>1.t</Job_Id>", "", &["1.t"]);
     assert!(s[0].starts_with("unknown:"), "truncated XML: {s:?}");
     assert!(one("<job_state>Z</job_state>").starts_with("unknown: the scheduler reports"));
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Torque>();
     host.on("qstat", &["**"])
         .fails(RunError::Failed("spawn".into()));
     assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
 }
 
 fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Torque>();
     host.on("qsub", &["**"]).exits(code, stdout, stderr);
     let job = job_spec(
         "alice",
@@ -189,7 +189,7 @@ fn submit_refused() {
 
 #[test]
 fn cancel_completed_is_fine() {
-    let host = FakeHost::new();
+    let host = FakeHost::for_plugin::<Torque>();
     host.on("qdel", &["1.t"])
         .exits(153, "", "qdel: Unknown Job Id Error 1.t\n");
     host.on("qdel", &["2.t"]).exits(
@@ -222,4 +222,26 @@ fn status_survives_mangled_output() {
             &["123.torque01", "124.torque01", "125.torque01"],
         )
     });
+}
+
+// The tests every batch plugin shares (declaration, submit, status by id
+// at scale, dead controller, cancel), on a FakeHost that checks each call
+// against this plugin's declaration.
+wasmspawner_sdk::scheduler_test_suite! {
+    plugin: Torque,
+    submit: ("qsub", "101.torque01\n", "101.torque01"),
+    status: ("qstat", "<Data><Job><Job_Id>101.torque01</Job_Id><job_state>R</job_state><exec_host>node07/0-1</exec_host></Job></Data>\n", "102.torque01"),
+    dead: (1, "Cannot connect to default server host 'torque01' - check pbs_server daemon.\n"),
+    cancel: ("qdel", "qdel: Unknown Job Id 101.torque01\n"),
+    scale: (|i| format!("{}.torque01", i + 1000), |c| {
+                let env = format!(
+                    "PBS_O_HOME=/home/alice,PBS_O_PATH={}",
+                    "/usr/bin:".repeat(150)
+                );
+                let jobs: String = wasmspawner_sdk::testing::asked_ids(c)
+                    .iter()
+                    .map(|id| format!("<Job><Job_Id>{id}</Job_Id><Job_Name>jupyterhub-sp-0123456789abcdef01234567</Job_Name><Job_Owner>alice@login01</Job_Owner><job_state>R</job_state><queue>batch</queue><server>torque01</server><exec_host>node07/0-1</exec_host><Resource_List><nodes>1:ppn=2</nodes><walltime>08:00:00</walltime></Resource_List><Variable_List>{env}</Variable_List></Job>"))
+                    .collect();
+                format!("<Data>{jobs}</Data>\n")
+            }),
 }
