@@ -440,3 +440,134 @@ memory_mib = 512
     let lines = text.lines().count();
     assert!(lines < 600, "{lines} log lines from one flooding call");
 }
+
+// ----- the conformance kit -----
+
+/// `wasmspawner conformance` on a component: (exit code, JSON report).
+fn conformance(wasm: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let cache = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/test-compile-cache");
+    let mut args = vec![
+        "conformance".to_string(),
+        wasm.display().to_string(),
+        "--json".into(),
+        "--cache-dir".into(),
+        cache.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = run(&args);
+    let v = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    (code, v, err)
+}
+
+/// The outcome of each row: `scenario → pass|fail|skip`.
+fn outcomes(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["rows"]
+        .as_array()
+        .unwrap_or(&vec![])
+        .iter()
+        .map(|r| {
+            (
+                r["scenario"].as_str().unwrap_or("").to_string(),
+                r["outcome"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_bundled_batch_plugin_passes_the_conformance_kit() {
+    for name in [
+        "slurm",
+        "pbs",
+        "torque",
+        "gridengine",
+        "lsf",
+        "htcondor",
+        "moab",
+    ] {
+        let (code, v, err) = conformance(&common::plugin_wasm(name), &[]);
+        let rows = outcomes(&v);
+        assert_eq!(code, 0, "{name}: {rows:?} {err}");
+        assert_eq!(v["scheduler"], name, "{name}");
+        assert_eq!(v["api_version"], "0.2.0", "{name}");
+        assert_eq!(rows.len(), 10, "{name}: {rows:?}");
+        assert!(
+            rows.iter().all(|(_, o)| o == "pass"),
+            "{name}: every scenario applies to a batch plugin: {rows:?}"
+        );
+    }
+}
+
+#[test]
+fn the_example_plugins_pass_the_conformance_kit() {
+    // The site plugin, with its own site config and a user in a project.
+    let site = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/site-plugin/site.toml"
+    );
+    let (code, v, err) = conformance(
+        &common::plugin_wasm("example-site"),
+        &["--config", site, "--group", "proj-astro"],
+    );
+    assert_eq!(code, 0, "{:?} {err}", outcomes(&v));
+    assert!(outcomes(&v).iter().all(|(_, o)| o == "pass"));
+    // Today's slurm as built against API 0.1: everything but find-jobs,
+    // which 0.1 does not have (skipped, said why).
+    let (code, v, err) = conformance(&common::fixture_wasm("api-0.1/slurm"), &[]);
+    assert_eq!(code, 0, "{:?} {err}", outcomes(&v));
+    assert_eq!(v["api_version"], "0.1.0");
+    let rows = outcomes(&v);
+    assert_eq!(
+        rows.iter().filter(|(_, o)| o == "pass").count(),
+        9,
+        "{rows:?}"
+    );
+    assert_eq!(
+        rows.last().unwrap(),
+        &("find-jobs after a crash".to_string(), "skip".to_string())
+    );
+    // The JavaScript plugin (API 0.2), when built (CI builds it).
+    let dir = std::env::var_os("WASMSPAWNER_PLUGIN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins")
+        });
+    let js = dir.join("js-slurm.wasm");
+    if js.exists() {
+        let (code, v, err) = conformance(&js, &[]);
+        assert_eq!(code, 0, "{:?} {err}", outcomes(&v));
+        assert!(outcomes(&v).iter().all(|(_, o)| o == "pass"));
+    } else if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI must check the JavaScript plugin: build it with `cargo xtask js-plugin`");
+    } else {
+        eprintln!("\n*** SKIPPED js-slurm (not built): cargo xtask js-plugin ***\n");
+    }
+}
+
+#[test]
+fn the_conformance_kit_fails_a_plugin_that_does_not_behave() {
+    // Slurm's plugin against PBS's programs: submit cannot parse qsub's
+    // answer, nothing PBS prints reads as a running job.
+    let (code, v, _) = conformance(&common::plugin_wasm("slurm"), &["--scheduler", "pbs"]);
+    assert_eq!(code, 1);
+    let rows = outcomes(&v);
+    assert!(
+        rows.iter()
+            .any(|(s, o)| s.starts_with("submit") && o == "fail"),
+        "{rows:?}"
+    );
+    // A local plugin has no scheduler: those scenarios are skipped, never passed.
+    let (code, v, _) = conformance(&common::plugin_wasm("local"), &[]);
+    assert_eq!(code, 0);
+    let rows = outcomes(&v);
+    assert_eq!(
+        rows.iter().filter(|(_, o)| o == "skip").count(),
+        7,
+        "{rows:?}"
+    );
+    // An unknown profile is an error naming the ones there are.
+    let (code, _, err) = conformance(&common::plugin_wasm("slurm"), &["--scheduler", "nqs"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("slurm, pbs, torque"), "{err}");
+}

@@ -42,6 +42,20 @@ impl wasmspawner_sdk::batch::BatchPlugin for Site {
         wasmspawner_plugin_slurm::status(&self.0, host, jobs)
     }
 
+    // After a host crash during submit: the jobs named with these spawns.
+    fn find_jobs(
+        &self,
+        host: &dyn Host,
+        spawns: &[wasmspawner_sdk::SpawnRef],
+    ) -> Result<Vec<wasmspawner_sdk::FoundJob>, PluginError> {
+        use wasmspawner_sdk::batch::find;
+        find::answer(wasmspawner_plugin_slurm::find_jobs(
+            &self.0,
+            host,
+            &find::spawns(spawns),
+        ))
+    }
+
     fn form_table(&self, user: &User) -> Vec<FormEntry> {
         let mut table = self.0.form_table();
         // The account is one of the user's projects, not a free text box.

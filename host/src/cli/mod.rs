@@ -67,6 +67,10 @@ pub enum Command {
         /// that depend on groups.
         #[arg(long = "group")]
         groups: Vec<String>,
+        /// Keep compiled components in DIR between runs (default: compile
+        /// afresh in the run's temporary directory).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
         /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
@@ -177,6 +181,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             scheduler,
             config,
             groups,
+            cache_dir,
             json,
         } => {
             let report = crate::conformance::run(&crate::conformance::Options {
@@ -184,6 +189,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 scheduler,
                 site_config: config,
                 groups,
+                cache_dir,
             })
             .await?;
             if json {

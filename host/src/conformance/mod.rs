@@ -37,6 +37,9 @@ pub struct Options {
     pub site_config: Option<PathBuf>,
     /// The groups of the test user (default: `users`).
     pub groups: Vec<String>,
+    /// Where compiled components are kept between runs (default: the
+    /// run's temporary directory).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// How a scenario ended.
@@ -139,7 +142,11 @@ pub async fn run(opts: &Options) -> Result<Report> {
         .context("cannot make a temporary directory")?;
 
     // First load with nothing granted: describe says what to grant.
-    let first = load(dir.path(), &wasm, &site, &[], "describe").await;
+    let cache = opts
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| dir.path().join("cache"));
+    let first = load(dir.path(), &cache, &wasm, &site, &[], "describe").await;
     let mut rows = Vec::new();
     let first = match first {
         Ok(i) => i,
@@ -205,7 +212,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
             toml::Value::Table(g)
         })
         .collect();
-    let instance = load(dir.path(), &wasm, &site, &grants, "kit").await?;
+    let instance = load(dir.path(), &cache, &wasm, &site, &grants, "kit").await?;
     let bench = Bench {
         user: crate::model::User {
             name: "alice".into(),
@@ -268,6 +275,7 @@ fn site_table(path: &Path, wasm: &Path, mut v: toml::Table) -> Result<toml::Tabl
 /// fake `bin/` as its search path) and loads it.
 async fn load(
     dir: &Path,
+    cache: &Path,
     wasm: &Path,
     site: &toml::Table,
     grants: &[toml::Value],
@@ -293,6 +301,7 @@ async fn load(
     instances.insert("p".into(), toml::Value::Table(instance));
     let mut top = toml::Table::new();
     top.insert("state_dir".into(), path(&dir.join("state")));
+    top.insert("cache_dir".into(), path(cache));
     top.insert("instances".into(), toml::Value::Table(instances));
     std::fs::write(&cfg, toml::to_string(&top)?)?;
     let config = crate::config::Config::load(&cfg)?;

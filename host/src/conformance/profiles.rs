@@ -19,6 +19,9 @@ pub struct Profile {
     pub submitted: fn(n: &str) -> String,
     /// The job id a plugin must return for the job numbered `n`.
     pub job_id: fn(n: &str) -> String,
+    /// The job id `find-jobs` reports for the job numbered `n` (HTCondor
+    /// lists `N.0`; the host matches it to `N` by the scheduler's rule).
+    pub found_id: fn(n: &str) -> String,
     /// A status listing with these jobs running on node07.
     pub running: fn(ids: &[String]) -> Reply,
     /// A find-jobs listing of (job id, job name, user), each pending.
@@ -27,61 +30,269 @@ pub struct Profile {
     pub gone: fn(id: &str) -> Reply,
 }
 
-pub static PROFILES: &[Profile] = &[Profile {
-    name: "slurm",
-    submit: "sbatch",
-    status: "squeue",
-    cancel: "scancel",
-    find: "squeue",
-    extra_programs: &[],
-    submitted: |n| format!("{n};cluster1\n"),
-    job_id: |n| n.to_string(),
-    running: |ids| Reply {
-        rows: ids
-            .iter()
-            .map(|i| {
-                slurm_row(&[
-                    ('i', i),
-                    ('T', "RUNNING"),
-                    ('t', "R"),
-                    ('N', "node07"),
-                    ('B', "node07"),
-                    ('r', "None"),
-                    ('S', "2026-12-01T10:00:00"),
-                    ('e', "2026-12-01T11:00:00"),
-                    ('l', "1:00:00"),
-                    ('j', "jupyterhub"),
-                ])
-            })
-            .collect(),
+fn gone(stderr: String, code: i32) -> Reply {
+    Reply {
+        stderr,
+        code,
         ..Default::default()
+    }
+}
+
+fn same(n: &str) -> String {
+    n.to_string()
+}
+
+pub static PROFILES: &[Profile] = &[
+    Profile {
+        name: "slurm",
+        submit: "sbatch",
+        status: "squeue",
+        cancel: "scancel",
+        find: "squeue",
+        extra_programs: &[],
+        submitted: |n| format!("{n};cluster1\n"),
+        job_id: same,
+        found_id: same,
+        running: |ids| Reply {
+            rows: ids
+                .iter()
+                .map(|i| {
+                    slurm_row(&[
+                        ('i', i),
+                        ('T', "RUNNING"),
+                        ('t', "R"),
+                        ('N', "node07"),
+                        ('B', "node07"),
+                        ('r', "None"),
+                        ('S', "2026-12-01T10:00:00"),
+                        ('e', "2026-12-01T11:00:00"),
+                        ('l', "1:00:00"),
+                        ('L', "45:00"),
+                        ('j', "jupyterhub"),
+                    ])
+                })
+                .collect(),
+            ..Default::default()
+        },
+        tagged: |jobs| Reply {
+            rows: jobs
+                .iter()
+                .map(|(id, name, user)| {
+                    slurm_row(&[
+                        ('i', id),
+                        ('j', name),
+                        ('u', user),
+                        ('T', "PENDING"),
+                        ('t', "PD"),
+                        ('r', "Priority"),
+                        ('S', "N/A"),
+                        ('l', "1:00:00"),
+                    ])
+                })
+                .collect(),
+            ..Default::default()
+        },
+        gone: |id| {
+            gone(
+                format!(
+                    "scancel: error: Kill job error on job id {id}: Invalid job id specified\n"
+                ),
+                1,
+            )
+        },
     },
-    tagged: |jobs| Reply {
-        rows: jobs
-            .iter()
-            .map(|(id, name, user)| {
-                slurm_row(&[
-                    ('i', id),
-                    ('j', name),
-                    ('u', user),
-                    ('T', "PENDING"),
-                    ('t', "PD"),
-                    ('r', "Priority"),
-                    ('S', "N/A"),
-                    ('l', "1:00:00"),
-                ])
-            })
-            .collect(),
-        ..Default::default()
+    Profile {
+        name: "pbs",
+        submit: "qsub",
+        status: "qstat",
+        cancel: "qdel",
+        find: "qstat",
+        extra_programs: &[],
+        submitted: |n| format!("{n}.pbs01\n"),
+        job_id: |n| format!("{n}.pbs01"),
+        found_id: |n| format!("{n}.pbs01"),
+        running: |ids| {
+            Reply {
+            stdout: ids
+                .iter()
+                .map(|i| format!("Job Id: {i}.example.org\n    Job_Owner = alice@login1\n    job_state = R\n    exec_host = node07/0*2\n\n"))
+                .collect(),
+            ..Default::default()
+        }
+        },
+        tagged: |jobs| {
+            Reply {
+            stdout: format!(
+                "\npbs01:\n                                                            Req'd  Req'd   Elap\nJob ID          Username Queue    Jobname    SessID NDS TSK Memory Time  S Time\n--------------- -------- -------- ---------- ------ --- --- ------ ----- - -----\n{}",
+                jobs.iter()
+                    .map(|(id, name, user)| format!("{id:<15} {user:<8} workq    {name}    --    1   2    4gb 08:00 Q   --\n"))
+                    .collect::<String>()
+            ),
+            ..Default::default()
+        }
+        },
+        gone: |id| gone(format!("qdel: Unknown Job Id {id}\n"), 153),
     },
-    gone: |id| Reply {
-        stderr: format!(
-            "scancel: error: Kill job error on job id {id}: Invalid job id specified\n"
-        ),
-        code: 1,
-        ..Default::default()
+    Profile {
+        name: "torque",
+        submit: "qsub",
+        status: "qstat",
+        cancel: "qdel",
+        find: "qstat",
+        extra_programs: &[],
+        submitted: |n| format!("{n}.torque01\n"),
+        job_id: |n| format!("{n}.torque01"),
+        found_id: |n| format!("{n}.torque01"),
+        running: |ids| {
+            Reply {
+            stdout: format!(
+                "<Data>{}</Data>\n",
+                ids.iter()
+                    .map(|i| format!("<Job><Job_Id>{i}</Job_Id><Job_Owner>alice@login1</Job_Owner><job_state>R</job_state><exec_host>node07/0-1</exec_host></Job>"))
+                    .collect::<String>()
+            ),
+            ..Default::default()
+        }
+        },
+        tagged: |jobs| {
+            Reply {
+            stdout: format!(
+                "<Data>{}</Data>\n",
+                jobs.iter()
+                    .map(|(id, name, user)| format!("<Job><Job_Id>{id}</Job_Id><Job_Name>{name}</Job_Name><Job_Owner>{user}@login1</Job_Owner><job_state>Q</job_state></Job>"))
+                    .collect::<String>()
+            ),
+            ..Default::default()
+        }
+        },
+        gone: |id| gone(format!("qdel: Unknown Job Id {id}\n"), 153),
     },
-}];
+    Profile {
+        name: "gridengine",
+        submit: "qsub",
+        status: "qstat",
+        cancel: "qdel",
+        find: "qstat",
+        extra_programs: &[],
+        submitted: |n| format!("Your job {n} (\"jupyterhub\") has been submitted\n"),
+        job_id: same,
+        found_id: same,
+        running: |ids| {
+            Reply {
+            stdout: format!(
+                "<?xml version='1.0'?>\n<job_info><queue_info>{}</queue_info><job_info></job_info></job_info>\n",
+                ids.iter()
+                    .map(|i| format!("<job_list state=\"running\"><JB_job_number>{i}</JB_job_number><JB_name>jupyterhub</JB_name><JB_owner>alice</JB_owner><state>r</state><queue_name>batch@node07</queue_name></job_list>"))
+                    .collect::<String>()
+            ),
+            ..Default::default()
+        }
+        },
+        tagged: |jobs| {
+            Reply {
+            stdout: format!(
+                "<?xml version='1.0'?>\n<job_info><queue_info></queue_info><job_info>{}</job_info></job_info>\n",
+                jobs.iter()
+                    .map(|(id, name, user)| format!("<job_list state=\"pending\"><JB_job_number>{id}</JB_job_number><JB_name>{name}</JB_name><JB_owner>{user}</JB_owner><state>qw</state></job_list>"))
+                    .collect::<String>()
+            ),
+            ..Default::default()
+        }
+        },
+        gone: |id| gone(format!("denied: job \"{id}\" does not exist\n"), 1),
+    },
+    Profile {
+        name: "lsf",
+        submit: "bsub",
+        status: "bjobs",
+        cancel: "bkill",
+        find: "bjobs",
+        extra_programs: &[],
+        submitted: |n| format!("Job <{n}> is submitted to queue <batch>.\n"),
+        job_id: same,
+        found_id: same,
+        running: |ids| Reply {
+            stdout: ids
+                .iter()
+                .map(|i| format!("{i}|RUN|2*node07:node08|-|-\n"))
+                .collect(),
+            ..Default::default()
+        },
+        tagged: |jobs| Reply {
+            stdout: jobs
+                .iter()
+                .map(|(id, name, _)| format!("{id}|{name}|PEND\n"))
+                .collect(),
+            ..Default::default()
+        },
+        gone: |id| gone(format!("Job <{id}>: Job has already finished\n"), 255),
+    },
+    Profile {
+        name: "htcondor",
+        submit: "condor_submit",
+        status: "condor_q",
+        cancel: "condor_rm",
+        find: "condor_q",
+        extra_programs: &[],
+        submitted: |n| format!("Submitting job(s).\n1 job(s) submitted to cluster {n}.\n"),
+        job_id: same,
+        found_id: |n| format!("{n}.0"),
+        running: |ids| Reply {
+            stdout: ids
+                .iter()
+                .map(|i| format!("{i}.0 2 slot1@node07 undefined undefined\n"))
+                .collect(),
+            ..Default::default()
+        },
+        tagged: |jobs| Reply {
+            stdout: jobs
+                .iter()
+                .map(|(id, name, _)| format!("{id} {name} 1\n"))
+                .collect(),
+            ..Default::default()
+        },
+        gone: |id| {
+            gone(
+                format!("Couldn't find/remove all jobs in cluster {id}\n"),
+                1,
+            )
+        },
+    },
+    Profile {
+        name: "moab",
+        submit: "msub",
+        status: "checkjob",
+        cancel: "mjobctl",
+        find: "mdiag",
+        extra_programs: &["mdiag"],
+        submitted: |n| format!("\n\n{n}\n\n"),
+        job_id: same,
+        found_id: same,
+        running: |ids| {
+            Reply {
+            stdout: format!(
+                "<Data>{}</Data>\n",
+                ids.iter()
+                    .map(|i| format!("<job JobID=\"{i}\" JobName=\"jupyterhub\" State=\"Running\" User=\"alice\"><req AllocNodeList=\"node07:2\" ReqProcPerTask=\"2\"></req></job>"))
+                    .collect::<String>()
+            ),
+            ..Default::default()
+        }
+        },
+        tagged: |jobs| {
+            Reply {
+            stdout: format!(
+                "<Data>{}</Data>\n",
+                jobs.iter()
+                    .map(|(id, name, user)| format!("<job JobID=\"{id}\" JobName=\"{name}\" State=\"Idle\" User=\"{user}\"><req/></job>"))
+                    .collect::<String>()
+            ),
+            ..Default::default()
+        }
+        },
+        gone: |id| gone(format!("ERROR:  invalid job specified ({id})\n"), 1),
+    },
+];
 
 /// One `squeue` row by field letter (`%i`, `%T`, …); the rest empty.
 fn slurm_row(fields: &[(char, &str)]) -> std::collections::BTreeMap<char, String> {

@@ -49,7 +49,8 @@ wasmspawner_sdk::batch_plugin!(
     GridEngine,
     GRIDENGINE,
     "Runs the single-user server as a Grid Engine job.",
-    status
+    status,
+    find: find_jobs
 );
 
 /// `qstat -xml -u alice,bob`: the jobs of the asked jobs' owners only (Grid

@@ -51,7 +51,8 @@ wasmspawner_sdk::batch_plugin!(
     HtCondor,
     HTCONDOR,
     "Runs the single-user server as an HTCondor job.",
-    status
+    status,
+    find: find_jobs
 );
 
 /// `condor_q -allusers A B C -af:j JobStatus RemoteHost ExitCode HoldReason`:

@@ -48,7 +48,8 @@ wasmspawner_sdk::batch_plugin!(
     Lsf,
     LSF,
     "Runs the single-user server as an LSF job.",
-    status
+    status,
+    find: find_jobs
 );
 
 const FORMAT: &str = "jobid stat exec_host exit_code pend_reason delimiter='|'";

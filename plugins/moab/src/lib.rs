@@ -25,9 +25,8 @@ pub static MOAB: Scheduler = Scheduler {
     ],
     ids: JobIds::MoabPrefix,
     status_per_call: 320,
-    // `mdiag` (finding jobs by name) joins when the find-jobs export
-    // is wired, with its own grant.
-    extra_programs: &[],
+    // `mdiag -j --xml`: find-jobs (jobs by name after a host crash).
+    extra_programs: &["mdiag"],
 };
 
 const TEMPLATE: &str = r#"#!/bin/bash
@@ -50,7 +49,8 @@ wasmspawner_sdk::batch_plugin!(
     Moab,
     MOAB,
     "Runs the single-user server as a Moab job.",
-    status
+    status,
+    find: find_jobs
 );
 
 /// `checkjob --xml A B C`: the jobs asked about, never every job Moab

@@ -44,7 +44,8 @@ wasmspawner_sdk::batch_plugin!(
     Pbs,
     PBS,
     "Runs the single-user server as a PBS Professional / OpenPBS job.",
-    status
+    status,
+    find: find_jobs
 );
 
 /// `qstat -f -x A B C`: one call; `-x` keeps finished jobs (state F).

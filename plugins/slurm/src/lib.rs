@@ -45,7 +45,8 @@ wasmspawner_sdk::batch_plugin_type!(
     Slurm,
     SLURM,
     "Runs the single-user server as a Slurm batch job.",
-    status
+    status,
+    find: find_jobs
 );
 
 // A site plugin built on this crate (examples/site-plugin) turns the export

@@ -44,7 +44,8 @@ wasmspawner_sdk::batch_plugin!(
     Torque,
     TORQUE,
     "Runs the single-user server as a Torque job.",
-    status
+    status,
+    find: find_jobs
 );
 
 /// `qstat -x A B C`: Torque's XML for every job in one call (completed

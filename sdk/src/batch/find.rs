@@ -253,6 +253,35 @@ pub fn found(
     Ok(jobs)
 }
 
+/// The WIT's spawn refs as [`Spawn`]s.
+pub fn spawns(refs: &[crate::SpawnRef]) -> Vec<Spawn> {
+    refs.iter()
+        .map(|r| Spawn {
+            spawn_id: r.spawn_id.clone(),
+            user: r.user.clone(),
+        })
+        .collect()
+}
+
+/// A [`find_jobs`] result as the `find-jobs` export answers: every job
+/// found (with the empty plugin state `submit` gives a batch job), or a
+/// scheduler error — never an empty "no jobs" when the scheduler's answer
+/// proved nothing.
+pub fn answer(
+    r: Result<BTreeMap<String, Vec<Found>>, String>,
+) -> Result<Vec<crate::FoundJob>, crate::PluginError> {
+    let by_spawn = r.map_err(crate::PluginError::Scheduler)?;
+    Ok(by_spawn
+        .into_values()
+        .flatten()
+        .map(|f| crate::FoundJob {
+            spawn_id: f.spawn_id,
+            job_id: f.job_id,
+            state: String::new(),
+        })
+        .collect())
+}
+
 /// Runs [`query`] and [`found`]: the jobs of `spawns`, by spawn id.
 pub fn find_jobs(
     flavour: Flavour,

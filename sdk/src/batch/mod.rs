@@ -341,8 +341,8 @@ pub fn descriptor(sched: &Scheduler, version: &str, description: &str) -> crate:
 /// [`crate::Plugin`] for it and exports it.
 #[macro_export]
 macro_rules! batch_plugin {
-    ($ty:ident, $sched:expr, $description:expr, $status:path) => {
-        $crate::batch_plugin_type!($ty, $sched, $description, $status);
+    ($ty:ident, $sched:expr, $description:expr, $status:path $(, find: $find:path)?) => {
+        $crate::batch_plugin_type!($ty, $sched, $description, $status $(, find: $find)?);
         $crate::export_plugin!($ty);
     };
 }
@@ -352,7 +352,7 @@ macro_rules! batch_plugin {
 /// plugin exports).
 #[macro_export]
 macro_rules! batch_plugin_type {
-    ($ty:ident, $sched:expr, $description:expr, $status:path) => {
+    ($ty:ident, $sched:expr, $description:expr, $status:path $(, find: $find:path)?) => {
         pub struct $ty(pub $crate::batch::Batch);
 
         impl $crate::batch::BatchPlugin for $ty {
@@ -362,6 +362,15 @@ macro_rules! batch_plugin_type {
             fn status(&self, host: &dyn $crate::Host, jobs: &[$crate::Job]) -> Vec<$crate::JobState> {
                 $status(&self.0, host, jobs)
             }
+            $(
+            fn find_jobs(
+                &self,
+                host: &dyn $crate::Host,
+                spawns: &[$crate::SpawnRef],
+            ) -> Result<Vec<$crate::FoundJob>, $crate::PluginError> {
+                $crate::batch::find::answer($find(&self.0, host, &$crate::batch::find::spawns(spawns)))
+            }
+            )?
         }
 
         $crate::plugin_via_batch!(

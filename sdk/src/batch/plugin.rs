@@ -21,7 +21,8 @@
 
 use super::{Batch, FormEntry};
 use crate::{
-    FieldError, FormSchema, Host, Job, JobSpec, JobState, Options, PluginError, Submitted, User,
+    FieldError, FormSchema, FoundJob, Host, Job, JobSpec, JobState, Options, PluginError, SpawnRef,
+    Submitted, User,
 };
 
 /// A batch plugin: [`BatchPlugin::batch`] and [`BatchPlugin::status`] are
@@ -61,6 +62,19 @@ pub trait BatchPlugin {
     /// Cancels (default: [`Batch::cancel`]).
     fn cancel(&self, host: &dyn Host, job: &Job) -> Result<(), PluginError> {
         self.batch().cancel(host, job)
+    }
+
+    /// The jobs tagged with these spawns (API 0.2 `find-jobs`; default:
+    /// unsupported). The bundled schedulers answer with
+    /// [`super::find::find_jobs`] through [`crate::batch_plugin!`]'s `find:`.
+    fn find_jobs(
+        &self,
+        _host: &dyn Host,
+        _spawns: &[SpawnRef],
+    ) -> Result<Vec<FoundJob>, PluginError> {
+        Err(PluginError::Unsupported(
+            "this batch plugin does not look jobs up by spawn".into(),
+        ))
     }
 }
 
@@ -112,6 +126,13 @@ macro_rules! plugin_via_batch {
                 job: &$crate::Job,
             ) -> Result<(), $crate::PluginError> {
                 <$ty as $crate::batch::BatchPlugin>::cancel(self, host, job)
+            }
+            fn find_jobs(
+                &self,
+                host: &dyn $crate::Host,
+                spawns: &[$crate::SpawnRef],
+            ) -> Result<Vec<$crate::FoundJob>, $crate::PluginError> {
+                <$ty as $crate::batch::BatchPlugin>::find_jobs(self, host, spawns)
             }
         }
     };
