@@ -246,3 +246,61 @@ mod tests {
         assert_eq!(first_host("(null)"), None);
     }
 }
+
+/// A scheduler duration in seconds: `[D-]HH:MM:SS`, `HH:MM:SS`, `MM:SS`,
+/// `D-HH`, `D-HH:MM` or plain minutes (Slurm's `%l`/`%L`, PBS `walltime`);
+/// `UNLIMITED`, `NOT_SET`, `INVALID`, `N/A` and the like are `None`.
+pub fn duration_secs(t: &str) -> Option<u64> {
+    let t = t.trim();
+    let (days, rest) = match t.split_once('-') {
+        Some((d, r)) => (d.parse::<u64>().ok()?, r),
+        None => (0, t),
+    };
+    let parts: Vec<u64> = rest
+        .split(':')
+        .map(|p| p.parse::<u64>().ok())
+        .collect::<Option<Vec<u64>>>()?;
+    let (h, m, s) = match (t.contains('-'), parts.as_slice()) {
+        (_, [h, m, s]) => (*h, *m, *s),
+        (true, [h, m]) => (*h, *m, 0),
+        (false, [m, s]) => (0, *m, *s),
+        (true, [h]) => (*h, 0, 0),
+        (false, [m]) => (0, *m, 0),
+        _ => return None,
+    };
+    if m >= 60 && parts.len() > 1 || s >= 60 {
+        return None;
+    }
+    days.checked_mul(24)?
+        .checked_add(h)?
+        .checked_mul(60)?
+        .checked_add(m)?
+        .checked_mul(60)?
+        .checked_add(s)
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::duration_secs;
+
+    #[test]
+    fn scheduler_durations() {
+        assert_eq!(duration_secs("1:00:00"), Some(3600));
+        assert_eq!(duration_secs("45:00"), Some(2700));
+        assert_eq!(duration_secs("2-00:00:00"), Some(172_800));
+        assert_eq!(duration_secs("1-12"), Some(129_600));
+        assert_eq!(duration_secs("1-12:30"), Some(131_400));
+        assert_eq!(duration_secs("90"), Some(5400));
+        for none in [
+            "UNLIMITED",
+            "NOT_SET",
+            "INVALID",
+            "N/A",
+            "",
+            "1:xx:00",
+            "1:61:00",
+        ] {
+            assert_eq!(duration_secs(none), None, "{none}");
+        }
+    }
+}

@@ -54,8 +54,9 @@ wasmspawner_sdk::batch_plugin_type!(
 #[cfg(feature = "export")]
 wasmspawner_sdk::export_plugin!(Slurm);
 
-/// `squeue -h -t all -j A,B,C -o %i|%T|%B|%N|%S|%r` (`%S`: a pending job's
-/// expected start, shown in its reason): one call per
+/// `squeue -h -t all -j A,B,C -o %i|%T|%B|%N|%S|%l|%L|%r` (`%S`: a pending
+/// job's expected start, shown in its reason; `%l`/`%L`: its time limit and
+/// time left, carried as the job's time limit and end): one call per
 /// [`SLURM`]`.status_per_call` jobs (1000: about 100 KiB of answer).
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
     b.status_by_id(host, jobs, |chunk| status_command(b, chunk), parse)
@@ -68,7 +69,7 @@ pub fn status_command(b: &Batch, jobs: &[&Job]) -> wasmspawner_sdk::Command {
         "--noheader".to_string(),
         "--states=all".into(),
         format!("--jobs={}", ids.join(",")),
-        "--format=%i|%T|%B|%N|%S|%r".into(),
+        "--format=%i|%T|%B|%N|%S|%l|%L|%r".into(),
     ])
 }
 
@@ -89,12 +90,15 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
         if line.is_empty() || line.starts_with("CLUSTER:") {
             continue;
         }
-        // `%i|%T|%B|%N|%S|%r`; lines without `%S` (a site's own format,
-        // older recordings) are read too.
-        let f: Vec<&str> = line.splitn(6, '|').collect();
-        let (id, state, batch_host, nodes, start, reason) = match f[..] {
-            [id, state, b, n, start, reason] => (id, state, b, n, start, reason),
-            [id, state, b, n, reason] => (id, state, b, n, "", reason),
+        // `%i|%T|%B|%N|%S|%l|%L|%r`; lines without the limits or `%S` (a
+        // site's own format, older recordings) are read too.
+        let f: Vec<&str> = line.splitn(8, '|').collect();
+        let (id, state, batch_host, nodes, start, limit, left, reason) = match f[..] {
+            [id, state, b, n, start, limit, left, reason] => {
+                (id, state, b, n, start, limit, left, reason)
+            }
+            [id, state, b, n, start, reason] => (id, state, b, n, start, "", "", reason),
+            [id, state, b, n, reason] => (id, state, b, n, "", "", "", reason),
             _ => return Err(format!("unexpected line {line:?}")),
         };
         let phase = phase(state, reason);
@@ -117,7 +121,11 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
         let mut s = Seen::new(id, phase, state)
             .host(host)
             .reason(&reason)
-            .exit_code(exit);
+            .exit_code(exit)
+            .time_limit(wasmspawner_sdk::parse::duration_secs(limit));
+        if matches!(phase, Phase::Running) {
+            s = s.time_left(wasmspawner_sdk::parse::duration_secs(left));
+        }
         if matches!(phase, Phase::Pending | Phase::Waiting) {
             s = s.expected_start_text(start);
         }

@@ -36,7 +36,7 @@ fn status_asks_once_for_every_job() {
             "--noheader",
             "--states=all",
             "--jobs=1,2,3",
-            "--format=%i|%T|%B|%N|%S|%r"
+            "--format=%i|%T|%B|%N|%S|%l|%L|%r"
         ]
     );
 }
@@ -465,5 +465,36 @@ fn pending_reason_and_expected_start() {
     );
     assert!(host.calls()[0]
         .argv()
-        .contains(&"--format=%i|%T|%B|%N|%S|%r".to_string()));
+        .contains(&"--format=%i|%T|%B|%N|%S|%l|%L|%r".to_string()));
+}
+
+#[test]
+fn time_limit_and_end_from_l_and_big_l() {
+    let host = FakeHost::for_plugin::<Slurm>();
+    host.on("squeue", &["**"]).stdout(
+        "7|RUNNING|node07|node07|2026-12-01T10:00:00|1:00:00|45:00|None\n8|PENDING|n/a||N/A|2-00:00:00|2-00:00:00|Priority\n9|RUNNING|node07|node07|N/A|UNLIMITED|UNLIMITED|None\n",
+    );
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let states = plugin("{}").status(&host, &jobs(&["7", "8", "9"]));
+    let JobState::Running(r) = &states[0] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(r.time_limit.limit_secs, Some(3600));
+    let end = r.time_limit.ends_at.unwrap();
+    assert!((before + 2700..=before + 2705).contains(&end), "{end}");
+    let JobState::Pending(p) = &states[1] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(p.time_limit.limit_secs, Some(172_800));
+    assert_eq!(p.time_limit.ends_at, None);
+    let JobState::Running(r) = &states[2] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(
+        (r.time_limit.limit_secs, r.time_limit.ends_at),
+        (None, None)
+    );
 }

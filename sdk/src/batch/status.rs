@@ -197,6 +197,10 @@ impl Batch {
             }
             JobState::Pending(PendingInfo {
                 expected_start: s.expected_start,
+                time_limit: crate::TimeLimit {
+                    limit_secs: s.time_limit_secs,
+                    ends_at: None,
+                },
                 ..PendingInfo::new(reason)
             })
         };
@@ -214,9 +218,14 @@ impl Batch {
             // A suspended job keeps its allocation but its server does not
             // answer; it is not done.
             Phase::Suspended => pending("suspended"),
-            Phase::Running => JobState::Running(RunningInfo::on(
-                s.host.as_deref().and_then(|h| self.address(h)),
-            )),
+            Phase::Running => JobState::Running(RunningInfo {
+                time_limit: crate::TimeLimit {
+                    limit_secs: s.time_limit_secs,
+                    // The scheduler's time left, from this call's clock.
+                    ends_at: s.time_left_secs.and_then(|left| Some(now()? + left)),
+                },
+                ..RunningInfo::on(s.host.as_deref().and_then(|h| self.address(h)))
+            }),
             Phase::Completing => done("completing"),
             Phase::Exiting => done("exiting"),
             Phase::Completed => match s.exit_code {
@@ -243,6 +252,14 @@ fn join_reason(what: &str, reason: &str) -> String {
 
 /// `2026-12-01T23:10:00Z` for seconds since the epoch (civil from days,
 /// proleptic Gregorian).
+/// Seconds since the epoch by the wall clock the host lends the guest.
+fn now() -> Option<u64> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
 pub(crate) fn utc(epoch: u64) -> String {
     let (days, secs) = ((epoch / 86_400) as i64, epoch % 86_400);
     let z = days + 719_468;
@@ -296,6 +313,10 @@ pub struct Seen {
     /// The expected start as the scheduler printed it, for the reason text
     /// (`2026-12-01T23:10:00`) when it gives no epoch.
     pub expected_start_text: Option<String>,
+    /// The job's wall-clock limit, seconds (API 0.2 status carries it).
+    pub time_limit_secs: Option<u64>,
+    /// Seconds the job has left before the scheduler ends it (running).
+    pub time_left_secs: Option<u64>,
 }
 
 impl Seen {
@@ -309,7 +330,19 @@ impl Seen {
             exit_code: None,
             expected_start: None,
             expected_start_text: None,
+            time_limit_secs: None,
+            time_left_secs: None,
         }
+    }
+    /// The wall-clock limit, seconds.
+    pub fn time_limit(mut self, secs: Option<u64>) -> Self {
+        self.time_limit_secs = secs.filter(|&s| s > 0);
+        self
+    }
+    /// The time left before the limit, seconds (a running job).
+    pub fn time_left(mut self, secs: Option<u64>) -> Self {
+        self.time_left_secs = secs;
+        self
     }
     /// The expected start, seconds since the epoch (a pending job only).
     pub fn expected_start(mut self, epoch: Option<u64>) -> Self {
