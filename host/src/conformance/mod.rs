@@ -156,7 +156,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
                 outcome: Outcome::Fail(format!("{e:#}")),
             });
             return Ok(Report {
-                plugin: wasm.display().to_string(),
+                plugin: opts.plugin.display().to_string(),
                 api_version: "?".into(),
                 scheduler: opts.scheduler.clone(),
                 rows,
@@ -230,7 +230,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
     };
     rows.extend(scenarios::all(&bench).await);
     Ok(Report {
-        plugin: wasm.display().to_string(),
+        plugin: opts.plugin.display().to_string(),
         api_version: loaded.api.as_str().into(),
         scheduler: profile.map(|p| p.name.to_string()),
         rows,
