@@ -91,6 +91,10 @@ pub struct TunnelConfig {
     /// Jobs cannot reach the host either: call back through a reverse
     /// tunnel on the gateway (`[instances.X.tunnel.callback]`).
     pub callback: Option<ReverseCallback>,
+    /// The local ports server tunnels take (`local_ports = "41000-41999"`),
+    /// inclusive; `None`: any free port. Reserve the range from the
+    /// ephemeral ports (`net.ipv4.ip_local_reserved_ports`).
+    pub local_ports: Option<(u16, u16)>,
 }
 
 /// `[instances.X.tunnel.callback]`: one `ssh -R` per instance, from the
@@ -121,6 +125,9 @@ pub struct SshConfig {
     pub reuse_connections: bool,
     /// How long an idle shared connection stays open (ControlPersist).
     pub control_persist: Duration,
+    /// The longest a shared connection is used: after that new calls open a
+    /// fresh one (and the keeper closes the old one).
+    pub master_max_age: Duration,
     pub connect_timeout: Duration,
     /// The OpenSSH client.
     pub program: PathBuf,
@@ -452,6 +459,7 @@ struct RawInstance {
 #[serde(deny_unknown_fields)]
 struct RawTunnel {
     via: Option<String>,
+    local_ports: Option<String>,
     callback: Option<RawReverseCallback>,
 }
 
@@ -487,6 +495,7 @@ struct RawSsh {
     identity_file: Option<PathBuf>,
     known_hosts: PathBuf,
     control_persist_secs: Option<u64>,
+    master_max_age_secs: Option<u64>,
     reuse_connections: Option<bool>,
     connect_timeout_secs: Option<u64>,
     program: Option<PathBuf>,
@@ -772,6 +781,14 @@ fn resolve_instance(
                 "{at}.hosts: name at least one host (globs allowed, e.g. \"login*.example.org\")"
             );
         }
+        for (j, h) in g.hosts.iter().enumerate() {
+            // A glob is checked as the host names it can match: `*` and `?`
+            // stand for letters, the rest is the submit_host rule.
+            let probe = h.replace(['*', '?'], "x");
+            crate::ssh_cmd::check_host(&probe).map_err(|_| {
+                anyhow::anyhow!("{at}.hosts[{j}]: {h:?} is not a host name pattern; give DNS names or addresses, with * and ? as wildcards (e.g. \"login*.example.org\")")
+            })?;
+        }
     }
     let ssh = match ri.ssh {
         None => None,
@@ -802,6 +819,11 @@ fn resolve_instance(
                 known_hosts,
                 reuse_connections: rs.reuse_connections.unwrap_or(true),
                 control_persist: Duration::from_secs(rs.control_persist_secs.unwrap_or(600).max(1)),
+                master_max_age: match rs.master_max_age_secs {
+                    None => Duration::from_secs(3600),
+                    Some(s) if (10..=7 * 86_400).contains(&s) => Duration::from_secs(s),
+                    Some(s) => bail!("instances.{name}.ssh.master_max_age_secs: {s} is out of range; give 10 to 604800 seconds"),
+                },
                 connect_timeout: Duration::from_secs(rs.connect_timeout_secs.unwrap_or(10).max(1)),
                 program: rs
                     .program
@@ -842,7 +864,18 @@ fn resolve_instance(
                 None => None,
                 Some(c) => Some(resolve_reverse_callback(name, &via, ssh, c)?),
             };
-            Some(TunnelConfig { via, callback })
+            let local_ports = match &t.local_ports {
+                None => None,
+                Some(r) => Some(
+                    parse_port_range(r)
+                        .map_err(|m| anyhow::anyhow!("instances.{name}.tunnel.local_ports: {m}"))?,
+                ),
+            };
+            Some(TunnelConfig {
+                via,
+                callback,
+                local_ports,
+            })
         }
     };
     let config = serde_json::to_value(&ri.config).context("config: cannot be expressed as JSON")?;
@@ -865,6 +898,21 @@ fn resolve_instance(
         lifecycle,
         tunnel,
     })
+}
+
+/// `"FIRST-LAST"`: an inclusive range of unprivileged ports.
+fn parse_port_range(r: &str) -> Result<(u16, u16), String> {
+    let fix = "give \"FIRST-LAST\" with 1024 <= FIRST <= LAST <= 65535, e.g. \"41000-41999\"";
+    let (a, b) = r
+        .split_once('-')
+        .ok_or_else(|| format!("{r:?} is not a range; {fix}"))?;
+    let (Ok(a), Ok(b)) = (a.trim().parse::<u16>(), b.trim().parse::<u16>()) else {
+        return Err(format!("{r:?} is not a range of port numbers; {fix}"));
+    };
+    if a < 1024 || a > b {
+        return Err(format!("{r:?} is out of order or privileged; {fix}"));
+    }
+    Ok((a, b))
 }
 
 fn resolve_reverse_callback(

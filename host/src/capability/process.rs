@@ -168,7 +168,7 @@ pub async fn run_checked(
             // ssh's own failures (not the remote program's) exit 255.
             if let Some(why) = permit
                 .remote
-                .then(|| crate::ssh_cmd::ssh_failure(f.exit_code, &f.stderr))
+                .then(|| crate::ssh_cmd::ssh_failure(&permit.argv, f.exit_code, &f.stderr))
                 .flatten()
             {
                 permit.finish(Some(f.exit_code), Some(why.clone()));

@@ -301,6 +301,7 @@ impl Service {
             })
             .collect();
         let (events, _) = broadcast::channel(8192);
+        let tunnels = crate::tunnel::Tunnels::for_state_dir(&registry.config.state_dir);
         let svc = Service {
             store,
             registry,
@@ -308,7 +309,7 @@ impl Service {
             events,
             public_url: public_url.trim_end_matches('/').to_string(),
             pollers,
-            tunnels: crate::tunnel::Tunnels::new(),
+            tunnels,
             submits: Default::default(),
             submits_done: tokio::sync::Notify::new(),
         };
@@ -439,11 +440,14 @@ impl Service {
 
     /// One spawn as last seen (no scheduler call).
     pub fn get(&self, id: &str) -> Result<Spawn, ServiceError> {
-        self.lock()
+        let mut s = self
+            .lock()
             .spawns
             .get(id)
             .map(|e| e.spawn.clone())
-            .ok_or_else(|| ServiceError::NotFound(id.to_string()))
+            .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        self.flag_tunnel(&mut s);
+        Ok(s)
     }
 
     /// Spawns of a user (all when `None`), oldest first.
@@ -455,6 +459,7 @@ impl Service {
             .filter(|e| user.is_none_or(|u| e.spawn.user.name == u))
             .map(|e| e.spawn.clone())
             .collect();
+        v.iter_mut().for_each(|s| self.flag_tunnel(s));
         v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         v
     }
@@ -715,6 +720,7 @@ impl Service {
                 SpawnState::Stopping | SpawnState::Stopped | SpawnState::Failed => None,
             })?
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        self.close_tunnel(id).await;
         if cancel {
             let me = self.clone();
             let id = id.to_string();

@@ -3,9 +3,11 @@
 //! callback tunnel keeps it open ([`crate::tunnel`] runs the ssh processes).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::Service;
+
+/// How often old shared SSH connections are looked for.
+const MASTER_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 use crate::model::{Spawn, SpawnState};
 
 impl Service {
@@ -32,6 +34,7 @@ impl Service {
             listen
         };
         self.keep_callback_tunnels(listen);
+        self.rotate_ssh_masters();
         let weak = Arc::downgrade(self);
         let tunneled = self
             .registry
@@ -63,7 +66,7 @@ impl Service {
                 Some((s, spec))
             })
             .collect();
-        let open: Vec<String> = self
+        let kept: Vec<String> = self
             .tunnels
             .list()
             .await
@@ -71,61 +74,142 @@ impl Service {
             .filter(|t| !t.reverse)
             .map(|t| t.key)
             .collect();
-        for key in &open {
+        for key in &kept {
             if !wanted.iter().any(|(s, _)| &s.id == key) {
                 self.tunnels.close(key).await;
                 tracing::info!(spawn = %key, "tunnel closed");
             }
         }
         for (s, spec) in wanted {
-            if open.contains(&s.id) {
+            if kept.contains(&s.id) {
                 continue;
             }
-            let Some(ssh) = self
-                .registry
-                .config
-                .instances
-                .get(&s.instance)
-                .and_then(|i| i.ssh.clone())
-            else {
+            let (Some(ssh), Some(port)) = (
+                self.registry
+                    .config
+                    .instances
+                    .get(&s.instance)
+                    .and_then(|i| i.ssh.clone()),
+                s.port,
+            ) else {
                 continue;
             };
-            match self.tunnels.open(&ssh, spec, s.port).await {
-                Ok(local) => tracing::info!(spawn = %s.id, "tunnel re-created at {local}"),
-                Err(e) => tracing::warn!(spawn = %s.id, "cannot re-create the tunnel: {e:#}"),
-            }
+            // On the port the hub knows; the tunnel's supervisor opens it
+            // (with backoff) and logs when it is open or why not.
+            self.tunnels.keep(&ssh, spec, port);
         }
     }
 
-    /// Opens each instance's callback tunnel and retries a refused one, less
-    /// often each time (1 s doubling up to 60 s). `Tunnels` itself re-opens
-    /// one whose ssh dies.
+    /// Why the hub's URL of a ready tunneled spawn does not reach its
+    /// server right now (its tunnel is not open and ours); `None` when it
+    /// does or the spawn has no tunnel.
+    pub fn tunnel_flag(&self, s: &Spawn) -> Option<String> {
+        if s.state != SpawnState::Ready || s.tunnel_target.is_none() {
+            return None;
+        }
+        let ic = self.registry.config.instances.get(&s.instance)?;
+        ic.tunnel.as_ref()?;
+        self.tunnels.not_open_because(&s.id).map(|why| {
+            format!("{why}; the hub's URL does not reach the server until the tunnel is open again")
+        })
+    }
+
+    /// Puts [`Service::tunnel_flag`] into the spawn as the API shows it.
+    pub(super) fn flag_tunnel(&self, s: &mut Spawn) {
+        if let Some(f) = self.tunnel_flag(s) {
+            s.flagged = Some(match s.flagged.take() {
+                Some(other) => format!("{f}; {other}"),
+                None => f,
+            });
+        }
+    }
+
+    /// Whether spawn `id`'s tunnel is open and ours (see [`Service::tunnel_flag`]).
+    pub fn tunnel_is_open(&self, id: &str) -> bool {
+        self.tunnels.is_open(id)
+    }
+
+    /// Closes spawn `id`'s tunnel, whatever its state.
+    pub async fn close_tunnel(&self, id: &str) {
+        self.tunnels.close(id).await;
+    }
+
+    /// Opens each instance's callback tunnel and retries a refused one with
+    /// backoff ([`crate::ssh_cmd::Backoff`]: 0.5 s doubling to 60 s, with
+    /// jitter; logged once per change of cause). Once open, the tunnel's
+    /// supervisor re-opens it (with the same backoff) when its ssh ends.
     fn keep_callback_tunnels(self: &Arc<Self>, listen: std::net::SocketAddr) {
         let callbacks = self.callback_tunnel_specs(listen);
-        if callbacks.is_empty() {
-            return;
-        }
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut wait = Duration::from_secs(1);
-            loop {
-                let Some(svc) = weak.upgrade() else { return };
-                let mut refused = Vec::new();
-                for (name, ssh, spec) in &callbacks {
-                    if let Err(e) = svc.tunnels.open_reverse(ssh, spec.clone()).await {
-                        refused.push((name, e));
+        for (name, ssh, spec) in callbacks {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let mut backoff = crate::ssh_cmd::Backoff::default();
+                let mut logged: Option<String> = None;
+                loop {
+                    let Some(svc) = weak.upgrade() else { return };
+                    let r = svc.tunnels.open_reverse(&ssh, spec.clone()).await;
+                    drop(svc);
+                    match r {
+                        Ok(()) => return,
+                        Err(e) => {
+                            let wait = backoff.next_wait();
+                            let why = format!("{e:#}");
+                            if logged.as_ref() != Some(&why) {
+                                tracing::error!(instance = %name, "cannot open the callback tunnel; jobs of this instance cannot report their servers until it opens (retrying with backoff): {why}");
+                                logged = Some(why);
+                            } else {
+                                tracing::debug!(instance = %name, "the callback tunnel still cannot open (next try in {wait:?}): {why}");
+                            }
+                            tokio::time::sleep(wait).await;
+                        }
                     }
                 }
-                drop(svc);
-                wait = if refused.is_empty() {
-                    Duration::from_secs(1)
-                } else {
-                    (wait * 2).min(Duration::from_secs(60))
-                };
-                for (name, e) in refused {
-                    tracing::error!(instance = %name, "cannot open the callback tunnel; jobs of this instance cannot report their servers until it opens (retrying in {wait:?}): {e:#}");
+            });
+        }
+    }
+
+    /// Every few seconds, asks shared SSH connections of an older
+    /// generation ([`crate::ssh_cmd::master_generation`]: a changed
+    /// `known_hosts` or identity file, or `master_max_age` passed) to stop,
+    /// so a rotated host key or key file takes effect at the next call and
+    /// no connection lives past its maximum age.
+    fn rotate_ssh_masters(self: &Arc<Self>) {
+        let configs: Vec<crate::config::SshConfig> = self
+            .registry
+            .config
+            .instances
+            .values()
+            .filter_map(|i| i.ssh.clone())
+            .filter(|s| s.reuse_connections)
+            .collect();
+        if configs.is_empty() {
+            return;
+        }
+        let dir = self.registry.config.state_dir.join("ssh");
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(MASTER_CHECK_EVERY).await;
+                if weak.strong_count() == 0 {
+                    return;
                 }
-                tokio::time::sleep(wait).await;
+                let (configs, dir) = (configs.clone(), dir.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    let current: Vec<String> = configs
+                        .iter()
+                        .map(crate::ssh_cmd::master_generation)
+                        .collect();
+                    let mut programs: Vec<&std::path::Path> =
+                        configs.iter().map(|c| c.program.as_path()).collect();
+                    programs.dedup();
+                    for p in programs {
+                        let n = crate::ssh_cmd::stop_other_masters(p, &dir, &current);
+                        if n > 0 {
+                            tracing::info!("asked {n} shared ssh connection(s) of an older key, known_hosts or age to stop");
+                        }
+                    }
+                })
+                .await;
             }
         });
     }
@@ -172,6 +256,7 @@ impl Service {
             user,
             target_host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
             target_port: port.parse().ok()?,
+            local_ports: t.local_ports,
         })
     }
 }
