@@ -57,10 +57,21 @@ impl Service {
     }
 
     async fn reconcile_tunnels(&self) {
-        let wanted: Vec<(Spawn, crate::tunnel::TunnelSpec)> = self
-            .list(None)
-            .into_iter()
+        let spawns = self.list(None);
+        // A tunnel being opened by a callback belongs to a spawn still
+        // queued or running: only an ended (or ending) spawn loses its own.
+        let ended = |key: &str| {
+            spawns.iter().find(|s| s.id == key).is_none_or(|s| {
+                matches!(
+                    s.state,
+                    SpawnState::Stopping | SpawnState::Stopped | SpawnState::Failed
+                )
+            })
+        };
+        let wanted: Vec<(Spawn, crate::tunnel::TunnelSpec)> = spawns
+            .iter()
             .filter(|s| s.state == SpawnState::Ready)
+            .cloned()
             .filter_map(|s| {
                 let spec = self.tunnel_spec(&s)?;
                 Some((s, spec))
@@ -75,7 +86,7 @@ impl Service {
             .map(|t| t.key)
             .collect();
         for key in &kept {
-            if !wanted.iter().any(|(s, _)| &s.id == key) {
+            if !wanted.iter().any(|(s, _)| &s.id == key) && ended(key) {
                 self.tunnels.close(key).await;
                 tracing::info!(spawn = %key, "tunnel closed");
             }
