@@ -131,6 +131,11 @@ pub struct SshConfig {
     pub connect_timeout: Duration,
     /// The OpenSSH client.
     pub program: PathBuf,
+    /// A submit host's jobs: their home directory there (`home`, `{user}`
+    /// the hub user), e.g. `/home/{user}`; `None`: none is given and the
+    /// job starts where the remote login does. The hub machine's accounts
+    /// are never asked for a remote job.
+    pub home: Option<String>,
 }
 
 /// A program the plugin may run on matching hosts over SSH.
@@ -499,6 +504,7 @@ struct RawSsh {
     reuse_connections: Option<bool>,
     connect_timeout_secs: Option<u64>,
     program: Option<PathBuf>,
+    home: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -668,6 +674,7 @@ fn resolve_instance(
             bail!("sha256: expected 64 hex digits (the output of `sha256sum` on the .wasm), got {pin:?}");
         }
     }
+    let search_path_set = ri.search_path.is_some();
     let search_path: Vec<PathBuf> = match ri.search_path {
         Some(p) => p,
         None => DEFAULT_SEARCH_PATH.iter().map(PathBuf::from).collect(),
@@ -806,6 +813,15 @@ fn resolve_instance(
                     bail!("ssh.identity_file: {} does not exist", id.display());
                 }
             }
+            if let Some(h) = &rs.home {
+                let probe = h.replace("{user}", "user");
+                if !probe.starts_with('/')
+                    || probe.contains(['{', '}', '$', '`', '\\', '\n'])
+                    || probe.split('/').any(|c| c == "..")
+                {
+                    bail!("instances.{name}.ssh.home: {h:?} is not an absolute path (with {{user}} for the hub user), e.g. \"/home/{{user}}\"");
+                }
+            }
             if let Some(u) = &rs.user {
                 let probe = u.replace("{user}", "user");
                 if crate::model::check_user_name(&probe).is_err() {
@@ -829,11 +845,15 @@ fn resolve_instance(
                     .program
                     .map(|p| abs(&p))
                     .unwrap_or_else(|| PathBuf::from("/usr/bin/ssh")),
+                home: rs.home,
             })
         }
     };
     if let Some(h) = &ri.submit_host {
         crate::ssh_cmd::check_host(h).map_err(|m| anyhow::anyhow!("submit_host: {m}"))?;
+        if search_path_set {
+            bail!("search_path: the programs of a submit_host instance run on {h} and are found there by the login PATH of ssh.user, not in search_path; remove search_path, and give a grant an absolute `path` where the login PATH does not find it (`wasmspawner check` shows where each program resolves on {h})");
+        }
         if ssh.is_none() {
             bail!("submit_host is set but [instances.{name}.ssh] is missing; it needs at least known_hosts");
         }
@@ -1237,6 +1257,70 @@ mod tests {
             EnvGrant::Fixed("SLURM_CONF".into(), "/etc/slurm.conf".into())
         );
         assert!(parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.grants]\nenv = [\"BAD-NAME\"]\n").is_err());
+    }
+
+    #[test]
+    fn remote_jobs_get_their_home_from_the_config_only() {
+        let kh = tempfile::NamedTempFile::new().unwrap();
+        let base = format!("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\nsubmit_host = \"login1\"\n[instances.a.ssh]\nknown_hosts = \"{}\"\n", kh.path().display());
+        let c = parse(&base).unwrap();
+        // root has a home on this machine; a remote job never gets it.
+        assert_eq!(
+            crate::ssh_cmd::remote_home(c.instance("a").unwrap(), "root"),
+            Ok(None)
+        );
+        let c = parse(&format!("{base}home = \"/home/{{user}}\"\n")).unwrap();
+        assert_eq!(
+            crate::ssh_cmd::remote_home(c.instance("a").unwrap(), "root"),
+            Ok(Some("/home/root".into()))
+        );
+        let e = parse(&format!("{base}home = \"home/$x\"\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("ssh.home"), "{e:#}");
+        let local = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n").unwrap();
+        assert_eq!(
+            crate::ssh_cmd::remote_home(local.instance("a").unwrap(), "root"),
+            Err(())
+        );
+    }
+
+    #[test]
+    fn tunnel_ports_and_ssh_grant_hosts_are_checked() {
+        let kh = tempfile::NamedTempFile::new().unwrap();
+        let base = format!("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\nsubmit_host = \"login1\"\n[instances.a.ssh]\nknown_hosts = \"{}\"\n", kh.path().display());
+        let c = parse(&format!(
+            "{base}[instances.a.tunnel]\nlocal_ports = \"41000-41999\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.instance("a")
+                .unwrap()
+                .tunnel
+                .as_ref()
+                .unwrap()
+                .local_ports,
+            Some((41000, 41999))
+        );
+        for bad in ["41999-41000", "80-90", "x", "41000-70000"] {
+            let e = parse(&format!(
+                "{base}[instances.a.tunnel]\nlocal_ports = \"{bad}\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                format!("{e:#}").contains("instances.a.tunnel.local_ports"),
+                "{bad}: {e:#}"
+            );
+        }
+        let grant = |h: &str| {
+            format!("{base}[[instances.a.grants.ssh]]\nhosts = [\"{h}\"]\nprogram = \"echo\"\n")
+        };
+        assert!(parse(&grant("login*.example.org")).is_ok());
+        for bad in ["-oProxyCommand=id", "a b", "login;id"] {
+            let e = parse(&grant(bad)).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("grants.ssh[0].hosts[0]"),
+                "{bad}: {e:#}"
+            );
+        }
     }
 
     #[test]

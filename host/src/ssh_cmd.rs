@@ -220,6 +220,24 @@ pub fn remote_user(cfg: &SshConfig, hub_user: Option<&str>) -> Result<Option<Str
     }
 }
 
+/// The home directory a job of `ic` for `hub_user` gets: for a submit host
+/// instance (the job runs as `ssh.user` on the cluster) only `ssh.home`
+/// (`{user}` the hub user), never a hub machine account; `Err(())` for a
+/// local instance, whose caller looks the local account up.
+pub fn remote_home(
+    ic: &crate::config::InstanceConfig,
+    hub_user: &str,
+) -> Result<Option<String>, ()> {
+    if ic.submit_host.is_none() {
+        return Err(());
+    }
+    Ok(ic
+        .ssh
+        .as_ref()
+        .and_then(|s| s.home.as_ref())
+        .map(|h| h.replace("{user}", hub_user)))
+}
+
 /// ssh's own failures (not the remote program's) exit 255: the short
 /// cause for the reason (see [`short_cause`]); ssh's whole words go to the
 /// host's log. `argv` is the ssh command line (the host follows `--`).

@@ -135,6 +135,7 @@ pub fn sshd_config(dir: &std::path::Path) -> wasmspawner_host::config::SshConfig
         master_max_age: std::time::Duration::from_secs(3600),
         connect_timeout: std::time::Duration::from_secs(5),
         program: PathBuf::from("/usr/bin/ssh"),
+        home: None,
     }
 }
 
