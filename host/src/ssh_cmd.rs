@@ -310,6 +310,76 @@ pub fn short_cause(host: &str, lines: &[String]) -> Option<String> {
         .map(|l| crate::sanitize::text(l, 160))
 }
 
+/// Connections (an ssh command line up to its host: options, account,
+/// port, the shared connection's generation) that failed lately, and when
+/// the next may be tried.
+static FAILING: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<Vec<String>, Failing>>,
+> = std::sync::LazyLock::new(Default::default);
+
+struct Failing {
+    backoff: Backoff,
+    next: std::time::Instant,
+    cause: String,
+}
+
+/// The connection part of an ssh argv (everything up to the host), and the host.
+fn connection_of(argv: &[String]) -> Option<(Vec<String>, &str)> {
+    let i = argv.iter().position(|a| a == "--")?;
+    let host = argv.get(i + 1)?;
+    Some((argv[..=i + 1].to_vec(), host))
+}
+
+/// Why a new ssh of `argv` is not started now: the same connection failed
+/// lately and its backoff ([`Backoff`]) has not passed.
+pub fn backing_off(argv: &[String]) -> Option<String> {
+    let (key, host) = connection_of(argv)?;
+    let failing = FAILING.lock().unwrap_or_else(|p| p.into_inner());
+    let f = failing.get(&key)?;
+    let now = std::time::Instant::now();
+    (now < f.next).then(|| {
+        format!(
+            "ssh to {host} is backing off after {} failure(s) ({}); next try in {:.1} s",
+            f.backoff.failures(),
+            f.cause,
+            (f.next - now).as_secs_f64()
+        )
+    })
+}
+
+/// Records how an ssh of `argv` went: `Some(cause)` when ssh itself failed
+/// (exit 255). Logs once per change: the first failure at warn, the
+/// recovery at info.
+pub fn connection_result(argv: &[String], failure: Option<&str>) {
+    let Some((key, host)) = connection_of(argv) else {
+        return;
+    };
+    let mut failing = FAILING.lock().unwrap_or_else(|p| p.into_inner());
+    match failure {
+        None => {
+            if let Some(f) = failing.remove(&key) {
+                tracing::info!(
+                    host,
+                    "ssh to {host} works again after {} failure(s)",
+                    f.backoff.failures()
+                );
+            }
+        }
+        Some(cause) => {
+            let f = failing.entry(key).or_insert_with(|| Failing {
+                backoff: Backoff::default(),
+                next: std::time::Instant::now(),
+                cause: String::new(),
+            });
+            if f.backoff.failures() == 0 || f.cause != cause {
+                tracing::warn!(host, "ssh to {host} fails: {cause}; new connections back off (0.5 s doubling to 60 s) until one succeeds");
+            }
+            f.cause = cause.to_string();
+            f.next = std::time::Instant::now() + f.backoff.next_wait();
+        }
+    }
+}
+
 /// The wait before the next re-open of an ssh connection (forward,
 /// callback or master): 0.5 s, doubling, at most 60 s, ±20% jitter;
 /// [`Backoff::reset`] after a success.

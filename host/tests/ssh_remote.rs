@@ -381,3 +381,47 @@ submit_host = "127.0.0.1"
         .iter()
         .any(|r| r.to_string().contains("hub-secret-token-123")));
 }
+
+/// sshd down: new connections back off (0.5 s doubling) instead of one
+/// login attempt per call, and the reason says why and for how long.
+#[tokio::test]
+async fn with_sshd_down_new_connections_back_off() {
+    let Some(s) = sshd() else { return };
+    // Nothing listens there: every connection is refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let setup = setup(&format!(
+        "[instances.p]\nplugin = \"{{plugin:probe}}\"\nsubmit_host = \"127.0.0.1\"\n[instances.p.config]\nbehavior = \"run\"\nargv = [\"echo\", \"x\"]\n[instances.p.ssh]\nuser = \"{}\"\nport = {dead}\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\n[[instances.p.grants.programs]]\nprogram = \"echo\"\n",
+        s.user,
+        s.dir.join("client_key").display(),
+        s.dir.join("known_hosts").display()
+    ));
+    let inst = setup.instance("p").await;
+    let start = std::time::Instant::now();
+    let mut errors = Vec::new();
+    while start.elapsed() < std::time::Duration::from_secs(4) {
+        errors.push(inst.submit(ctx(), &spec()).await.unwrap_err().to_string());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let tried = errors.iter().filter(|e| !e.contains("backing off")).count();
+    // At about 0, 0.5, 1.5 and 3.5 s (±20%), where every call used to try.
+    assert!(
+        (2..=5).contains(&tried) && errors.len() > 15,
+        "{tried} connections in {} calls: {errors:?}",
+        errors.len()
+    );
+    assert!(
+        errors[0].contains(&format!("connection refused by 127.0.0.1")),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("backing off") && e.contains("connection refused by 127.0.0.1")),
+        "{errors:?}"
+    );
+}
