@@ -1267,19 +1267,19 @@ mod tests {
         // root has a home on this machine; a remote job never gets it.
         assert_eq!(
             crate::ssh_cmd::remote_home(c.instance("a").unwrap(), "root"),
-            Ok(None)
+            crate::ssh_cmd::JobHome::Remote(None)
         );
         let c = parse(&format!("{base}home = \"/home/{{user}}\"\n")).unwrap();
         assert_eq!(
             crate::ssh_cmd::remote_home(c.instance("a").unwrap(), "root"),
-            Ok(Some("/home/root".into()))
+            crate::ssh_cmd::JobHome::Remote(Some("/home/root".into()))
         );
         let e = parse(&format!("{base}home = \"home/$x\"\n")).unwrap_err();
         assert!(format!("{e:#}").contains("ssh.home"), "{e:#}");
         let local = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n").unwrap();
         assert_eq!(
             crate::ssh_cmd::remote_home(local.instance("a").unwrap(), "root"),
-            Err(())
+            crate::ssh_cmd::JobHome::Local
         );
     }
 

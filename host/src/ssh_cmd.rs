@@ -220,22 +220,27 @@ pub fn remote_user(cfg: &SshConfig, hub_user: Option<&str>) -> Result<Option<Str
     }
 }
 
-/// The home directory a job of `ic` for `hub_user` gets: for a submit host
-/// instance (the job runs as `ssh.user` on the cluster) only `ssh.home`
-/// (`{user}` the hub user), never a hub machine account; `Err(())` for a
-/// local instance, whose caller looks the local account up.
-pub fn remote_home(
-    ic: &crate::config::InstanceConfig,
-    hub_user: &str,
-) -> Result<Option<String>, ()> {
+/// Where a job's home directory comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobHome {
+    /// A submit host's job (it runs as `ssh.user` on the cluster): only
+    /// `ssh.home` (`{user}` the hub user), never a hub machine account.
+    Remote(Option<String>),
+    /// A job on this host: the caller looks the local account up.
+    Local,
+}
+
+/// The home directory a job of `ic` for `hub_user` gets (see [`JobHome`]).
+pub fn remote_home(ic: &crate::config::InstanceConfig, hub_user: &str) -> JobHome {
     if ic.submit_host.is_none() {
-        return Err(());
+        return JobHome::Local;
     }
-    Ok(ic
-        .ssh
-        .as_ref()
-        .and_then(|s| s.home.as_ref())
-        .map(|h| h.replace("{user}", hub_user)))
+    JobHome::Remote(
+        ic.ssh
+            .as_ref()
+            .and_then(|s| s.home.as_ref())
+            .map(|h| h.replace("{user}", hub_user)),
+    )
 }
 
 /// ssh's own failures (not the remote program's) exit 255: the short

@@ -414,7 +414,7 @@ async fn with_sshd_down_new_connections_back_off() {
         errors.len()
     );
     assert!(
-        errors[0].contains(&format!("connection refused by 127.0.0.1")),
+        errors[0].contains("connection refused by 127.0.0.1"),
         "{}",
         errors[0]
     );

@@ -635,11 +635,13 @@ impl Service {
         // A job on a submit host runs as ssh.user there: its home comes from
         // the config (ssh.home), never from this machine's accounts.
         let home = match crate::ssh_cmd::remote_home(&inst.config, &user) {
-            Ok(h) => h,
-            Err(()) => tokio::task::spawn_blocking(move || crate::users::home_of(&user))
-                .await
-                .ok()
-                .flatten(),
+            crate::ssh_cmd::JobHome::Remote(h) => h,
+            crate::ssh_cmd::JobHome::Local => {
+                tokio::task::spawn_blocking(move || crate::users::home_of(&user))
+                    .await
+                    .ok()
+                    .flatten()
+            }
         };
         let job = JobSpec {
             spawn_id: id.clone(),
