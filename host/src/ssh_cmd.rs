@@ -430,6 +430,58 @@ mod tests {
     }
 
     #[test]
+    fn the_generation_changes_with_known_hosts_and_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kh, id) = (dir.path().join("kh"), dir.path().join("id"));
+        std::fs::write(&kh, "a").unwrap();
+        std::fs::write(&id, "k").unwrap();
+        let cfg = SshConfig {
+            user: None,
+            port: 22,
+            identity_file: Some(id.clone()),
+            known_hosts: kh.clone(),
+            reuse_connections: true,
+            control_persist: std::time::Duration::from_secs(600),
+            master_max_age: std::time::Duration::from_secs(3600),
+            connect_timeout: std::time::Duration::from_secs(10),
+            program: "/usr/bin/ssh".into(),
+            home: None,
+        };
+        let g = master_generation(&cfg);
+        assert_eq!(g, master_generation(&cfg), "stable while nothing changes");
+        std::fs::write(&kh, "b").unwrap();
+        let g2 = master_generation(&cfg);
+        assert_ne!(g, g2, "a known_hosts edit");
+        std::fs::write(&id, "other key").unwrap();
+        assert_ne!(g2, master_generation(&cfg), "a new identity file");
+        let (argv, _) = wrap(&cfg, dir.path(), "login1", None, &["true".into()], &[]);
+        assert!(argv
+            .iter()
+            .any(|a| a.starts_with("ControlPath=") && a.contains(&master_generation(&cfg))));
+    }
+
+    #[test]
+    fn short_causes_name_the_host() {
+        let l = |s: &str| vec![s.to_string()];
+        assert_eq!(
+            short_cause("login1", &l("Host key verification failed.")).unwrap(),
+            "host key verification failed for login1"
+        );
+        assert_eq!(
+            short_cause(
+                "login1",
+                &l("ssh: connect to host login1 port 22: Connection refused")
+            )
+            .unwrap(),
+            "connection refused by login1"
+        );
+        let banner: Vec<String> = (0..20)
+            .map(|i| format!("@@@ banner line {i} {}", "x".repeat(60)))
+            .collect();
+        assert!(short_cause("login1", &banner).is_none_or(|c| c.len() <= 160));
+    }
+
+    #[test]
     fn quoting_makes_each_element_one_word() {
         assert_eq!(quote("it's"), r#"'it'\''s'"#);
         assert_eq!(quote("$(id)"), "'$(id)'");

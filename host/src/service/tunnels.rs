@@ -14,8 +14,9 @@ impl Service {
     /// Keeps the tunnels in line with the spawns: every ready spawn of a
     /// tunneled instance has its tunnel (re-created on the same local port
     /// after a host restart), and no other spawn has one. Instances with a
-    /// callback tunnel get it, forwarded to `listen` (this host's HTTP
-    /// listener).
+    /// callback tunnel get it, forwarded to `listen` (the callback-only
+    /// listener, [`crate::http::callback_only`], in `serve`). Shared SSH
+    /// connections of an older generation are asked to stop.
     pub fn start_tunnel_keeper(
         self: &Arc<Self>,
         listen: std::net::SocketAddr,
