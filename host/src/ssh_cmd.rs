@@ -173,6 +173,13 @@ pub fn stop_other_masters(program: &Path, control_dir: &Path, current: &[String]
         if current.iter().any(|c| c == generation) {
             continue;
         }
+        // A socket whose master is gone: remove it, or it is tried for ever.
+        if std::os::unix::net::UnixStream::connect(e.path())
+            .is_err_and(|err| err.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            let _ = std::fs::remove_file(e.path());
+            continue;
+        }
         let _ = std::process::Command::new(program)
             .args(["-F", "/dev/null", "-o"])
             .arg(format!("ControlPath={}", e.path().display()))

@@ -429,3 +429,68 @@ async fn with_sshd_down_new_connections_back_off() {
         "{errors:?}"
     );
 }
+
+/// The host asks shared connections of an older generation (a changed
+/// known_hosts or key file, or past master_max_age) to stop, and leaves the
+/// current one alone.
+#[test]
+fn shared_connections_of_an_older_generation_are_stopped() {
+    let Some(s) = sshd() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str| {
+        let sock = dir.path().join(name);
+        let child = std::process::Command::new("/usr/bin/ssh")
+            .args(["-F", "/dev/null", "-N", "-M", "-o", "BatchMode=yes", "-S"])
+            .arg(&sock)
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                s.dir.join("known_hosts").display()
+            ))
+            .arg("-i")
+            .arg(s.dir.join("client_key"))
+            .args(["-p", &s.port, "-l", &s.user, "127.0.0.1"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..50 {
+            if sock.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(sock.exists(), "the master {name} did not start");
+        child
+    };
+    let mut old = start("0ld0ld0ld0-abc");
+    let mut current = start("c0ffee1234-abc");
+    // A stale socket file whose master is gone.
+    drop(std::os::unix::net::UnixListener::bind(dir.path().join("5ta1e00000-abc")).unwrap());
+    let asked = wasmspawner_host::ssh_cmd::stop_other_masters(
+        std::path::Path::new("/usr/bin/ssh"),
+        dir.path(),
+        &["c0ffee1234".to_string()],
+    );
+    assert_eq!(asked, 1, "one live master of an older generation");
+    let mut ended = false;
+    for _ in 0..50 {
+        if old.try_wait().unwrap().is_some() {
+            ended = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(ended, "the old master still runs");
+    assert!(
+        current.try_wait().unwrap().is_none(),
+        "the current master was stopped"
+    );
+    assert!(
+        !dir.path().join("5ta1e00000-abc").exists(),
+        "the stale socket stays"
+    );
+    let _ = current.kill();
+    let _ = current.wait();
+}
