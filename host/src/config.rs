@@ -91,6 +91,10 @@ pub struct TunnelConfig {
     /// Jobs cannot reach the host either: call back through a reverse
     /// tunnel on the gateway (`[instances.X.tunnel.callback]`).
     pub callback: Option<ReverseCallback>,
+    /// The local ports server tunnels take (`local_ports = "41000-41999"`),
+    /// inclusive; `None`: any free port. Reserve the range from the
+    /// ephemeral ports (`net.ipv4.ip_local_reserved_ports`).
+    pub local_ports: Option<(u16, u16)>,
 }
 
 /// `[instances.X.tunnel.callback]`: one `ssh -R` per instance, from the
@@ -121,9 +125,17 @@ pub struct SshConfig {
     pub reuse_connections: bool,
     /// How long an idle shared connection stays open (ControlPersist).
     pub control_persist: Duration,
+    /// The longest a shared connection is used: after that new calls open a
+    /// fresh one (and the keeper closes the old one).
+    pub master_max_age: Duration,
     pub connect_timeout: Duration,
     /// The OpenSSH client.
     pub program: PathBuf,
+    /// A submit host's jobs: their home directory there (`home`, `{user}`
+    /// the hub user), e.g. `/home/{user}`; `None`: none is given and the
+    /// job starts where the remote login does. The hub machine's accounts
+    /// are never asked for a remote job.
+    pub home: Option<String>,
 }
 
 /// A program the plugin may run on matching hosts over SSH.
@@ -452,6 +464,7 @@ struct RawInstance {
 #[serde(deny_unknown_fields)]
 struct RawTunnel {
     via: Option<String>,
+    local_ports: Option<String>,
     callback: Option<RawReverseCallback>,
 }
 
@@ -487,9 +500,11 @@ struct RawSsh {
     identity_file: Option<PathBuf>,
     known_hosts: PathBuf,
     control_persist_secs: Option<u64>,
+    master_max_age_secs: Option<u64>,
     reuse_connections: Option<bool>,
     connect_timeout_secs: Option<u64>,
     program: Option<PathBuf>,
+    home: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -659,6 +674,7 @@ fn resolve_instance(
             bail!("sha256: expected 64 hex digits (the output of `sha256sum` on the .wasm), got {pin:?}");
         }
     }
+    let search_path_set = ri.search_path.is_some();
     let search_path: Vec<PathBuf> = match ri.search_path {
         Some(p) => p,
         None => DEFAULT_SEARCH_PATH.iter().map(PathBuf::from).collect(),
@@ -772,6 +788,14 @@ fn resolve_instance(
                 "{at}.hosts: name at least one host (globs allowed, e.g. \"login*.example.org\")"
             );
         }
+        for (j, h) in g.hosts.iter().enumerate() {
+            // A glob is checked as the host names it can match: `*` and `?`
+            // stand for letters, the rest is the submit_host rule.
+            let probe = h.replace(['*', '?'], "x");
+            crate::ssh_cmd::check_host(&probe).map_err(|_| {
+                anyhow::anyhow!("{at}.hosts[{j}]: {h:?} is not a host name pattern; give DNS names or addresses, with * and ? as wildcards (e.g. \"login*.example.org\")")
+            })?;
+        }
     }
     let ssh = match ri.ssh {
         None => None,
@@ -789,6 +813,15 @@ fn resolve_instance(
                     bail!("ssh.identity_file: {} does not exist", id.display());
                 }
             }
+            if let Some(h) = &rs.home {
+                let probe = h.replace("{user}", "user");
+                if !probe.starts_with('/')
+                    || probe.contains(['{', '}', '$', '`', '\\', '\n'])
+                    || probe.split('/').any(|c| c == "..")
+                {
+                    bail!("instances.{name}.ssh.home: {h:?} is not an absolute path (with {{user}} for the hub user), e.g. \"/home/{{user}}\"");
+                }
+            }
             if let Some(u) = &rs.user {
                 let probe = u.replace("{user}", "user");
                 if crate::model::check_user_name(&probe).is_err() {
@@ -802,16 +835,25 @@ fn resolve_instance(
                 known_hosts,
                 reuse_connections: rs.reuse_connections.unwrap_or(true),
                 control_persist: Duration::from_secs(rs.control_persist_secs.unwrap_or(600).max(1)),
+                master_max_age: match rs.master_max_age_secs {
+                    None => Duration::from_secs(3600),
+                    Some(s) if (10..=7 * 86_400).contains(&s) => Duration::from_secs(s),
+                    Some(s) => bail!("instances.{name}.ssh.master_max_age_secs: {s} is out of range; give 10 to 604800 seconds"),
+                },
                 connect_timeout: Duration::from_secs(rs.connect_timeout_secs.unwrap_or(10).max(1)),
                 program: rs
                     .program
                     .map(|p| abs(&p))
                     .unwrap_or_else(|| PathBuf::from("/usr/bin/ssh")),
+                home: rs.home,
             })
         }
     };
     if let Some(h) = &ri.submit_host {
         crate::ssh_cmd::check_host(h).map_err(|m| anyhow::anyhow!("submit_host: {m}"))?;
+        if search_path_set {
+            bail!("search_path: the programs of a submit_host instance run on {h} and are found there by the login PATH of ssh.user, not in search_path; remove search_path, and give a grant an absolute `path` where the login PATH does not find it (`wasmspawner check` shows where each program resolves on {h})");
+        }
         if ssh.is_none() {
             bail!("submit_host is set but [instances.{name}.ssh] is missing; it needs at least known_hosts");
         }
@@ -842,7 +884,18 @@ fn resolve_instance(
                 None => None,
                 Some(c) => Some(resolve_reverse_callback(name, &via, ssh, c)?),
             };
-            Some(TunnelConfig { via, callback })
+            let local_ports = match &t.local_ports {
+                None => None,
+                Some(r) => Some(
+                    parse_port_range(r)
+                        .map_err(|m| anyhow::anyhow!("instances.{name}.tunnel.local_ports: {m}"))?,
+                ),
+            };
+            Some(TunnelConfig {
+                via,
+                callback,
+                local_ports,
+            })
         }
     };
     let config = serde_json::to_value(&ri.config).context("config: cannot be expressed as JSON")?;
@@ -865,6 +918,21 @@ fn resolve_instance(
         lifecycle,
         tunnel,
     })
+}
+
+/// `"FIRST-LAST"`: an inclusive range of unprivileged ports.
+fn parse_port_range(r: &str) -> Result<(u16, u16), String> {
+    let fix = "give \"FIRST-LAST\" with 1024 <= FIRST <= LAST <= 65535, e.g. \"41000-41999\"";
+    let (a, b) = r
+        .split_once('-')
+        .ok_or_else(|| format!("{r:?} is not a range; {fix}"))?;
+    let (Ok(a), Ok(b)) = (a.trim().parse::<u16>(), b.trim().parse::<u16>()) else {
+        return Err(format!("{r:?} is not a range of port numbers; {fix}"));
+    };
+    if a < 1024 || a > b {
+        return Err(format!("{r:?} is out of order or privileged; {fix}"));
+    }
+    Ok((a, b))
 }
 
 fn resolve_reverse_callback(
@@ -1189,6 +1257,70 @@ mod tests {
             EnvGrant::Fixed("SLURM_CONF".into(), "/etc/slurm.conf".into())
         );
         assert!(parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n[instances.a.grants]\nenv = [\"BAD-NAME\"]\n").is_err());
+    }
+
+    #[test]
+    fn remote_jobs_get_their_home_from_the_config_only() {
+        let kh = tempfile::NamedTempFile::new().unwrap();
+        let base = format!("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\nsubmit_host = \"login1\"\n[instances.a.ssh]\nknown_hosts = \"{}\"\n", kh.path().display());
+        let c = parse(&base).unwrap();
+        // root has a home on this machine; a remote job never gets it.
+        assert_eq!(
+            crate::ssh_cmd::remote_home(c.instance("a").unwrap(), "root"),
+            crate::ssh_cmd::JobHome::Remote(None)
+        );
+        let c = parse(&format!("{base}home = \"/home/{{user}}\"\n")).unwrap();
+        assert_eq!(
+            crate::ssh_cmd::remote_home(c.instance("a").unwrap(), "root"),
+            crate::ssh_cmd::JobHome::Remote(Some("/home/root".into()))
+        );
+        let e = parse(&format!("{base}home = \"home/$x\"\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("ssh.home"), "{e:#}");
+        let local = parse("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\n").unwrap();
+        assert_eq!(
+            crate::ssh_cmd::remote_home(local.instance("a").unwrap(), "root"),
+            crate::ssh_cmd::JobHome::Local
+        );
+    }
+
+    #[test]
+    fn tunnel_ports_and_ssh_grant_hosts_are_checked() {
+        let kh = tempfile::NamedTempFile::new().unwrap();
+        let base = format!("state_dir = \"s\"\n[instances.a]\nplugin = \"x\"\nsubmit_host = \"login1\"\n[instances.a.ssh]\nknown_hosts = \"{}\"\n", kh.path().display());
+        let c = parse(&format!(
+            "{base}[instances.a.tunnel]\nlocal_ports = \"41000-41999\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.instance("a")
+                .unwrap()
+                .tunnel
+                .as_ref()
+                .unwrap()
+                .local_ports,
+            Some((41000, 41999))
+        );
+        for bad in ["41999-41000", "80-90", "x", "41000-70000"] {
+            let e = parse(&format!(
+                "{base}[instances.a.tunnel]\nlocal_ports = \"{bad}\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                format!("{e:#}").contains("instances.a.tunnel.local_ports"),
+                "{bad}: {e:#}"
+            );
+        }
+        let grant = |h: &str| {
+            format!("{base}[[instances.a.grants.ssh]]\nhosts = [\"{h}\"]\nprogram = \"echo\"\n")
+        };
+        assert!(parse(&grant("login*.example.org")).is_ok());
+        for bad in ["-oProxyCommand=id", "a b", "login;id"] {
+            let e = parse(&grant(bad)).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("grants.ssh[0].hosts[0]"),
+                "{bad}: {e:#}"
+            );
+        }
     }
 
     #[test]

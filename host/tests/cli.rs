@@ -571,3 +571,159 @@ fn the_conformance_kit_fails_a_plugin_that_does_not_behave() {
     assert_eq!(code, 1);
     assert!(err.contains("slurm, pbs, torque"), "{err}");
 }
+
+/// `check` connects to a submit host with the instance's options: the host
+/// key, the login and each granted program there; a wrong key and a
+/// missing program fail, naming the key and the fix. Neither `check` nor
+/// `audit` touches a running host's shared connection.
+#[test]
+fn check_connects_to_the_submit_host_and_finds_programs_there() {
+    let Some(dir) = common::sshd_dir() else {
+        return;
+    };
+    let body = |known_hosts: &str, extra: &str| {
+        format!(
+            "[instances.p]\nplugin = \"{{plugin:probe}}\"\nsubmit_host = \"127.0.0.1\"\n[instances.p.ssh]\nuser = \"{}\"\nport = {}\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\n{}{extra}",
+            common::sshd_file(&dir, "user"),
+            common::sshd_file(&dir, "port"),
+            dir.join("client_key").display(),
+            dir.join(known_hosts).display(),
+            ["env", "echo", "head", "cat", "id", "sleep"]
+                .iter()
+                .map(|p| format!("[[instances.p.grants.programs]]\nprogram = \"{p}\"\n"))
+                .chain(["echo", "env", "cat"].iter().map(|p| format!(
+                    "[[instances.p.grants.ssh]]\nhosts = [\"127.0.0.1\"]\nprogram = \"{p}\"\n"
+                )))
+                .collect::<String>()
+        )
+    };
+    let user = common::sshd_file(&dir, "user");
+
+    // Everything is there: ok, and where each program resolves, as whom.
+    let s = setup(&body("known_hosts", ""));
+    let cfg = s.config.path.to_str().unwrap();
+    // A running host's shared connection in the same state directory.
+    let sock = s.config.state_dir.join("ssh").join("live-master");
+    std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+    let ssh = common::sshd_config(&dir);
+    let master = Command::new("/usr/bin/ssh")
+        .args(["-F", "/dev/null", "-N", "-M", "-o", "BatchMode=yes"])
+        .arg("-S")
+        .arg(&sock)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", ssh.known_hosts.display()))
+        .arg("-i")
+        .arg(ssh.identity_file.as_ref().unwrap())
+        .args(["-p", &ssh.port.to_string(), "-l", &user, "127.0.0.1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Stopped by PID, also when an assertion fails.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let master = Stop(master);
+    let alive = || {
+        Command::new("/usr/bin/ssh")
+            .args(["-F", "/dev/null", "-S"])
+            .arg(&sock)
+            .args(["-O", "check", "127.0.0.1"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    for _ in 0..50 {
+        if alive() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(alive(), "the stand-in master did not start");
+
+    let (code, out, err) = run(&["check", "--config", cfg]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok   p"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "`echo` → /usr/bin/echo on 127.0.0.1, runs as {user}"
+        )) || out.contains(&format!("`echo` → /bin/echo on 127.0.0.1, runs as {user}")),
+        "{out}"
+    );
+    assert!(out.contains("host key verified"), "{out}");
+    let (code, table, _) = run(&["audit", "--config", cfg]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains(&format!("runs as      `{user}` on 127.0.0.1 (ssh.user)")),
+        "{table}"
+    );
+    assert!(table.contains("search path: not used"), "{table}");
+    assert!(
+        alive(),
+        "check or audit closed a running host's shared connection"
+    );
+    drop(master);
+
+    // A host key that is not the server's: refused, naming the file to fix.
+    let s = setup(&body("other_known_hosts", ""));
+    let (code, out, _) = run(&["check", "--config", s.config.path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("instances.p.submit_host: cannot connect to 127.0.0.1")
+            && out.contains("host key verification failed for 127.0.0.1")
+            && out.contains("instances.p.ssh.known_hosts"),
+        "{out}"
+    );
+    // `--no-connect` says what it did not check.
+    let (_, out, _) = run(&[
+        "check",
+        "--no-connect",
+        "--config",
+        s.config.path.to_str().unwrap(),
+    ]);
+    assert!(out.contains("not connected (--no-connect)"), "{out}");
+
+    // A program missing on the login node, and a path that is not there.
+    let s = setup(&body(
+        "known_hosts",
+        "[[instances.p.grants.programs]]\nprogram = \"sbatch-nowhere\"\n[[instances.p.grants.programs]]\nprogram = \"squeue\"\npath = \"/nonexistent/bin/squeue\"\n",
+    ));
+    let (code, out, _) = run(&["check", "--config", s.config.path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "instances.p.grants.programs[6]: `sbatch-nowhere` is not on the login PATH of {user} on 127.0.0.1"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("instances.p.grants.programs[7]: /nonexistent/bin/squeue is not an executable file on 127.0.0.1"),
+        "{out}"
+    );
+}
+
+/// `search_path` cannot apply to a submit host's programs: refused at load.
+#[test]
+fn search_path_on_a_submit_host_instance_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(&kh, "").unwrap();
+    let p = dir.path().join("host.toml");
+    std::fs::write(
+        &p,
+        format!("state_dir = \"s\"\n[instances.x]\nplugin = \"a.wasm\"\nsubmit_host = \"login1\"\nsearch_path = [\"/usr/bin\"]\n[instances.x.ssh]\nknown_hosts = \"{}\"\n", kh.display()),
+    )
+    .unwrap();
+    let (code, _, err) = run(&["check", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("search_path") && err.contains("login PATH"),
+        "{err}"
+    );
+}

@@ -11,12 +11,48 @@ use std::time::Duration;
 use service_common::{local_config_with, server_script, start_body, start_host_with, Host};
 
 /// A host whose state lives in `state` (so a "restart" finds it again),
-/// keeping its tunnels.
-async fn host_on(state: &std::path::Path, body: &str) -> Host {
+/// keeping its tunnels; callback tunnels forward to a callback-only
+/// listener, as `serve` does.
+async fn host_on(state: &std::path::Path, body: &str) -> TunneledHost {
     let host = host_without_tunnels(state, body).await;
-    let listen: std::net::SocketAddr = host.url.trim_start_matches("http://").parse().unwrap();
+    let mut callbacks = None;
+    let listen: std::net::SocketAddr = if body.contains("tunnel.callback]") {
+        let app = std::sync::Arc::new(wasmspawner_host::http::AppState {
+            registry: host.service.registry().clone(),
+            token: wasmspawner_host::http::auth::Token::from_value(service_common::TOKEN),
+            service: host.service.clone(),
+        });
+        let (addr, task) = wasmspawner_host::http::callback_only::serve(app)
+            .await
+            .unwrap();
+        callbacks = Some(task);
+        addr
+    } else {
+        host.url.trim_start_matches("http://").parse().unwrap()
+    };
     host.service.start_tunnel_keeper(listen);
-    host
+    TunneledHost { host, callbacks }
+}
+
+/// A [`Host`] and its callback-only listener, stopped with it.
+struct TunneledHost {
+    host: Host,
+    callbacks: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::ops::Deref for TunneledHost {
+    type Target = Host;
+    fn deref(&self) -> &Host {
+        &self.host
+    }
+}
+
+impl Drop for TunneledHost {
+    fn drop(&mut self) {
+        if let Some(t) = &self.callbacks {
+            t.abort();
+        }
+    }
 }
 
 /// The same, without the tunnel keeper (no ssh at all).
@@ -71,6 +107,28 @@ async fn get(port: u16) -> Option<String> {
 /// The host's `GET /healthz` answers on `port`.
 async fn health(port: u16) -> bool {
     get_path(port, "/healthz").await.is_some()
+}
+
+/// The job callback answers on `port` (a 401 for a made-up spawn and token).
+async fn callback_answers(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let body = r#"{"port": 8888}"#;
+        s.write_all(format!("POST /v1/spawns/none/ready HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer not-a-token\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes())
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        Some(out.starts_with("HTTP/1.0 401") || out.starts_with("HTTP/1.1 401"))
+    };
+    tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// PIDs of processes whose command line contains `needle`.
@@ -146,13 +204,34 @@ async fn a_tunnel_per_ready_server_survives_its_ssh_and_a_host_restart() {
     })
     .await;
 
-    // The host restarts (its tunnels die with it): the spawn stays ready
-    // and its tunnel is re-created on the same local port.
+    // The host restarts (its tunnels die with it), and meanwhile a local
+    // user takes the spawn's port: the tunnel is not claimed, the spawn is
+    // flagged, and re-tries back off.
     drop(host);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(tunnel_pids(local).is_empty(), "tunnels outlived the host");
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", local)).unwrap();
     let host = host_on(state.path(), &body).await;
-    wait_for("the tunnel is re-created after the restart", async || {
+    wait_for("the spawn is flagged: its tunnel is not open", async || {
+        let s = host
+            .api("GET", &format!("/v1/spawns/{id}"), None)
+            .await
+            .json();
+        s["flagged"]
+            .as_str()
+            .is_some_and(|f| f.contains("held by another process"))
+    })
+    .await;
+    assert!(!host.service.tunnel_is_open(&id));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempts = host.service.tunnel_list().await[0].attempts;
+    assert!(
+        attempts <= 5,
+        "{attempts} ssh starts in about 3 s: no backoff"
+    );
+    // The port is free again: the tunnel opens there and the flag goes.
+    drop(squatter);
+    wait_for("the tunnel opens once the port is free", async || {
         get(local).await.is_some_and(|p| p.contains(&id))
     })
     .await;
@@ -161,6 +240,7 @@ async fn a_tunnel_per_ready_server_survives_its_ssh_and_a_host_restart() {
         .await
         .json();
     assert_eq!(s["state"], "ready");
+    assert!(s["flagged"].is_null(), "{s}");
     assert_eq!(s["port"].as_u64(), Some(local as u64));
 
     // Stop: the job ends and the tunnel closes.
@@ -196,9 +276,27 @@ async fn jobs_call_back_through_a_reverse_tunnel_on_the_gateway() {
     let host = host_on(state.path(), &body).await;
     let forward = format!("127.0.0.1:{cb_port}:127.0.0.1:");
     wait_for("the gateway forwards callbacks to the host", async || {
-        health(cb_port).await
+        callback_answers(cb_port).await
     })
     .await;
+    // The gateway's port serves the job callback only: no other route, even
+    // with the API token.
+    assert!(
+        !health(cb_port).await,
+        "/healthz answers on the gateway port"
+    );
+    let r = service_common::request(
+        "GET",
+        &format!("http://127.0.0.1:{cb_port}/v1/spawns"),
+        Some(service_common::TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.status, 404,
+        "the spawn list on the gateway port: {}",
+        r.body
+    );
 
     let script = server_script(state.path());
     let id = host
@@ -220,7 +318,7 @@ async fn jobs_call_back_through_a_reverse_tunnel_on_the_gateway() {
         "the callback tunnel is back after its ssh was killed",
         async || {
             let now = ssh_pids(&forward);
-            now.len() == 1 && now[0] != pids[0] && health(cb_port).await
+            now.len() == 1 && now[0] != pids[0] && callback_answers(cb_port).await
         },
     )
     .await;

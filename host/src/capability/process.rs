@@ -163,14 +163,26 @@ pub async fn run_checked(
         },
     )?;
     let place = if permit.remote { " over SSH" } else { "" };
+    // A connection that failed lately is not re-opened before its backoff.
+    if let Some(why) = permit
+        .remote
+        .then(|| crate::ssh_cmd::backing_off(&permit.argv))
+        .flatten()
+    {
+        permit.finish(None, Some(why.clone()));
+        return Err(RunError::Failed(why));
+    }
     match execute(&permit, cmd.stdin).await {
         Ok(f) => {
             // ssh's own failures (not the remote program's) exit 255.
-            if let Some(why) = permit
+            let failure = permit
                 .remote
-                .then(|| crate::ssh_cmd::ssh_failure(f.exit_code, &f.stderr))
-                .flatten()
-            {
+                .then(|| crate::ssh_cmd::ssh_failure(&permit.argv, f.exit_code, &f.stderr))
+                .flatten();
+            if permit.remote {
+                crate::ssh_cmd::connection_result(&permit.argv, failure.as_deref());
+            }
+            if let Some(why) = failure {
                 permit.finish(Some(f.exit_code), Some(why.clone()));
                 return Err(RunError::Failed(why));
             }

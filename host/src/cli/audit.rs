@@ -33,6 +33,10 @@ pub struct InstanceAudit {
     pub run_as: Vec<String>,
     /// Where granted programs run: this host, or a submit host over SSH.
     pub runs_on: String,
+    /// A submit host's programs run there as this account (`ssh.user`,
+    /// `{user}` the hub user), found by its login PATH (or a grant's
+    /// `path`); `None`: they run on this host.
+    pub remote_account: Option<String>,
     /// Servers reached through an SSH tunnel via this gateway.
     pub tunnel_via: Option<String>,
     /// Jobs call back through a reverse tunnel: the gateway listens here
@@ -137,6 +141,17 @@ async fn audit_instance(
                 s.known_hosts.display()
             ),
             _ => "this host".into(),
+        },
+        remote_account: match (&ic.submit_host, &ic.ssh) {
+            (Some(h), Some(s)) => Some(format!(
+                "{} on {h} (ssh.user), programs found by its login PATH there unless a grant gives `path`; run `wasmspawner check` to see where each resolves",
+                match s.user.as_deref() {
+                    Some(u) if u.contains("{user}") => format!("`{u}` (the hub user's own account)"),
+                    Some(u) => format!("`{u}`"),
+                    None => "the account name the host runs as".into(),
+                }
+            )),
+            _ => None,
         },
         tunnel_via: ic.tunnel.as_ref().map(|t| t.via.clone()),
         callback_tunnel: ic
@@ -281,10 +296,15 @@ fn print_table(a: &InstanceAudit) {
             a.granted.env.join(", ")
         }
     );
-    println!(
-        "               search path: {}",
-        a.granted.search_path.join(":")
-    );
+    match &a.remote_account {
+        Some(_) => {
+            println!("               search path: not used (programs run on the submit host)")
+        }
+        None => println!(
+            "               search path: {}",
+            a.granted.search_path.join(":")
+        ),
+    }
     println!("  effective    (a call must match both argument lists)");
     if a.effective.is_empty() {
         println!("               nothing");
@@ -297,9 +317,13 @@ fn print_table(a: &InstanceAudit) {
             e.declared_args.join(" "),
             e.granted_args.join(" "),
             if e.spawn_env { " +spawn-env" } else { "" },
-            match &e.path {
-                Ok(p) => p.clone(),
-                Err(why) => format!("NOT FOUND: {why}"),
+            match (&e.path, &a.remote_account) {
+                (Ok(p), Some(_)) if e.capability == "process.run" && !p.starts_with('/') =>
+                    format!("{p} (the submit host's login PATH)"),
+                (Ok(p), Some(_)) if e.capability == "process.run" =>
+                    format!("{p} on the submit host"),
+                (Ok(p), _) => p.clone(),
+                (Err(why), _) => format!("NOT FOUND: {why}"),
             }
         );
         println!(
@@ -344,9 +368,14 @@ fn print_table(a: &InstanceAudit) {
             println!("  callbacks    {v} listens on {c} and forwards to this host's API (ssh -R); jobs call back there");
         }
     }
+    if let Some(r) = &a.remote_account {
+        println!("  runs as      {r}");
+    }
     println!(
         "  run as       {}",
-        if a.run_as.is_empty() {
+        if a.run_as.is_empty() && a.remote_account.is_some() {
+            "no run_as prefix: every program runs as the remote account above".into()
+        } else if a.run_as.is_empty() {
             "the host's own user".into()
         } else {
             format!(

@@ -5,6 +5,12 @@
 //! plugin rejects, a declared capability with no grant ("missing"), a granted
 //! program that cannot be found. Warnings: a grant the plugin never declared
 //! ("unused": harmless, since only the intersection is effective).
+//!
+//! Instances with a submit host or a tunnel are connected to (see
+//! [`super::check_connect`]): a wrong host key, a refused login, a dead port
+//! or a program missing on the login node is a problem here, not at the
+//! first spawn. The check never uses or closes a running host's shared
+//! connections.
 
 use std::path::Path;
 
@@ -27,14 +33,53 @@ pub struct InstanceReport {
     pub api_version: Option<String>,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
+    /// Remote instances: where each program resolves and as whom it runs.
+    pub remote: Vec<String>,
 }
 
-pub async fn run(config_path: &Path, json: bool) -> Result<i32> {
+/// When `check` connects over SSH.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Connect {
+    /// `--no-connect`.
+    Never,
+    /// The default: instances with a submit host or a tunnel.
+    Remote,
+    /// `--connect`: also instances with only `grants.ssh` hosts.
+    Always,
+}
+
+pub async fn run(
+    config_path: &Path,
+    json: bool,
+    connect: Connect,
+    connect_as: Option<&str>,
+) -> Result<i32> {
     let config = Config::load(config_path)?;
     let runtime = Runtime::for_config(&config)?;
     let mut reports = Vec::new();
     for ic in config.instances.values() {
-        reports.push(check_instance(&runtime, &config, ic).await);
+        let mut r = check_instance(&runtime, &config, ic).await;
+        let wanted = match connect {
+            Connect::Never => false,
+            Connect::Remote => super::check_connect::connects_by_default(ic),
+            Connect::Always => ic.ssh.is_some(),
+        };
+        if wanted {
+            let (ic, user) = (ic.clone(), connect_as.map(str::to_string));
+            let found = tokio::task::spawn_blocking(move || {
+                super::check_connect::check(&ic, user.as_deref())
+            })
+            .await?;
+            r.remote = found.resolved;
+            r.problems.extend(found.problems);
+            r.warnings.extend(found.warnings);
+        } else if super::check_connect::connects_by_default(ic) {
+            r.warnings.push(format!(
+                "instances.{}: not connected (--no-connect): the host key, the login and the programs on the remote side are unchecked",
+                ic.name
+            ));
+        }
+        reports.push(r);
     }
     let failed = reports.iter().any(|r| !r.problems.is_empty());
     if json {
@@ -53,6 +98,9 @@ pub async fn run(config_path: &Path, json: bool) -> Result<i32> {
                 r.version.as_deref().unwrap_or("?"),
                 r.plugin
             );
+            for l in &r.remote {
+                println!("     remote:  {l}");
+            }
             for p in &r.problems {
                 println!("     problem: {p}");
             }

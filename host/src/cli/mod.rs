@@ -4,6 +4,7 @@
 
 mod audit;
 mod check;
+mod check_connect;
 mod plugin_cmd;
 mod serve;
 
@@ -30,13 +31,24 @@ pub enum Command {
         config: PathBuf,
     },
     /// Load every plugin; report declared vs granted capabilities and config
-    /// errors. Exits 1 when anything needs fixing.
+    /// errors; connect to each submit host and tunnel gateway (host key,
+    /// login, granted programs there). Exits 1 when anything needs fixing.
     Check {
         #[arg(long, short)]
         config: PathBuf,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Also connect for instances with only `grants.ssh` hosts (instances
+        /// with a submit host or a tunnel are connected to by default).
+        #[arg(long, conflicts_with = "no_connect")]
+        connect: bool,
+        /// Make no SSH connection (e.g. on a machine that cannot reach the cluster).
+        #[arg(long)]
+        no_connect: bool,
+        /// The hub user put for `{user}` in `ssh.user` when connecting.
+        #[arg(long, value_name = "HUB_USER")]
+        connect_as: Option<String>,
     },
     /// For a security reviewer: what each plugin instance may do (component,
     /// digest, pin, declared, granted, effective, run-as, limits).
@@ -173,7 +185,20 @@ pub enum PluginCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Serve { config } => serve::run(&config).await.map(|()| 0),
-        Command::Check { config, json } => check::run(&config, json).await,
+        Command::Check {
+            config,
+            json,
+            connect,
+            no_connect,
+            connect_as,
+        } => {
+            let connect = match (connect, no_connect) {
+                (_, true) => check::Connect::Never,
+                (true, _) => check::Connect::Always,
+                _ => check::Connect::Remote,
+            };
+            check::run(&config, json, connect, connect_as.as_deref()).await
+        }
         Command::Audit { config, json } => audit::run(&config, json).await,
         Command::Plugin(cmd) => plugin_cmd::run(cmd).await,
         Command::Conformance {

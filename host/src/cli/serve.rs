@@ -49,12 +49,29 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let _watch = registry.watch()?;
     let service = Service::open(registry.clone(), &public_url)?;
     let _pollers = service.start_pollers();
-    let _tunnels = service.start_tunnel_keeper(local);
-    let app = http::router(Arc::new(AppState {
-        registry,
+    let state = Arc::new(AppState {
+        registry: registry.clone(),
         token,
         service: service.clone(),
-    }));
+    });
+    // Callback tunnels forward to a listener that serves the job callback
+    // only: the gateway's port exposes nothing else of the API.
+    let has_callback_tunnel = registry
+        .config
+        .instances
+        .values()
+        .any(|i| i.tunnel.as_ref().is_some_and(|t| t.callback.is_some()));
+    let (callbacks_at, _callbacks) = if has_callback_tunnel {
+        let (addr, task) = http::callback_only::serve(state.clone())
+            .await
+            .context("cannot open the callback-only listener on 127.0.0.1")?;
+        tracing::info!("callback tunnels forward to http://{addr} (the job callback only)");
+        (addr, Some(task))
+    } else {
+        (local, None)
+    };
+    let _tunnels = service.start_tunnel_keeper(callbacks_at);
+    let app = http::router(state);
     tracing::info!("listening on http://{local} (callbacks to {public_url})");
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(

@@ -9,6 +9,7 @@
 //! against it.
 
 pub mod auth;
+pub mod callback_only;
 pub mod error;
 pub mod form_html;
 pub mod plugins;

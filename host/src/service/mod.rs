@@ -31,6 +31,7 @@ pub mod events;
 pub mod poller;
 mod recovery;
 pub mod token;
+mod tunnels;
 
 pub use callback::CallbackBody;
 
@@ -300,6 +301,7 @@ impl Service {
             })
             .collect();
         let (events, _) = broadcast::channel(8192);
+        let tunnels = crate::tunnel::Tunnels::for_state_dir(&registry.config.state_dir);
         let svc = Service {
             store,
             registry,
@@ -307,7 +309,7 @@ impl Service {
             events,
             public_url: public_url.trim_end_matches('/').to_string(),
             pollers,
-            tunnels: crate::tunnel::Tunnels::new(),
+            tunnels,
             submits: Default::default(),
             submits_done: tokio::sync::Notify::new(),
         };
@@ -335,172 +337,6 @@ impl Service {
             .and_then(|i| i.tunnel.as_ref()?.callback.as_ref())
             .map_or(self.public_url.as_str(), |c| c.url.as_str());
         format!("{base}/v1/spawns/{id}/ready")
-    }
-
-    /// Keeps the tunnels in line with the spawns: every ready spawn of a
-    /// tunneled instance has its tunnel (re-created on the same local port
-    /// after a host restart), and no other spawn has one. Instances with a
-    /// callback tunnel get it, forwarded to `listen` (this host's HTTP
-    /// listener).
-    pub fn start_tunnel_keeper(
-        self: &Arc<Self>,
-        listen: std::net::SocketAddr,
-    ) -> tokio::task::JoinHandle<()> {
-        // A listener on all addresses is reached on loopback.
-        let listen = if listen.ip().is_unspecified() {
-            std::net::SocketAddr::new(
-                if listen.is_ipv4() {
-                    std::net::Ipv4Addr::LOCALHOST.into()
-                } else {
-                    std::net::Ipv6Addr::LOCALHOST.into()
-                },
-                listen.port(),
-            )
-        } else {
-            listen
-        };
-        self.keep_callback_tunnels(listen);
-        let weak = Arc::downgrade(self);
-        let tunneled = self
-            .registry
-            .config
-            .instances
-            .values()
-            .any(|i| i.tunnel.is_some());
-        tokio::spawn(async move {
-            // Nothing to keep: do not scan the spawns every second.
-            if !tunneled {
-                return;
-            }
-            loop {
-                let Some(svc) = weak.upgrade() else { return };
-                svc.reconcile_tunnels().await;
-                drop(svc);
-                tokio::time::sleep(crate::tunnel::WATCH_EVERY * 2).await;
-            }
-        })
-    }
-
-    async fn reconcile_tunnels(&self) {
-        let wanted: Vec<(Spawn, crate::tunnel::TunnelSpec)> = self
-            .list(None)
-            .into_iter()
-            .filter(|s| s.state == SpawnState::Ready)
-            .filter_map(|s| {
-                let spec = self.tunnel_spec(&s)?;
-                Some((s, spec))
-            })
-            .collect();
-        let open: Vec<String> = self
-            .tunnels
-            .list()
-            .await
-            .into_iter()
-            .filter(|t| !t.reverse)
-            .map(|t| t.key)
-            .collect();
-        for key in &open {
-            if !wanted.iter().any(|(s, _)| &s.id == key) {
-                self.tunnels.close(key).await;
-                tracing::info!(spawn = %key, "tunnel closed");
-            }
-        }
-        for (s, spec) in wanted {
-            if open.contains(&s.id) {
-                continue;
-            }
-            let Some(ssh) = self
-                .registry
-                .config
-                .instances
-                .get(&s.instance)
-                .and_then(|i| i.ssh.clone())
-            else {
-                continue;
-            };
-            match self.tunnels.open(&ssh, spec, s.port).await {
-                Ok(local) => tracing::info!(spawn = %s.id, "tunnel re-created at {local}"),
-                Err(e) => tracing::warn!(spawn = %s.id, "cannot re-create the tunnel: {e:#}"),
-            }
-        }
-    }
-
-    /// Opens each instance's callback tunnel and retries a refused one, less
-    /// often each time (1 s doubling up to 60 s). `Tunnels` itself re-opens
-    /// one whose ssh dies.
-    fn keep_callback_tunnels(self: &Arc<Self>, listen: std::net::SocketAddr) {
-        let callbacks = self.callback_tunnel_specs(listen);
-        if callbacks.is_empty() {
-            return;
-        }
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut wait = Duration::from_secs(1);
-            loop {
-                let Some(svc) = weak.upgrade() else { return };
-                let mut refused = Vec::new();
-                for (name, ssh, spec) in &callbacks {
-                    if let Err(e) = svc.tunnels.open_reverse(ssh, spec.clone()).await {
-                        refused.push((name, e));
-                    }
-                }
-                drop(svc);
-                wait = if refused.is_empty() {
-                    Duration::from_secs(1)
-                } else {
-                    (wait * 2).min(Duration::from_secs(60))
-                };
-                for (name, e) in refused {
-                    tracing::error!(instance = %name, "cannot open the callback tunnel; jobs of this instance cannot report their servers until it opens (retrying in {wait:?}): {e:#}");
-                }
-                tokio::time::sleep(wait).await;
-            }
-        });
-    }
-
-    /// The open tunnels (server and callback ones).
-    pub async fn tunnel_list(&self) -> Vec<crate::tunnel::TunnelInfo> {
-        self.tunnels.list().await
-    }
-
-    /// The callback tunnel of every instance that has one.
-    fn callback_tunnel_specs(
-        &self,
-        listen: std::net::SocketAddr,
-    ) -> Vec<(String, crate::config::SshConfig, crate::tunnel::ReverseSpec)> {
-        let mut out = Vec::new();
-        for (name, ic) in &self.registry.config.instances {
-            let (Some(t), Some(ssh)) = (&ic.tunnel, &ic.ssh) else {
-                continue;
-            };
-            let Some(c) = &t.callback else { continue };
-            let spec = crate::tunnel::ReverseSpec {
-                key: format!("callback:{name}"),
-                via: t.via.clone(),
-                // Checked with the config: no {user} in ssh.user.
-                user: crate::ssh_cmd::remote_user(ssh, None).ok().flatten(),
-                bind: c.bind.clone(),
-                remote_port: c.port,
-                to: listen,
-            };
-            out.push((name.clone(), ssh.clone(), spec));
-        }
-        out
-    }
-
-    /// The tunnel a ready spawn needs, if its instance tunnels.
-    fn tunnel_spec(&self, s: &Spawn) -> Option<crate::tunnel::TunnelSpec> {
-        let ic = self.registry.config.instances.get(&s.instance)?;
-        let t = ic.tunnel.as_ref()?;
-        let (host, port) = s.tunnel_target.as_deref()?.rsplit_once(':')?;
-        let user = crate::ssh_cmd::remote_user(ic.ssh.as_ref()?, Some(&s.user.name)).ok()?;
-        Some(crate::tunnel::TunnelSpec {
-            key: s.id.clone(),
-            via: t.via.clone(),
-            user,
-            target_host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
-            target_port: port.parse().ok()?,
-        })
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -604,11 +440,14 @@ impl Service {
 
     /// One spawn as last seen (no scheduler call).
     pub fn get(&self, id: &str) -> Result<Spawn, ServiceError> {
-        self.lock()
+        let mut s = self
+            .lock()
             .spawns
             .get(id)
             .map(|e| e.spawn.clone())
-            .ok_or_else(|| ServiceError::NotFound(id.to_string()))
+            .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        self.flag_tunnel(&mut s);
+        Ok(s)
     }
 
     /// Spawns of a user (all when `None`), oldest first.
@@ -620,6 +459,7 @@ impl Service {
             .filter(|e| user.is_none_or(|u| e.spawn.user.name == u))
             .map(|e| e.spawn.clone())
             .collect();
+        v.iter_mut().for_each(|s| self.flag_tunnel(s));
         v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         v
     }
@@ -792,10 +632,17 @@ impl Service {
             return;
         };
         let user = spawn.user.name.clone();
-        let home = tokio::task::spawn_blocking(move || crate::users::home_of(&user))
-            .await
-            .ok()
-            .flatten();
+        // A job on a submit host runs as ssh.user there: its home comes from
+        // the config (ssh.home), never from this machine's accounts.
+        let home = match crate::ssh_cmd::remote_home(&inst.config, &user) {
+            crate::ssh_cmd::JobHome::Remote(h) => h,
+            crate::ssh_cmd::JobHome::Local => {
+                tokio::task::spawn_blocking(move || crate::users::home_of(&user))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        };
         let job = JobSpec {
             spawn_id: id.clone(),
             user: spawn.user.clone(),
@@ -880,6 +727,7 @@ impl Service {
                 SpawnState::Stopping | SpawnState::Stopped | SpawnState::Failed => None,
             })?
             .ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        self.close_tunnel(id).await;
         if cancel {
             let me = self.clone();
             let id = id.to_string();

@@ -143,8 +143,10 @@ pub fn sshd_config(dir: &std::path::Path) -> wasmspawner_host::config::SshConfig
         known_hosts: dir.join("known_hosts"),
         reuse_connections: false,
         control_persist: std::time::Duration::from_secs(1),
+        master_max_age: std::time::Duration::from_secs(3600),
         connect_timeout: std::time::Duration::from_secs(5),
         program: PathBuf::from("/usr/bin/ssh"),
+        home: None,
     }
 }
 
