@@ -11,6 +11,7 @@ they fail.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import secrets
@@ -26,6 +27,20 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 USER = "wshub"
+
+# The slurm plugin's default script with `--hold`: the job pends until
+# `scontrol release`.
+HELD_TEMPLATE = """#!/bin/bash
+#SBATCH --job-name={{ job_name }}
+#SBATCH --output=/tmp/jupyterhub_slurmspawner_%j.log
+#SBATCH --hold
+{% if partition %}#SBATCH --partition={{ partition }}
+{% endif %}{% if memory %}#SBATCH --mem={{ memory }}
+{% endif %}{% if runtime %}#SBATCH --time={{ runtime }}
+{% endif %}{{ prologue }}
+{{ cmd }}
+{{ epilogue }}
+"""
 
 
 def free_port() -> int:
@@ -171,6 +186,35 @@ phases = ["cancel"]
 poll_interval_secs = 1
 fast_poll_secs = 0.5
 start_timeout_secs = 120
+
+# The same, with every job submitted held (`scontrol release` lets it run):
+# a job that really pends, for the hub-restart tests.
+[instances.slurmheld]
+plugin = "{plugins / 'slurm.wasm'}"
+run_as = ["/usr/sbin/runuser", "-u", "{{user}}", "--"]
+[instances.slurmheld.config]
+partition = {{ choices = ["debug"], default = "debug" }}
+memory = {{ default = 1, max = 2 }}
+runtime = {{ default = 30 }}
+template = {json.dumps(HELD_TEMPLATE)}
+[instances.slurmheld.grants]
+env = ["SLURM_CONF={conf}", "PATH={venv}/bin:/usr/local/bin:/usr/bin:/bin"]
+[[instances.slurmheld.grants.programs]]
+program = "sbatch"
+spawn_env = true
+phases = ["submit"]
+[[instances.slurmheld.grants.programs]]
+program = "squeue"
+phases = ["status"]
+run_as = "host"
+[[instances.slurmheld.grants.programs]]
+program = "scancel"
+phases = ["cancel"]
+[instances.slurmheld.lifecycle]
+poll_interval_secs = 1
+fast_poll_secs = 0.5
+queue_timeout_secs = 600
+start_timeout_secs = 120
 """
 
     def start(self):
@@ -212,7 +256,7 @@ c.JupyterHub.allow_named_servers = True
 c.JupyterHub.spawner_class = "wasm"
 c.WasmSpawner.host_url = "{host.url}"
 c.WasmSpawner.api_token_file = "{host.token_file}"
-c.WasmSpawner.instances = ["local", "queue"] + (["slurm"] if {bool(os.environ.get("WASMSPAWNER_SLURM_CONF"))} else [])
+c.WasmSpawner.instances = ["local", "queue"] + (["slurm", "slurmheld"] if {bool(os.environ.get("WASMSPAWNER_SLURM_CONF"))} else [])
 c.WasmSpawner.wrapper = ["{venv}/bin/wasmspawner-singleuser"]
 c.Spawner.cmd = ["{venv}/bin/jupyterhub-singleuser"]
 c.Spawner.ip = "127.0.0.1"

@@ -124,3 +124,116 @@ def test_the_same_flow_through_slurm(stack):
     assert s and s[0]["job_id"], s
     hub.api("DELETE", f"/users/{USER}/servers/slurm")
     hub.wait_gone("slurm")
+
+
+def _slurm_or_skip():
+    import os
+    import sys
+
+    import pytest
+
+    if not os.environ.get("WASMSPAWNER_SLURM_CONF"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the JupyterHub + Slurm tests: WASMSPAWNER_SLURM_CONF is not set")
+        print("\n*** SKIPPED (no Slurm): set WASMSPAWNER_SLURM_CONF (tests/slurm/slurm-up.sh) ***\n", file=sys.stderr)
+        pytest.skip("no Slurm")
+
+
+def _slurm(*argv: str) -> str:
+    import os
+    import subprocess
+
+    env = dict(os.environ, SLURM_CONF=os.environ["WASMSPAWNER_SLURM_CONF"])
+    return subprocess.run(list(argv), env=env, capture_output=True, text=True, timeout=30, check=True).stdout
+
+
+def _spawns_of(host, server: str) -> list[dict]:
+    return [x for x in host.api("GET", f"/v1/spawns?user={USER}").json() if x["server_name"] == server]
+
+
+def _wait_spawn(host, server: str, pred, timeout: float = 60) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for s in _spawns_of(host, server):
+            if pred(s):
+                return s
+        time.sleep(0.3)
+    raise TimeoutError(f"no spawn of {server!r} matched: {_spawns_of(host, server)}")
+
+
+def _server_answers(hub, server: str) -> bool:
+    r = requests.get(f"{hub.url}/user/{USER}/{server}/api", headers={"Authorization": f"token {hub.token}"}, timeout=10)
+    return r.status_code == 200 and "version" in r.json()
+
+
+def test_hub_restart_while_the_slurm_job_pends_keeps_its_place_and_the_server_comes_up(stack):
+    _slurm_or_skip()
+    host, hub = stack
+    r = hub.api("POST", f"/users/{USER}/servers/held", json={"__instance": "slurmheld"})
+    assert r.status_code in (201, 202), r.text
+    spawn = _wait_spawn(host, "held", lambda s: s["state"] == "queued" and s.get("job_id"))
+    job = spawn["job_id"]
+    assert _slurm("squeue", "--noheader", "--jobs", job, "--format=%T").strip() == "PENDING"
+
+    # SIGTERM to the hub while the job pends; the hub starts again.
+    hub.stop()
+    hub.start()
+    # The hub follows the spawn again: pending, not stopped, same job.
+    u = hub.api("GET", f"/users/{USER}").json()
+    assert u["servers"]["held"]["pending"] == "spawn", u
+    assert not u["servers"]["held"]["ready"], u
+    time.sleep(3)
+    u = hub.api("GET", f"/users/{USER}").json()
+    assert u["servers"]["held"]["pending"] == "spawn", u
+    assert _slurm("squeue", "--noheader", "--jobs", job, "--format=%T").strip() == "PENDING"
+
+    # Now the job may start: the server comes up through the proxy.
+    t0 = time.time()
+    _slurm("scontrol", "release", job)
+    hub.wait_ready("held", timeout=120)
+    print(f"\nheld Slurm job after a hub restart: release → hub ready in {time.time() - t0:.1f} s")
+    assert _server_answers(hub, "held")
+    # One spawn, one job: the place in the queue was kept.
+    spawns = _spawns_of(host, "held")
+    assert [(s["job_id"], s["state"]) for s in spawns] == [(job, "ready")], spawns
+    hub.api("DELETE", f"/users/{USER}/servers/held")
+    hub.wait_gone("held")
+    assert _spawns_of(host, "held")[0]["state"] == "stopped"
+
+
+def test_hub_restart_while_the_slurm_server_runs_keeps_it(stack):
+    _slurm_or_skip()
+    host, hub = stack
+    r = hub.api("POST", f"/users/{USER}/servers/slurmrun", json={"__instance": "slurm"})
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("slurmrun")
+    assert _server_answers(hub, "slurmrun")
+    job = _wait_spawn(host, "slurmrun", lambda s: s["state"] == "ready")["job_id"]
+
+    hub.stop()
+    hub.start()
+    hub.wait_ready("slurmrun", timeout=30)
+    assert _server_answers(hub, "slurmrun")
+    spawns = _spawns_of(host, "slurmrun")
+    assert [(s["job_id"], s["state"]) for s in spawns] == [(job, "ready")], spawns
+    assert _slurm("squeue", "--noheader", "--jobs", job, "--format=%T").strip() == "RUNNING"
+    hub.api("DELETE", f"/users/{USER}/servers/slurmrun")
+    hub.wait_gone("slurmrun")
+
+
+def test_a_held_job_cancelled_outside_the_hub_after_a_restart_fails_the_spawn(stack):
+    _slurm_or_skip()
+    host, hub = stack
+    r = hub.api("POST", f"/users/{USER}/servers/gone", json={"__instance": "slurmheld"})
+    assert r.status_code in (201, 202), r.text
+    job = _wait_spawn(host, "gone", lambda s: s["state"] == "queued" and s.get("job_id"))["job_id"]
+    hub.stop()
+    hub.start()
+    assert hub.api("GET", f"/users/{USER}").json()["servers"]["gone"]["pending"] == "spawn"
+    _slurm("scancel", job)
+    # The hub drops the server as soon as the host says the job ended.
+    t0 = time.time()
+    hub.wait_gone("gone", timeout=30)
+    print(f"\njob cancelled outside the hub after a restart: hub dropped the server in {time.time() - t0:.1f} s")
+    s = _spawns_of(host, "gone")[0]
+    assert s["state"] == "failed", s

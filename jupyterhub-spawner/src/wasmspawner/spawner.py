@@ -79,6 +79,8 @@ class WasmSpawner(Spawner):
 
     spawn_id = Unicode("", help="The host's id of the current spawn (persisted in the hub's state).")
 
+    _resume_error: Exception | None = None
+
     @default("ip")
     def _default_ip(self):
         # The server runs on a compute node: it listens on every interface
@@ -192,26 +194,124 @@ class WasmSpawner(Spawner):
         except Exception as e:  # best effort; the hub saves state after start too
             self.log.warning("could not save the spawn id early: %s", e)
 
-    async def _wait_ready(self) -> str:
+    async def _wait_ready(self, spawn_id: str | None = None) -> str:
         """Follows the spawn until it is ready (→ URL) or failed (→ error)."""
+        spawn_id = spawn_id or self.spawn_id
         delay = 0.2
         while True:
             try:
-                _, s = await self._api("GET", f"/v1/spawns/{quote(self.spawn_id)}")
+                _, s = await self._api("GET", f"/v1/spawns/{quote(spawn_id)}")
             except HostUnavailable as e:
+                self.log.warning("%s; retrying", e)
+                s = {"state": "unknown"}
+            except HostError as e:
+                if e.code == 404:
+                    raise SpawnException(f"the Wasmspawner host no longer knows spawn {spawn_id}") from e
                 self.log.warning("%s; retrying", e)
                 s = {"state": "unknown"}
             state = s.get("state")
             if state == "ready":
-                return f"http://{_url_host(s['host'])}:{s['port']}"
+                return self._url_of(s)
             if state in ("failed", "stopped"):
                 raise SpawnException(s.get("reason") or f"the job {state}")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 2.0)
 
+    @staticmethod
+    def _url_of(s: dict) -> str:
+        return f"http://{_url_host(s['host'])}:{s['port']}"
+
+    # ----- a hub restart during a spawn -----
+    #
+    # At start-up the hub checks every spawner that has a server row
+    # (app.py `init_spawners` → `check_spawner`): `poll()`; if None,
+    # `get_url()` and a wait for the server at that URL (`http_timeout`);
+    # else the server is stopped. A server row exists from the moment a spawn
+    # begins, so a job still queued or starting at the restart is checked
+    # too, with the URL of a server that never was (no ip, a random port).
+    #
+    # So during that check `poll()` follows a spawn the host has not made
+    # ready yet, as a spawn: `pending` is "spawn" (the spawn page shows the
+    # host's progress events), and `poll()` returns None once the host says
+    # ready; `get_url()` then answers the host's host:port, so the hub's wait
+    # succeeds at once. A spawn the host fails or stops ends the check (the
+    # spawn page says why). The hub routes servers restored at start-up only
+    # after every check is done, so this spawner adds its own route once its
+    # check passed: a second job still queued does not delay the first.
+
+    async def _poll_at_hub_start(self, spawn_id: str):
+        try:
+            code, s = await self._api("GET", f"/v1/spawns/{quote(spawn_id)}", ok=(200, 404))
+        except (HostUnavailable, HostError) as e:
+            # Unknown is not done: the hub then waits for the server at the
+            # URL it has, which is right for a server that was ready.
+            self.log.warning("start-up check of %s: %s; assuming still running", spawn_id, e)
+            return None
+        if code == 404:
+            return 0
+        state = s.get("state")
+        if state == "ready":
+            return None
+        if state not in LIVE_STATES:
+            return _exit_status(s)
+        self.log.info(
+            "%s: the hub restarted while spawn %s was %s (job %s); following it",
+            self._log_name, spawn_id, state, s.get("job_id") or "not yet submitted",
+        )
+        self._resume_error = None
+        self._spawn_pending = True
+        self._spawn_future = asyncio.ensure_future(self._finish_resumed_spawn())
+        try:
+            await self._wait_ready(spawn_id)
+        except SpawnException as e:
+            self._resume_error = e
+            # A stop the user asked for meanwhile finishes first, so the
+            # hub does not stop the server a second time.
+            while self._stop_pending:
+                await asyncio.sleep(0.1)
+            return 1
+        return None
+
+    async def _finish_resumed_spawn(self):
+        """The spawn future of a spawn resumed at hub start-up: done when the
+        hub's check is, with the route added; an error says why it failed."""
+        try:
+            while self._check_pending:
+                await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            # The user stopped the server from the spawn page or the API;
+            # that stop cancels the job.
+            return
+        finally:
+            self._spawn_pending = False
+        if self._resume_error is not None:
+            raise self._resume_error
+        if self.server is None:
+            raise SpawnException("the server did not answer after the hub restarted")
+        proxy = (getattr(self.user, "settings", None) or {}).get("proxy")
+        if proxy is not None:
+            await proxy.add_user(self.user, self.name)
+
+    async def get_url(self):
+        """Where the host says the server is (the hub's record can be stale:
+        the hub restarted before the server was ready)."""
+        known = self.server.url if self.server else ""
+        if not self.spawn_id:
+            return known
+        try:
+            _, s = await self._api("GET", f"/v1/spawns/{quote(self.spawn_id)}")
+        except (HostUnavailable, HostError) as e:
+            self.log.warning("get_url of %s: %s; keeping %s", self.spawn_id, e, known)
+            return known
+        if s.get("state") != "ready" or not s.get("host") or not s.get("port"):
+            return known
+        return self._url_of(s) + (self.server.base_url if self.server else "/")
+
     async def poll(self):
         if not self.spawn_id:
             return 0
+        if self._check_pending and not self._spawn_pending:
+            return await self._poll_at_hub_start(self.spawn_id)
         try:
             code, s = await self._api("GET", f"/v1/spawns/{quote(self.spawn_id)}", ok=(200, 404))
         except (HostUnavailable, HostError) as e:
@@ -222,9 +322,7 @@ class WasmSpawner(Spawner):
             return 0
         if s.get("state") in LIVE_STATES:
             return None
-        if s.get("exit_code") is not None:
-            return int(s["exit_code"])
-        return 1 if s.get("state") == "failed" else 0
+        return _exit_status(s)
 
     async def stop(self, now: bool = False):
         if not self.spawn_id:
@@ -312,6 +410,13 @@ class HostError(Exception):
                 f"{f.get('field') or 'form'}: {f.get('message')}" for f in fields
             )
         return self.data.get("message") or str(self)
+
+
+def _exit_status(s: dict) -> int:
+    """The exit status JupyterHub expects of a spawn that is over."""
+    if s.get("exit_code") is not None:
+        return int(s["exit_code"])
+    return 1 if s.get("state") == "failed" else 0
 
 
 def _as_form_string(v: Any) -> str:
