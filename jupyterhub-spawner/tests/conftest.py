@@ -144,6 +144,7 @@ args = ["**"]
 spawn_env = true
 
 {self.slurm_instance(venv, plugins)}
+{self.site_instance(plugins)}
 # A "scheduler" whose jobs stay queued: for the hub-restart-while-queued test.
 [instances.queue]
 plugin = "{plugins / 'probe.wasm'}"
@@ -217,6 +218,45 @@ queue_timeout_secs = 600
 start_timeout_secs = 120
 """
 
+    @staticmethod
+    def site_instance(plugins: Path) -> str:
+        """The example site plugin (profiles, projects) on the real Slurm."""
+        conf = os.environ.get("WASMSPAWNER_SLURM_CONF")
+        if not conf:
+            return ""
+        venv = Path(os.environ["WASMSPAWNER_VENV"])
+        return f"""
+[instances.site]
+plugin = "{plugins / 'example-site.wasm'}"
+run_as = ["/usr/sbin/runuser", "-u", "{{user}}", "--"]
+[instances.site.config.partition]
+choices = ["debug", "standard"]
+default = "debug"
+[instances.site.config.memory]
+max = 8
+default = 2
+[instances.site.config.runtime]
+max = 480
+default = 60
+[instances.site.grants]
+env = ["SLURM_CONF={conf}", "PATH={venv}/bin:/usr/local/bin:/usr/bin:/bin"]
+[[instances.site.grants.programs]]
+program = "sbatch"
+spawn_env = true
+phases = ["submit"]
+[[instances.site.grants.programs]]
+program = "squeue"
+phases = ["status"]
+run_as = "host"
+[[instances.site.grants.programs]]
+program = "scancel"
+phases = ["cancel"]
+[instances.site.lifecycle]
+poll_interval_secs = 1
+fast_poll_secs = 0.5
+start_timeout_secs = 120
+"""
+
     def start(self):
         self.proc = Proc([os.environ["WASMSPAWNER_BIN"], "serve", "--config", str(self.config)], self.log)
         wait_http(self.url + "/healthz", 60, ok=lambda r: r.status_code == 200)
@@ -256,7 +296,9 @@ c.JupyterHub.allow_named_servers = True
 c.JupyterHub.spawner_class = "wasm"
 c.WasmSpawner.host_url = "{host.url}"
 c.WasmSpawner.api_token_file = "{host.token_file}"
-c.WasmSpawner.instances = ["local", "queue"] + (["slurm", "slurmheld"] if {bool(os.environ.get("WASMSPAWNER_SLURM_CONF"))} else [])
+c.JupyterHub.load_groups = {{"proj-e2e": {{"users": ["{USER}"]}}}}
+c.WasmSpawner.remember_options = ["*"]
+c.WasmSpawner.instances = ["local", "queue"] + (["slurm", "slurmheld", "site"] if {bool(os.environ.get("WASMSPAWNER_SLURM_CONF"))} else [])
 c.WasmSpawner.wrapper = ["{venv}/bin/wasmspawner-singleuser"]
 c.Spawner.cmd = ["{venv}/bin/jupyterhub-singleuser"]
 c.Spawner.ip = "127.0.0.1"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import uuid
 from typing import Any, AsyncIterator
 from urllib.parse import quote, urlencode
@@ -18,6 +19,8 @@ from jupyterhub.spawner import Spawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import Float, List, Unicode, default
+
+from . import form
 
 # Host states that mean "the job may still be alive".
 LIVE_STATES = {"validating", "submitting", "queued", "running", "ready", "stopping"}
@@ -77,6 +80,15 @@ class WasmSpawner(Spawner):
         help="Command the job runs before the server: reports the port to the host. Empty to disable.",
     )
 
+    remember_options = List(
+        Unicode(),
+        config=True,
+        help="""Fields whose last value a user's form starts with next time, per server and
+        instance (e.g. ["profile", "partition", "runtime"], or ["*"] for every field).
+        Off by default. The values are the options JupyterHub keeps for each server
+        in its database (Spawner.user_options); nothing else is stored.""",
+    )
+
     spawn_id = Unicode("", help="The host's id of the current spawn (persisted in the hub's state).")
 
     _resume_error: Exception | None = None
@@ -133,6 +145,25 @@ class WasmSpawner(Spawner):
             return chosen
         return allowed[0]
 
+    def _remembered_choices(self) -> tuple[str | None, dict[str, str]]:
+        """(instance, {field: value}) of this server's last start, limited to
+        the fields in ``remember_options``."""
+        if not self.remember_options:
+            return None, {}
+        orm = getattr(self, "orm_spawner", None)
+        last = dict(getattr(orm, "user_options", None) or {})
+        instance = last.pop("__instance", None)
+        if isinstance(instance, list):
+            instance = instance[0] if instance else None
+        keep = set(self.remember_options)
+        values = {}
+        for k, v in last.items():
+            if "*" in keep or k in keep:
+                v = v[0] if isinstance(v, list) and v else v
+                if not isinstance(v, list):
+                    values[k] = _as_form_string(v)
+        return instance, values
+
     # ----- Spawner API -----
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -174,6 +205,8 @@ class WasmSpawner(Spawner):
                 spawn = {"id": e.data["spawn_id"]}
                 self.log.info("adopting Wasmspawner spawn %s for %s", spawn["id"], self._log_name)
             elif e.code == 422:
+                if _from_spawn_page(self):
+                    _record_refusal(self.user.name, instance, options, e.data.get("fields") or [])
                 raise InvalidOptions(e.user_message()) from e
             else:
                 raise SpawnException(e.user_message()) from e
@@ -412,6 +445,14 @@ class HostError(Exception):
         return self.data.get("message") or str(self)
 
 
+def _from_spawn_page(spawner: Spawner) -> bool:
+    """Whether this start is the spawn page's form (which the hub re-renders
+    on a refusal), not the REST API."""
+    req = getattr(getattr(spawner, "handler", None), "request", None)
+    path = getattr(req, "path", "") or ""
+    return "/spawn/" in path or path.endswith("/spawn")
+
+
 def _exit_status(s: dict) -> int:
     """The exit status JupyterHub expects of a spawn that is over."""
     if s.get("exit_code") is not None:
@@ -426,7 +467,9 @@ def _as_form_string(v: Any) -> str:
 
 
 async def _fetch_options_form(spawner: WasmSpawner) -> str:
-    """The host's HTML rendering of the plugin's form for this user.
+    """The plugin's form for this user, drawn from the host's typed schema
+    (``form.py``): profile cards, units, ranges, the host's refusal next to
+    its field, and the user's last choices where the admin opted in.
 
     With several instances, the user first picks one; each instance's form is
     in its own fieldset, and all but the chosen one are disabled, so the
@@ -436,28 +479,50 @@ async def _fetch_options_form(spawner: WasmSpawner) -> str:
     if not allowed:
         return ""
     groups = ",".join(g.name for g in getattr(spawner.user, "groups", []))
-    query = urlencode({"user": spawner.user.name, "groups": groups, "admin": str(bool(spawner.user.admin)).lower(), "format": "html"})
+    query = urlencode({"user": spawner.user.name, "groups": groups, "admin": str(bool(spawner.user.admin)).lower()})
 
-    async def form_of(instance: str) -> str:
+    async def schema_of(instance: str) -> dict:
         req = HTTPRequest(
             spawner.host_url.rstrip("/") + f"/v1/plugins/{quote(instance)}/form?{query}",
             headers={"Authorization": f"Bearer {spawner._token()}"},
             request_timeout=spawner.request_timeout,
         )
         resp = await AsyncHTTPClient().fetch(req)
-        return resp.body.decode()
+        return json.loads(resp.body)
+
+    schemas = await asyncio.gather(*(schema_of(i) for i in allowed))
+    # What the user just submitted and the host refused (this request's
+    # re-render), else their remembered choices.
+    refusal = _take_refusal(spawner.user.name)
+    if refusal is not None:
+        chosen_instance, values, errors = refusal
+    else:
+        (chosen_instance, values), errors = spawner._remembered_choices(), {}
+    if chosen_instance not in allowed:
+        chosen_instance = allowed[0]
+
+    def form_of(n: int, instance: str) -> str:
+        mine = instance == chosen_instance
+        return form.render(
+            schemas[n],
+            prefix=f"ws{n}",
+            values=values if mine else {},
+            errors=errors if mine else {},
+        )
 
     if len(allowed) == 1:
-        return await form_of(allowed[0])
-    forms = await asyncio.gather(*(form_of(i) for i in allowed))
-    opts = "".join(f'<option value="{_esc(i)}">{_esc(i)}</option>' for i in allowed)
+        return form.STYLE + form_of(0, allowed[0])
+    opts = "".join(
+        f'<option value="{_esc(i)}"{" selected" if i == chosen_instance else ""}>{_esc(i)}</option>' for i in allowed
+    )
     parts = [
-        '<div class="form-group"><label for="wasm-instance">Cluster</label>'
-        f'<select class="form-control" name="__instance" id="wasm-instance">{opts}</select></div>'
+        form.STYLE,
+        '<div class="ws-field"><label class="form-label" for="wasm-instance">Cluster</label>'
+        f'<select class="form-select form-control" name="__instance" id="wasm-instance">{opts}</select></div>',
     ]
-    for n, (instance, html) in enumerate(zip(allowed, forms)):
-        disabled = "" if n == 0 else " disabled hidden"
-        parts.append(f'<fieldset class="wasm-instance-form" data-instance="{_esc(instance)}"{disabled}>{html}</fieldset>')
+    for n, instance in enumerate(allowed):
+        disabled = "" if instance == chosen_instance else " disabled hidden"
+        parts.append(f'<fieldset class="wasm-instance-form" data-instance="{_esc(instance)}"{disabled}>{form_of(n, instance)}</fieldset>')
     parts.append(
         "<script>(function(){var s=document.getElementById('wasm-instance');"
         "function show(){document.querySelectorAll('fieldset.wasm-instance-form').forEach(function(f){"
@@ -465,6 +530,29 @@ async def _fetch_options_form(spawner: WasmSpawner) -> str:
         "s.addEventListener('change',show);show();})();</script>"
     )
     return "\n".join(parts)
+
+
+# The host's refusal of a form the user just submitted, by hub user, for the
+# re-rendered form of the same request (JupyterHub re-renders the form of the
+# user's default server, so the refusal cannot live on the spawner).
+_REFUSALS: dict[str, tuple[float, str, dict[str, str], dict[str, str]]] = {}
+_REFUSAL_TTL = 60.0
+
+
+def _record_refusal(user: str, instance: str, options: dict[str, list[str]], fields: list[dict]) -> None:
+    values = {k: v[0] for k, v in options.items() if v}
+    errors: dict[str, str] = {}
+    for f in fields:
+        key = f.get("field") or ""
+        errors[key] = "; ".join(x for x in (errors.get(key), f.get("message") or "refused") if x)
+    _REFUSALS[user] = (time.monotonic(), instance, values, errors)
+
+
+def _take_refusal(user: str):
+    r = _REFUSALS.pop(user, None)
+    if r is None or time.monotonic() - r[0] > _REFUSAL_TTL:
+        return None
+    return r[1], r[2], r[3]
 
 
 def _url_host(h: str) -> str:
