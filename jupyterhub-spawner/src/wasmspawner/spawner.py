@@ -399,17 +399,35 @@ class WasmSpawner(Spawner):
                 done, _ = await asyncio.wait({get, fetch}, return_when=asyncio.FIRST_COMPLETED)
                 if get in done:
                     ev = get.result()
-                    yield {"progress": int(ev.get("progress", 0)), "message": ev.get("message", "")}
+                    yield await self._progress_event(ev)
                     if ev.get("final"):
                         return
                 else:
                     get.cancel()
                     while not queue.empty():
                         ev = queue.get_nowait()
-                        yield {"progress": int(ev.get("progress", 0)), "message": ev.get("message", "")}
+                        yield await self._progress_event(ev)
                     return
         finally:
             fetch.cancel()
+
+    async def _progress_event(self, ev: dict) -> dict:
+        """One host event as a hub progress event. The host's message says
+        the scheduler's pending reason, queue position and expected start
+        where known, then the node; once the job runs, the job's end (from
+        the spawn record's ``end_time`` / ``time_limit_secs``) is added."""
+        message = ev.get("message", "")
+        if ev.get("state") in ("running", "ready"):
+            try:
+                _, s = await self._api("GET", f"/v1/spawns/{quote(self.spawn_id)}")
+                end = describe_end(s)
+                if end:
+                    message = f"{message} · {end}"
+            except (HostUnavailable, HostError):
+                pass
+        if ev.get("state") == "failed":
+            message = f"Spawn failed: {message}"
+        return {"progress": int(ev.get("progress", 0)), "message": message}
 
     def get_state(self):
         state = super().get_state()
@@ -443,6 +461,25 @@ class HostError(Exception):
                 f"{f.get('field') or 'form'}: {f.get('message')}" for f in fields
             )
         return self.data.get("message") or str(self)
+
+
+def describe_end(s: dict, now: float | None = None) -> str:
+    """"ends 14:32 UTC (time limit 1:00:00)" from a spawn record's
+    ``end_time`` (Unix seconds) and ``time_limit_secs``; empty when unknown."""
+    parts = []
+    end = s.get("end_time")
+    if isinstance(end, (int, float)) and end > 0:
+        t = time.gmtime(end)
+        now = time.time() if now is None else now
+        day = "" if time.gmtime(now)[:3] == t[:3] else time.strftime("%Y-%m-%d ", t)
+        parts.append(f"ends {day}{time.strftime('%H:%M', t)} UTC")
+    limit = s.get("time_limit_secs")
+    if isinstance(limit, (int, float)) and limit > 0:
+        limit = int(limit)
+        parts.append(f"time limit {limit // 3600}:{limit % 3600 // 60:02d}:{limit % 60:02d}")
+    if len(parts) == 2:
+        return f"{parts[0]} ({parts[1]})"
+    return parts[0] if parts else ""
 
 
 def _from_spawn_page(spawner: Spawner) -> bool:
