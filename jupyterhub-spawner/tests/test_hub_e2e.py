@@ -237,3 +237,21 @@ def test_a_held_job_cancelled_outside_the_hub_after_a_restart_fails_the_spawn(st
     print(f"\njob cancelled outside the hub after a restart: hub dropped the server in {time.time() - t0:.1f} s")
     s = _spawns_of(host, "gone")[0]
     assert s["state"] == "failed", s
+
+
+def test_the_spawn_form_posted_with_its_xsrf_field_in_the_body_starts_the_server(stack):
+    """A form post as curl or a script sends it: `_xsrf` in the body is the
+    hub's own field, not a plugin option."""
+    host, hub = stack
+    s = requests.Session()
+    s.get(f"{hub.url}/hub/login", timeout=10)
+    xsrf = s.cookies.get("_xsrf")
+    r = s.post(f"{hub.url}/hub/login", data={"username": USER, "password": "x", "_xsrf": xsrf}, timeout=10, allow_redirects=False)
+    assert r.status_code == 302, r.text
+    xsrf = s.cookies.get("_xsrf")
+    r = s.post(f"{hub.url}/hub/spawn/{USER}/posted", data={"interface": "lab", "_xsrf": xsrf}, timeout=30, allow_redirects=False)
+    assert r.status_code == 302 and "spawn-pending" in r.headers["Location"], r.text[-2000:]
+    hub.wait_ready("posted")
+    assert _spawns_of(host, "posted")[-1]["options"]["interface"] == "lab"
+    hub.api("DELETE", f"/users/{USER}/servers/posted")
+    hub.wait_gone("posted")

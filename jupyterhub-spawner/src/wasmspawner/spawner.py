@@ -22,6 +22,9 @@ from traitlets import Float, List, Unicode, default
 
 from . import form
 
+# Fields of the hub's spawn page that are not the plugin's options.
+HUB_FORM_FIELDS = {"_xsrf"}
+
 # Host states that mean "the job may still be alive".
 LIVE_STATES = {"validating", "submitting", "queued", "running", "ready", "stopping"}
 
@@ -168,7 +171,8 @@ class WasmSpawner(Spawner):
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, list[str]]:
         # Raw, as the form sent it: the host checks types, ranges and choices.
-        return {k: [str(v) for v in vs] for k, vs in formdata.items()}
+        # `_xsrf` is the hub's own (a form may post it in the body).
+        return {k: [str(v) for v in vs] for k, vs in formdata.items() if k not in HUB_FORM_FIELDS}
 
     def _raw_options(self) -> dict[str, list[str]]:
         raw: dict[str, list[str]] = {}
