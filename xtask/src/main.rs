@@ -5,6 +5,8 @@
 //! - `demo [--slurm]`: build, then run a real JupyterHub at
 //!   http://127.0.0.1:8000 with the host and the `local` plugin (and a
 //!   one-node Slurm with `--slurm`) in the foreground (`demo.rs`).
+//! - `bench-hub [--runs N]`: WasmSpawner against batchspawner 1.3.0 on
+//!   the same one-node Slurm and JupyterHub (`bench_hub.rs`).
 //! - `test`: build the plugins, then run every test of the workspace and of
 //!   the example site plugin.
 //! - `plugins`: build the plugins only (the example site plugin included).
@@ -15,6 +17,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 
+mod bench_hub;
 mod demo;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
@@ -25,6 +28,7 @@ fn main() -> ExitCode {
         Some("build") => build_plugins().and_then(|_| build_host(true)),
         Some("plugins") => build_plugins().map(|_| ()),
         Some("demo") => demo::demo(&args[1..]),
+        Some("bench-hub") => bench_hub::bench_hub(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("pyenv") => pyenv().map(|_| ()),
         Some("python-plugin") => pyenv().and_then(|v| build_python_plugin(&v)),
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
                  \n  build    build the plugins (wasm32-wasip2) and the host\
                  \n  plugins  build the plugins only, into target/plugins/\
                  \n  demo     build, then run JupyterHub at http://127.0.0.1:8000 with the host and the local plugin (--slurm: and a one-node Slurm)\
+                 \n  bench-hub  start → ready and stop, WasmSpawner vs batchspawner 1.3.0 on one-node Slurm [--runs N]\
                  \n  test     build the plugins, then run all tests (Rust, then Python with a real JupyterHub)\
                  \n  pyenv    create the Python venv for the JupyterHub tests ($WASMSPAWNER_VENV, default target/venv)\
                  \n  python-plugin  build examples/python-plugin with componentize-py (from that venv)"

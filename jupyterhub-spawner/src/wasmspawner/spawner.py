@@ -13,7 +13,7 @@ import os
 import time
 import uuid
 from typing import Any, AsyncIterator
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from jupyterhub.spawner import Spawner
 from tornado import web
@@ -217,7 +217,28 @@ class WasmSpawner(Spawner):
         self.spawn_id = spawn["id"]
         self._save_state_now()
         self.log.info("Wasmspawner spawn %s for %s (instance %s)", self.spawn_id, self._log_name, instance)
-        return await self._wait_ready()
+        url = await self._wait_ready()
+        await self._wait_listening(url)
+        return url
+
+    async def _wait_listening(self, url: str) -> None:
+        """Waits (50 ms steps, at most ``http_timeout``) until the server
+        accepts connections at ``url``, so the hub's own check (which backs
+        off up to a second between tries) succeeds at its first try. The
+        wrapper reports the port before the server has started listening."""
+        u = urlsplit(url)
+        host, port = u.hostname, u.port
+        if not host or not port:
+            return
+        deadline = time.monotonic() + float(self.http_timeout)
+        while time.monotonic() < deadline:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=1)
+            except (OSError, asyncio.TimeoutError):
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
 
     def _save_state_now(self):
         """Persists the spawn id at once, so a hub restart while the job
@@ -234,7 +255,7 @@ class WasmSpawner(Spawner):
     async def _wait_ready(self, spawn_id: str | None = None) -> str:
         """Follows the spawn until it is ready (→ URL) or failed (→ error)."""
         spawn_id = spawn_id or self.spawn_id
-        delay = 0.2
+        delay = 0.1
         while True:
             try:
                 _, s = await self._api("GET", f"/v1/spawns/{quote(spawn_id)}")
@@ -251,8 +272,10 @@ class WasmSpawner(Spawner):
                 return self._url_of(s)
             if state in ("failed", "stopped"):
                 raise SpawnException(s.get("reason") or f"the job {state}")
+            # The host answers from its cached view: asking often is cheap,
+            # and the user waits for every step of backoff.
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
+            delay = min(delay * 1.5, 0.5)
 
     @staticmethod
     def _url_of(s: dict) -> str:
