@@ -322,7 +322,7 @@ class WasmSpawner(Spawner):
         self._spawn_pending = True
         self._spawn_future = asyncio.ensure_future(self._finish_resumed_spawn())
         try:
-            await self._wait_ready(spawn_id)
+            await self._wait_listening(await self._wait_ready(spawn_id))
         except SpawnException as e:
             self._resume_error = e
             # A stop the user asked for meanwhile finishes first, so the
