@@ -161,6 +161,28 @@ def _wait_spawn(host, server: str, pred, timeout: float = 60) -> dict:
     raise TimeoutError(f"no spawn of {server!r} matched: {_spawns_of(host, server)}")
 
 
+def _progress_messages_until(hub, server: str, pred, limit: int = 30) -> list[str]:
+    """The hub's progress event stream (what the spawn page shows), up to the
+    first message for which pred is true (or the stream's pause)."""
+    import json
+
+    out = []
+    try:
+        with requests.get(
+            f"{hub.url}/hub/api/users/{USER}/servers/{server}/progress",
+            headers={"Authorization": f"token {hub.token}"}, stream=True, timeout=10,
+        ) as r:
+            assert r.status_code == 200, r.text
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    out.append(json.loads(line[5:]).get("message", ""))
+                    if pred(out[-1]) or len(out) >= limit:
+                        break
+    except requests.exceptions.RequestException:
+        pass  # read timeout: no further event while the job pends
+    return out
+
+
 def _server_answers(hub, server: str) -> bool:
     r = requests.get(f"{hub.url}/user/{USER}/{server}/api", headers={"Authorization": f"token {hub.token}"}, timeout=10)
     return r.status_code == 200 and "version" in r.json()
@@ -186,6 +208,9 @@ def test_hub_restart_while_the_slurm_job_pends_keeps_its_place_and_the_server_co
     u = hub.api("GET", f"/users/{USER}").json()
     assert u["servers"]["held"]["pending"] == "spawn", u
     assert _slurm("squeue", "--noheader", "--jobs", job, "--format=%T").strip() == "PENDING"
+    # The spawn page's progress stream works again, with the scheduler's reason.
+    first = _progress_messages_until(hub, "held", lambda m: "JobHeldUser" in m)
+    assert "JobHeldUser" in first[-1], first
 
     # Now the job may start: the server comes up through the proxy.
     t0 = time.time()
