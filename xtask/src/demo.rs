@@ -391,8 +391,9 @@ plugin = {slurm}
 {run_as}
 [instances.slurm.config]
 partition = {{ choices = ["debug"], default = "debug" }}
+nprocs = {{ default = 1, max = 2 }}
 memory = {{ default = 1, max = 2 }}
-runtime = {{ default = 60 }}
+runtime = {{ default = 60, max = 480 }}
 
 [instances.slurm.grants]
 env = ["SLURM_CONF={conf}", "PATH={path}"]
@@ -464,6 +465,8 @@ c.WasmSpawner.host_url = "{HOST_URL}"
 c.WasmSpawner.api_token_file = {token:?}
 c.WasmSpawner.instances = {instances}
 c.WasmSpawner.wrapper = [{wrapper:?}]
+# The form starts with the user's last choices.
+c.WasmSpawner.remember_options = ["*"]
 c.Spawner.cmd = [{singleuser:?}]
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 300

@@ -32,6 +32,7 @@ STYLE = """<style>
 .wasmspawner-form .ws-fixed-note{font-size:.85em;color:#0d6efd}
 .wasmspawner-form .ws-error{color:#dc3545;font-size:.9em;margin-top:.25rem}
 .wasmspawner-form .is-invalid{border-color:#dc3545}
+fieldset.wasm-instance-form{margin-top:1rem}
 </style>"""
 
 
