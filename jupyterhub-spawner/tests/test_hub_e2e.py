@@ -280,3 +280,30 @@ def test_the_spawn_form_posted_with_its_xsrf_field_in_the_body_starts_the_server
     assert _spawns_of(host, "posted")[-1]["options"]["interface"] == "lab"
     hub.api("DELETE", f"/users/{USER}/servers/posted")
     hub.wait_gone("posted")
+
+
+def test_stopping_a_pending_server_after_a_hub_restart_cancels_its_job(stack):
+    _slurm_or_skip()
+    host, hub = stack
+    r = hub.api("POST", f"/users/{USER}/servers/quit", json={"__instance": "slurmheld"})
+    assert r.status_code in (201, 202), r.text
+    job = _wait_spawn(host, "quit", lambda s: s["state"] == "queued" and s.get("job_id"))["job_id"]
+    hub.stop()
+    log_before = hub.log.read_text()
+    hub.start()
+    assert hub.api("GET", f"/users/{USER}").json()["servers"]["quit"]["pending"] == "spawn"
+    # The user stops it from the spawn page (the API the page calls).
+    r = hub.api("DELETE", f"/users/{USER}/servers/quit")
+    assert r.status_code in (202, 204), r.text
+    hub.wait_gone("quit", timeout=60)
+    s = _wait_spawn(host, "quit", lambda s: s["state"] in ("stopped", "failed"), timeout=30)
+    assert s["state"] == "stopped" and s["job_id"] == job, s
+    assert _slurm("squeue", "--noheader", "--jobs", job, "--format=%T").strip() in ("", "CANCELLED", "COMPLETING")
+    # The hub stopped it once, cleanly, and can start it again.
+    new_log = hub.log.read_text()[len(log_before):]
+    assert "Traceback" not in new_log, new_log[-3000:]
+    r = hub.api("POST", f"/users/{USER}/servers/quit", json={"__instance": "slurm"})
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("quit")
+    hub.api("DELETE", f"/users/{USER}/servers/quit")
+    hub.wait_gone("quit")

@@ -95,6 +95,7 @@ class WasmSpawner(Spawner):
     spawn_id = Unicode("", help="The host's id of the current spawn (persisted in the hub's state).")
 
     _resume_error: Exception | None = None
+    _stop_without_waiting = False
 
     @default("ip")
     def _default_ip(self):
@@ -321,8 +322,18 @@ class WasmSpawner(Spawner):
         self._resume_error = None
         self._spawn_pending = True
         self._spawn_future = asyncio.ensure_future(self._finish_resumed_spawn())
+        ready = asyncio.ensure_future(self._wait_ready(spawn_id))
+        await asyncio.wait({ready, self._spawn_future}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            # The user stopped the pending server (the hub cancelled its
+            # spawn future and stops it a second later): end the check now
+            # as "not running", so the hub's own stop runs at once and
+            # cancels the job; that stop does not wait for the scheduler.
+            ready.cancel()
+            self._stop_without_waiting = True
+            return 0
         try:
-            await self._wait_listening(await self._wait_ready(spawn_id))
+            await self._wait_listening(ready.result())
         except SpawnException as e:
             self._resume_error = e
             # A stop the user asked for meanwhile finishes first, so the
@@ -339,9 +350,10 @@ class WasmSpawner(Spawner):
             while self._check_pending:
                 await asyncio.sleep(0.1)
         except asyncio.CancelledError:
-            # The user stopped the server from the spawn page or the API;
-            # that stop cancels the job.
-            return
+            # The user stopped the server from the spawn page or the API.
+            # Done with an error (not cancelled): the hub keeps the spawner
+            # for its stop that follows, and the spawn page says why.
+            raise SpawnException("stopped before the server started") from None
         finally:
             self._spawn_pending = False
         if self._resume_error is not None:
@@ -388,7 +400,8 @@ class WasmSpawner(Spawner):
         if not self.spawn_id:
             return
         await self._api("DELETE", f"/v1/spawns/{quote(self.spawn_id)}", ok=(200, 202, 204, 404))
-        if now:
+        if now or self._stop_without_waiting:
+            self._stop_without_waiting = False
             return
         for _ in range(int(self.request_timeout * 2)):
             code, s = await self._api("GET", f"/v1/spawns/{quote(self.spawn_id)}", ok=(200, 404))
