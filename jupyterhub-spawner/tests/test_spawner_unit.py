@@ -48,3 +48,19 @@ def test_the_end_of_the_job_reads_as_a_person_would_say_it():
     assert describe_end({"time_limit_secs": 5400}) == "time limit 1:30:00"
     assert describe_end({"end_time": 1800000000}, now=1700000000) == "ends 2027-01-15 08:00 UTC"
     assert describe_end({}) == ""
+
+
+def test_the_hub_state_keeps_the_spawn_and_what_the_host_said_of_the_job():
+    from wasmspawner.spawner import WasmSpawner
+
+    w = WasmSpawner()
+    w.spawn_id = "sp-1"
+    w._note_record({"job_id": "4711", "end_time": 1800000000, "state": "queued"})
+    state = w.get_state()
+    assert state == {"spawn_id": "sp-1", "job_id": "4711", "end_time": 1800000000}
+    # After a hub restart the state is loaded again.
+    w2 = WasmSpawner()
+    w2.load_state(state)
+    assert w2.spawn_id == "sp-1" and w2.get_state() == state
+    w2.clear_state()
+    assert w2.get_state() == {}

@@ -18,7 +18,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from jupyterhub.spawner import Spawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-from traitlets import Float, List, Unicode, default
+from traitlets import Dict, Float, List, Unicode, default
 
 from . import form
 
@@ -93,6 +93,8 @@ class WasmSpawner(Spawner):
     )
 
     spawn_id = Unicode("", help="The host's id of the current spawn (persisted in the hub's state).")
+
+    job_info = Dict(help="The job's id, end time and time limit as the host last said (in the hub's state).")
 
     _resume_error: Exception | None = None
     _stop_without_waiting = False
@@ -269,6 +271,7 @@ class WasmSpawner(Spawner):
                 self.log.warning("%s; retrying", e)
                 s = {"state": "unknown"}
             state = s.get("state")
+            self._note_record(s)
             if state == "ready":
                 return self._url_of(s)
             if state in ("failed", "stopped"):
@@ -392,6 +395,7 @@ class WasmSpawner(Spawner):
             return None
         if code == 404:
             return 0
+        self._note_record(s)
         if s.get("state") in LIVE_STATES:
             return None
         return _exit_status(s)
@@ -469,19 +473,29 @@ class WasmSpawner(Spawner):
             message = f"Spawn failed: {message}"
         return {"progress": int(ev.get("progress", 0)), "message": message}
 
+    def _note_record(self, s: dict) -> None:
+        """Keeps what the hub's server model shows of the job (its state,
+        for admins): job id and, when the host knows them, end and limit."""
+        for key in ("job_id", "end_time", "time_limit_secs"):
+            if s.get(key) is not None:
+                self.job_info[key] = s[key]
+
     def get_state(self):
         state = super().get_state()
         if self.spawn_id:
             state["spawn_id"] = self.spawn_id
+            state.update(self.job_info)
         return state
 
     def load_state(self, state):
         super().load_state(state)
         self.spawn_id = state.get("spawn_id", "")
+        self.job_info = {k: state[k] for k in ("job_id", "end_time", "time_limit_secs") if k in state}
 
     def clear_state(self):
         super().clear_state()
         self.spawn_id = ""
+        self.job_info = {}
 
 
 class HostUnavailable(Exception):
