@@ -221,10 +221,10 @@ class WasmSpawner(Spawner):
         self._save_state_now()
         self.log.info("Wasmspawner spawn %s for %s (instance %s)", self.spawn_id, self._log_name, instance)
         url = await self._wait_ready()
-        await self._wait_listening(url)
+        await self._wait_listening(url, self.spawn_id)
         return url
 
-    async def _wait_listening(self, url: str) -> None:
+    async def _wait_listening(self, url: str, spawn_id: str) -> None:
         """Waits (50 ms steps, at most ``http_timeout``) until the server
         accepts connections at ``url``, so the hub's own check (which backs
         off up to a second between tries) succeeds at its first try. The
@@ -234,14 +234,28 @@ class WasmSpawner(Spawner):
         if not host or not port:
             return
         deadline = time.monotonic() + float(self.http_timeout)
+        next_check = time.monotonic() + 1
         while time.monotonic() < deadline:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=1)
             except (OSError, asyncio.TimeoutError):
+                if time.monotonic() >= next_check:
+                    # A job that dies while its server starts fails the
+                    # spawn now, with the host's reason.
+                    next_check = time.monotonic() + 1
+                    await self._raise_if_over(spawn_id)
                 await asyncio.sleep(0.05)
                 continue
             writer.close()
             return
+
+    async def _raise_if_over(self, spawn_id: str) -> None:
+        try:
+            _, s = await self._api("GET", f"/v1/spawns/{quote(spawn_id)}")
+        except (HostUnavailable, HostError):
+            return
+        if s.get("state") in ("failed", "stopped", "stopping"):
+            raise SpawnException(s.get("reason") or f"the job is {s.get('state')}")
 
     def _save_state_now(self):
         """Persists the spawn id at once, so a hub restart while the job
@@ -336,7 +350,7 @@ class WasmSpawner(Spawner):
             self._stop_without_waiting = True
             return 0
         try:
-            await self._wait_listening(ready.result())
+            await self._wait_listening(ready.result(), spawn_id)
         except SpawnException as e:
             self._resume_error = e
             # A stop the user asked for meanwhile finishes first, so the
