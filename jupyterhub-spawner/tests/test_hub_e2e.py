@@ -307,3 +307,20 @@ def test_stopping_a_pending_server_after_a_hub_restart_cancels_its_job(stack):
     hub.wait_ready("quit")
     hub.api("DELETE", f"/users/{USER}/servers/quit")
     hub.wait_gone("quit")
+
+
+def test_a_queued_job_cancelled_outside_the_hub_fails_the_spawn_at_once_with_the_reason(stack):
+    _slurm_or_skip()
+    host, hub = stack
+    r = hub.api("POST", f"/users/{USER}/servers/gone2", json={"__instance": "slurmheld"})
+    assert r.status_code in (201, 202), r.text
+    job = _wait_spawn(host, "gone2", lambda s: s["state"] == "queued" and s.get("job_id"))["job_id"]
+    t0 = time.time()
+    _slurm("scancel", job)
+    hub.wait_gone("gone2", timeout=20)
+    print(f"\nqueued job cancelled outside the hub: spawn failed after {time.time() - t0:.1f} s")
+    s = _wait_spawn(host, "gone2", lambda s: s["state"] == "failed")
+    # The spawn page's progress says why, in the host's words.
+    msgs = _progress_messages_until(hub, "gone2", lambda m: m.startswith("Spawn failed"))
+    assert msgs and msgs[-1].startswith("Spawn failed"), msgs
+    assert s["reason"] and s["reason"][:40] in msgs[-1], (s["reason"], msgs)
