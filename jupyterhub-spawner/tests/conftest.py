@@ -11,6 +11,7 @@ they fail.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import secrets
@@ -26,6 +27,20 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 USER = "wshub"
+
+# The slurm plugin's default script with `--hold`: the job pends until
+# `scontrol release`.
+HELD_TEMPLATE = """#!/bin/bash
+#SBATCH --job-name={{ job_name }}
+#SBATCH --output=/tmp/jupyterhub_slurmspawner_%j.log
+#SBATCH --hold
+{% if partition %}#SBATCH --partition={{ partition }}
+{% endif %}{% if memory %}#SBATCH --mem={{ memory }}
+{% endif %}{% if runtime %}#SBATCH --time={{ runtime }}
+{% endif %}{{ prologue }}
+{{ cmd }}
+{{ epilogue }}
+"""
 
 
 def free_port() -> int:
@@ -129,6 +144,7 @@ args = ["**"]
 spawn_env = true
 
 {self.slurm_instance(venv, plugins)}
+{self.site_instance(plugins)}
 # A "scheduler" whose jobs stay queued: for the hub-restart-while-queued test.
 [instances.queue]
 plugin = "{plugins / 'probe.wasm'}"
@@ -168,6 +184,74 @@ run_as = "host"
 program = "scancel"
 phases = ["cancel"]
 [instances.slurm.lifecycle]
+poll_interval_secs = 1
+fast_poll_secs = 0.5
+start_timeout_secs = 120
+
+# The same, with every job submitted held (`scontrol release` lets it run):
+# a job that really pends, for the hub-restart tests.
+[instances.slurmheld]
+plugin = "{plugins / 'slurm.wasm'}"
+run_as = ["/usr/sbin/runuser", "-u", "{{user}}", "--"]
+[instances.slurmheld.config]
+partition = {{ choices = ["debug"], default = "debug" }}
+memory = {{ default = 1, max = 2 }}
+runtime = {{ default = 30 }}
+template = {json.dumps(HELD_TEMPLATE)}
+[instances.slurmheld.grants]
+env = ["SLURM_CONF={conf}", "PATH={venv}/bin:/usr/local/bin:/usr/bin:/bin"]
+[[instances.slurmheld.grants.programs]]
+program = "sbatch"
+spawn_env = true
+phases = ["submit"]
+[[instances.slurmheld.grants.programs]]
+program = "squeue"
+phases = ["status"]
+run_as = "host"
+[[instances.slurmheld.grants.programs]]
+program = "scancel"
+phases = ["cancel"]
+[instances.slurmheld.lifecycle]
+poll_interval_secs = 1
+fast_poll_secs = 0.5
+queue_timeout_secs = 600
+start_timeout_secs = 120
+"""
+
+    @staticmethod
+    def site_instance(plugins: Path) -> str:
+        """The example site plugin (profiles, projects) on the real Slurm."""
+        conf = os.environ.get("WASMSPAWNER_SLURM_CONF")
+        if not conf:
+            return ""
+        venv = Path(os.environ["WASMSPAWNER_VENV"])
+        return f"""
+[instances.site]
+plugin = "{plugins / 'example-site.wasm'}"
+run_as = ["/usr/sbin/runuser", "-u", "{{user}}", "--"]
+[instances.site.config.partition]
+choices = ["debug", "standard"]
+default = "debug"
+[instances.site.config.memory]
+max = 8
+default = 2
+[instances.site.config.runtime]
+max = 480
+default = 60
+[instances.site.grants]
+env = ["SLURM_CONF={conf}", "PATH={venv}/bin:/usr/local/bin:/usr/bin:/bin"]
+[[instances.site.grants.programs]]
+program = "sbatch"
+spawn_env = true
+phases = ["submit"]
+[[instances.site.grants.programs]]
+program = "squeue"
+phases = ["status"]
+run_as = "host"
+[[instances.site.grants.programs]]
+program = "scancel"
+phases = ["cancel"]
+[instances.site.lifecycle]
 poll_interval_secs = 1
 fast_poll_secs = 0.5
 start_timeout_secs = 120
@@ -212,7 +296,9 @@ c.JupyterHub.allow_named_servers = True
 c.JupyterHub.spawner_class = "wasm"
 c.WasmSpawner.host_url = "{host.url}"
 c.WasmSpawner.api_token_file = "{host.token_file}"
-c.WasmSpawner.instances = ["local", "queue"] + (["slurm"] if {bool(os.environ.get("WASMSPAWNER_SLURM_CONF"))} else [])
+c.JupyterHub.load_groups = {{"proj-e2e": {{"users": ["{USER}"]}}}}
+c.WasmSpawner.remember_options = ["*"]
+c.WasmSpawner.instances = ["local", "queue"] + (["slurm", "slurmheld", "site"] if {bool(os.environ.get("WASMSPAWNER_SLURM_CONF"))} else [])
 c.WasmSpawner.wrapper = ["{venv}/bin/wasmspawner-singleuser"]
 c.Spawner.cmd = ["{venv}/bin/jupyterhub-singleuser"]
 c.Spawner.ip = "127.0.0.1"

@@ -15,9 +15,20 @@ from wasmspawner import singleuser
 class Callback(BaseHTTPRequestHandler):
     received = []
     fail_first = 0
+    taken = set()
+    conflicts = []
+    answer = b""
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        port = json.loads(body).get("port")
+        if port in Callback.taken or (Callback.taken == {"*"}):
+            Callback.conflicts.append(port)
+            self.send_response(409)
+            self.end_headers()
+            code = "callback_not_accepted" if Callback.taken == {"*"} else "port_in_use"
+            self.wfile.write(json.dumps({"error": code, "message": "taken"}).encode())
+            return
         if Callback.fail_first > 0:
             Callback.fail_first -= 1
             self.send_response(503)
@@ -29,6 +40,11 @@ class Callback(BaseHTTPRequestHandler):
             self.wfile.write(b'{"error":"forbidden"}')
             return
         Callback.received.append(json.loads(body))
+        if Callback.answer:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(Callback.answer)
+            return
         self.send_response(204)
         self.end_headers()
 
@@ -40,6 +56,9 @@ class Callback(BaseHTTPRequestHandler):
 def callback():
     Callback.received = []
     Callback.fail_first = 0
+    Callback.taken = set()
+    Callback.conflicts = []
+    Callback.answer = b""
     srv = HTTPServer(("127.0.0.1", 0), Callback)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -92,3 +111,45 @@ def test_wrapper_reports_then_execs_without_the_callback_secrets(callback, tmp_p
     assert "WASMSPAWNER_CALLBACK_TOKEN" not in child_env
     assert "WASMSPAWNER_CALLBACK_URL" not in child_env
     assert child_env["JUPYTERHUB_API_TOKEN"] == "hub-token"
+
+
+def test_a_port_the_host_says_is_taken_is_replaced_by_another(callback, monkeypatch):
+    monkeypatch.setattr(singleuser.time, "sleep", lambda s: None)
+    Callback.taken = {20100, 20101}
+    port, answer = singleuser.report_free_port(callback, "tok-123", "20100-20102", None)
+    assert port == 20102
+    assert Callback.received == [{"port": 20102}]
+    # Each taken port was tried at most once.
+    assert sorted(Callback.conflicts) == sorted(set(Callback.conflicts))
+    assert set(Callback.conflicts) <= {20100, 20101}
+
+
+def test_a_conflict_that_is_not_about_the_port_is_final(callback, monkeypatch):
+    monkeypatch.setattr(singleuser.time, "sleep", lambda s: None)
+    Callback.taken = {"*"}
+    with pytest.raises(SystemExit, match="409"):
+        singleuser.report_free_port(callback, "tok-123", None, None)
+    assert len(Callback.conflicts) == 1
+
+
+def test_the_end_time_comes_from_the_host_or_the_scheduler():
+    assert singleuser.end_time({}, {"end_time": 1800000000}) == 1800000000
+    assert singleuser.end_time({"SLURM_JOB_END_TIME": "1800000123"}, {}) == 1800000123
+    assert singleuser.end_time({"PBS_WALLTIME": "3600"}, {}, now=1000) == 4600
+    assert singleuser.end_time({"SLURM_JOB_END_TIME": "bogus"}, {}) is None
+    assert singleuser.end_time({}, {}) is None
+
+
+def test_the_server_gets_the_end_time_the_host_answered(callback, tmp_path):
+    Callback.answer = b'{"end_time": 1800000000}'
+    env = {
+        "PATH": os.environ["PATH"],
+        "WASMSPAWNER_CALLBACK_URL": callback,
+        "WASMSPAWNER_CALLBACK_TOKEN": "tok-123",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "wasmspawner.singleuser", sys.executable, "-c",
+         "import os; print(os.environ.get('WASMSPAWNER_END_TIME'))"],
+        env=env, capture_output=True, text=True, timeout=30, check=True,
+    )
+    assert out.stdout.strip() == "1800000000"

@@ -2,8 +2,11 @@
 //!
 //! - `build`: the plugins (wasm32-wasip2, copied to `target/plugins/NAME.wasm`)
 //!   and the host binary.
-//! - `demo`: build, then run a host with the `local` plugin
-//!   (`examples/local.toml`) in the foreground.
+//! - `demo [--slurm]`: build, then run a real JupyterHub at
+//!   http://127.0.0.1:8000 with the host and the `local` plugin (and a
+//!   one-node Slurm with `--slurm`) in the foreground (`demo.rs`).
+//! - `bench-hub [--runs N]`: WasmSpawner against batchspawner 1.3.0 on
+//!   the same one-node Slurm and JupyterHub (`bench_hub.rs`).
 //! - `test`: build the plugins, then run every test of the workspace and of
 //!   the example site plugin.
 //! - `plugins`: build the plugins only (the example site plugin included).
@@ -14,6 +17,9 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 
+mod bench_hub;
+mod demo;
+
 const WASM_TARGET: &str = "wasm32-wasip2";
 
 fn main() -> ExitCode {
@@ -21,7 +27,8 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("build") => build_plugins().and_then(|_| build_host(true)),
         Some("plugins") => build_plugins().map(|_| ()),
-        Some("demo") => demo(),
+        Some("demo") => demo::demo(&args[1..]),
+        Some("bench-hub") => bench_hub::bench_hub(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("pyenv") => pyenv().map(|_| ()),
         Some("python-plugin") => pyenv().and_then(|v| build_python_plugin(&v)),
@@ -31,7 +38,8 @@ fn main() -> ExitCode {
                 "usage: cargo xtask <build|plugins|demo|test [cargo test args]>\n\
                  \n  build    build the plugins (wasm32-wasip2) and the host\
                  \n  plugins  build the plugins only, into target/plugins/\
-                 \n  demo     build, then run a host with the local plugin (examples/local.toml)\
+                 \n  demo     build, then run JupyterHub at http://127.0.0.1:8000 with the host and the local plugin (--slurm: and a one-node Slurm)\
+                 \n  bench-hub  start → ready and stop, WasmSpawner vs batchspawner 1.3.0 on one-node Slurm [--runs N]\
                  \n  test     build the plugins, then run all tests (Rust, then Python with a real JupyterHub)\
                  \n  pyenv    create the Python venv for the JupyterHub tests ($WASMSPAWNER_VENV, default target/venv)\
                  \n  python-plugin  build examples/python-plugin with componentize-py (from that venv)\
@@ -197,44 +205,6 @@ fn build_host(release: bool) -> Result<()> {
     if release {
         c.arg("--release");
     }
-    run(c)
-}
-
-fn demo() -> Result<()> {
-    build_plugins()?;
-    build_host(true)?;
-    let demo = target_dir().join("demo");
-    std::fs::create_dir_all(&demo)?;
-    let token = demo.join("token");
-    if !token.exists() {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut buf = [0u8; 32];
-        use std::io::Read;
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-        let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&token)?;
-        std::io::Write::write_all(&mut f, hex.as_bytes())?;
-    }
-    let bin = target_dir().join("release/wasmspawner");
-    let config = root().join("examples/local.toml");
-    eprintln!(
-        "\nxtask: starting the host with the local plugin. In another terminal, try:\n\
-         \n  {bin} plugin form -c {config} -p local --user $USER\
-         \n  {bin} plugin submit -c {config} -p local --user $USER -o interface=lab -- python3 -m http.server 18888 --bind 127.0.0.1\
-         \n  {bin} plugin status -c {config} -p local <JOB_ID>\
-         \n  {bin} plugin cancel -c {config} -p local --user $USER <JOB_ID>\
-         \n  curl -H \"Authorization: Bearer $(cat {token})\" http://127.0.0.1:8765/v1/plugins\
-         \n\nCtrl-C stops the host.\n",
-        bin = bin.display(),
-        config = config.display(),
-        token = token.display()
-    );
-    let mut c = Command::new(&bin);
-    c.args(["serve", "--config"]).arg(&config);
     run(c)
 }
 
