@@ -290,6 +290,23 @@ fn build_js_plugin() -> Result<()> {
 }
 
 /// A second venv next to the first, with JupyterHub 5 (sharing its proxy).
+/// The hub package installed (editable) from this checkout into `venv`: a
+/// venv reused from another clone points to that clone's code otherwise.
+fn this_checkouts_package(venv: &Path) -> Result<()> {
+    let mark = venv.join(".wasmspawner-package");
+    let pkg = root().join("jupyterhub-spawner");
+    let want = pkg.display().to_string();
+    if std::fs::read_to_string(&mark).is_ok_and(|s| s == want) {
+        return Ok(());
+    }
+    let mut c = Command::new(venv.join("bin/pip"));
+    c.args(["install", "-q", "--disable-pip-version-check", "-e"])
+        .arg(&pkg);
+    run(c)?;
+    std::fs::write(&mark, want)?;
+    Ok(())
+}
+
 fn hub5_env(venv: &Path) -> Result<PathBuf> {
     let mut name = venv.file_name().unwrap_or_default().to_os_string();
     name.push("-hub5");
@@ -297,6 +314,7 @@ fn hub5_env(venv: &Path) -> Result<PathBuf> {
     let stamp = v5.join(".wasmspawner-stamp");
     let want = "jupyterhub==5.5.4 jupyterlab pytest pytest-asyncio requests v1";
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        this_checkouts_package(&v5)?;
         return Ok(v5);
     }
     eprintln!("xtask: creating the JupyterHub 5 venv {}", v5.display());
@@ -313,10 +331,7 @@ fn hub5_env(venv: &Path) -> Result<PathBuf> {
     c.args(["install", "-q", "--disable-pip-version-check"])
         .args(want.rsplit_once(' ').map_or(want, |(p, _)| p).split(' '));
     run(c)?;
-    let mut c = Command::new(&pip);
-    c.args(["install", "-q", "--disable-pip-version-check", "-e"])
-        .arg(root().join("jupyterhub-spawner"));
-    run(c)?;
+    this_checkouts_package(&v5)?;
     let chp = v5.join("chp");
     if !chp.exists() {
         std::os::unix::fs::symlink(venv.join("chp"), &chp)?;
@@ -357,6 +372,7 @@ fn pyenv() -> Result<PathBuf> {
     let stamp = venv.join(".wasmspawner-stamp");
     let want = "jupyterhub==6.1.1 jupyterlab pytest pytest-asyncio requests playwright==1.55.0 componentize-py==0.25.1 v4";
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        this_checkouts_package(&venv)?;
         return Ok(venv);
     }
     eprintln!(
@@ -379,10 +395,7 @@ fn pyenv() -> Result<PathBuf> {
         // The last word is the stamp's own version, not a package.
         .args(want.rsplit_once(' ').map_or(want, |(p, _)| p).split(' '));
     run(c)?;
-    let mut c = Command::new(&pip);
-    c.args(["install", "-q", "--disable-pip-version-check", "-e"])
-        .arg(root().join("jupyterhub-spawner"));
-    run(c)?;
+    this_checkouts_package(&venv)?;
     let mut c = Command::new("npm");
     c.args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
         .arg(venv.join("chp"))
