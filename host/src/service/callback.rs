@@ -17,7 +17,29 @@ pub struct CallbackBody {
     pub host: Option<String>,
 }
 
+impl ServiceError {
+    /// The callback's token is missing, wrong, used, or for another spawn.
+    pub fn bad_callback_token() -> ServiceError {
+        ServiceError::Callback {
+            status: 401,
+            code: "invalid_callback_token",
+            message: "the callback token is missing, wrong, already used, or not for this spawn"
+                .into(),
+        }
+    }
+}
+
 impl Service {
+    /// Whether `presented` is spawn `id`'s callback token, still unused:
+    /// checked before anything else of a callback is looked at.
+    pub fn callback_token_ok(&self, id: &str, presented: &str) -> bool {
+        self.lock()
+            .spawns
+            .get(id)
+            .and_then(|e| e.callback_hash.as_deref())
+            .is_some_and(|h| token::matches(h, presented))
+    }
+
     /// The job reports where its server listens. `token` is the bearer
     /// token it presented; `peer` the address the request came from.
     pub async fn callback(
@@ -32,13 +54,7 @@ impl Service {
             code,
             message,
         };
-        let bad_token = || {
-            refuse(
-                401,
-                "invalid_callback_token",
-                "the callback token is missing, wrong, already used, or not for this spawn".into(),
-            )
-        };
+        let bad_token = ServiceError::bad_callback_token;
         if !(1..=65535).contains(&body.port) {
             return Err(refuse(
                 422,

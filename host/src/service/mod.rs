@@ -8,6 +8,7 @@
 //! | [`poller`] | one poller per plugin instance: batched `status` calls |
 //! | [`callback`] | the job's callback (port and host, per-spawn token) |
 //! | `recovery` | loading the stored spawns at startup |
+//! | `listing` | pages of the spawn table, purge, retention |
 //! | [`events`] | a spawn's event stream (for Server-Sent Events) |
 //! | [`token`] | callback tokens (stored hashed) and the callback host rule |
 //!
@@ -28,11 +29,13 @@
 
 pub mod callback;
 pub mod events;
+mod listing;
 pub mod poller;
 mod recovery;
 pub mod token;
 
 pub use callback::CallbackBody;
+pub use listing::{ListCursor, ListFilter, RETENTION_EVERY};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -315,13 +318,17 @@ impl Service {
         Ok(Arc::new(svc))
     }
 
-    /// Starts one poller task per plugin instance. They stop when the
-    /// service is dropped.
+    /// Starts one poller task per plugin instance, and the retention sweep
+    /// ([`Service::start_retention`]). They stop when the service is
+    /// dropped.
     pub fn start_pollers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        self.pollers
+        let mut tasks: Vec<_> = self
+            .pollers
             .keys()
             .map(|name| tokio::spawn(poller::run(Arc::downgrade(self), name.clone())))
-            .collect()
+            .collect();
+        tasks.push(self.start_retention());
+        tasks
     }
 
     /// Where a job of `instance` reports its server: through the instance's
@@ -1107,6 +1114,19 @@ impl Service {
     }
 }
 
+/// Longest value of one variable of a start request's `env`.
+pub const MAX_ENV_VALUE: usize = 32 * 1024;
+/// Most bytes of all of a start request's `env` (names, values, `=` and NUL
+/// each): the job's environment and argv share the kernel's ARG_MAX (2 MiB
+/// on Linux, less with a batch system's own variables), so a request is
+/// refused here rather than failing at exec.
+pub const MAX_ENV_TOTAL: usize = 256 * 1024;
+/// Most variables in a start request's `env`.
+pub const MAX_ENV_VARS: usize = 512;
+/// Most arguments of `cmd`, and most bytes of all of them.
+pub const MAX_CMD_ARGS: usize = 1024;
+pub const MAX_CMD_TOTAL: usize = 64 * 1024;
+
 fn check_request(req: &StartRequest) -> Result<(), ServiceError> {
     let bad = |m: String| Err(ServiceError::BadRequest(m));
     req.user.check().or_else(bad)?;
@@ -1129,6 +1149,27 @@ fn check_request(req: &StartRequest) -> Result<(), ServiceError> {
     if req.cmd.iter().any(|a| a.contains('\0')) {
         return bad("cmd: an argument has a NUL byte".into());
     }
+    let cmd_total: usize = req.cmd.iter().map(|a| a.len() + 1).sum();
+    if req.cmd.len() > MAX_CMD_ARGS || cmd_total > MAX_CMD_TOTAL {
+        return bad(format!(
+            "cmd: {} arguments, {cmd_total} bytes; at most {MAX_CMD_ARGS} arguments and {} KiB in all",
+            req.cmd.len(),
+            MAX_CMD_TOTAL / 1024
+        ));
+    }
+    if req.env.len() > MAX_ENV_VARS {
+        return bad(format!(
+            "env: {} variables; at most {MAX_ENV_VARS}",
+            req.env.len()
+        ));
+    }
+    let env_total: usize = req.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if env_total > MAX_ENV_TOTAL {
+        return bad(format!(
+            "env: {env_total} bytes in all; at most {} KiB (names and values)",
+            MAX_ENV_TOTAL / 1024
+        ));
+    }
     for (k, v) in &req.env {
         if !valid_env_name(k) {
             return bad(format!(
@@ -1142,6 +1183,13 @@ fn check_request(req: &StartRequest) -> Result<(), ServiceError> {
         }
         if v.contains('\0') {
             return bad(format!("env: the value of {k} has a NUL byte"));
+        }
+        if v.len() > MAX_ENV_VALUE {
+            return bad(format!(
+                "env: the value of {k} is {} bytes; at most {} KiB per variable",
+                v.len(),
+                MAX_ENV_VALUE / 1024
+            ));
         }
     }
     Ok(())

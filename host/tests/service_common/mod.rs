@@ -110,6 +110,42 @@ pub async fn request(method: &str, url: &str, bearer: Option<&str>, body: Option
     parse_response(&raw)
 }
 
+/// One request with exactly the header lines given (each without CRLF) and
+/// the raw body (`Content-Length` added): for what [`request`] would not send.
+pub async fn raw_request(method: &str, url: &str, headers: &[&str], body: &[u8]) -> Resp {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut s = TcpStream::connect(authority).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    // The host may answer (413) before it read all of a large body.
+    let _ = s.write_all(&bytes).await;
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    parse_response(&raw)
+}
+
+impl Resp {
+    /// A response header's value (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
 fn parse_response(raw: &[u8]) -> Resp {
     let text = String::from_utf8_lossy(raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
