@@ -458,3 +458,105 @@ async fn a_callback_naming_a_forbidden_host_is_refused_shown_and_audited() {
     h.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
     h.wait_spawn(&id, 20, |s| s["state"] == "stopped").await;
 }
+
+/// A spawn whose job is submitted but not yet polled: its running process
+/// and callback token (the server script waits for a file that never comes,
+/// so the test makes the callbacks itself).
+async fn unpolled_spawn(h: &Host, server: &str) -> (String, String) {
+    let script = server_script(h.setup.dir.path());
+    let never = h.setup.dir.path().join("never").display().to_string();
+    let id = h
+        .start(&start_body(
+            "alice",
+            server,
+            server,
+            &["python3", &script, &never],
+        ))
+        .await;
+    let s = h.wait_spawn(&id, 20, |s| s["state"] == "queued").await;
+    assert!(s["exec_host"].is_null(), "polled already: {s}");
+    let pid = pid_of(s["job_id"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let token = loop {
+        if let Some(t) = env_of(pid, "WASMSPAWNER_CALLBACK_TOKEN") {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no token in the job's environment"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    (id, token)
+}
+
+/// The callback host rule from the first moment: a callback before the
+/// first poll makes the host ask the scheduler now; a host the scheduler
+/// does not name is refused, the right one accepted, without waiting for
+/// the (30 s) poll interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_callback_waits_for_the_scheduler_not_the_callers_word() {
+    let h = start_host(&local_config_with(
+        "poll_interval_secs = 30\nfast_poll_secs = 30",
+        "",
+    ))
+    .await;
+    let (id, token) = unpolled_spawn(&h, "early").await;
+    let _kill = KillOnDrop(pid_of(
+        h.service.get(&id).unwrap().job_id.as_deref().unwrap(),
+    ));
+    let url = format!("{}/v1/spawns/{id}/ready", h.url);
+    let t0 = std::time::Instant::now();
+    let r = request(
+        "POST",
+        &url,
+        Some(&token),
+        Some(&json!({"port": 8888, "host": "evil.example.org"})),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"], "callback_host_mismatch");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t0.elapsed()
+    );
+    // One status call, made for the callback.
+    assert_eq!(h.metrics("local", "status_calls"), 1);
+    let s = h.service.get(&id).unwrap();
+    assert_eq!(s.exec_host.as_deref(), Some("127.0.0.1"));
+    assert_ne!(s.state.as_str(), "ready");
+    h.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
+}
+
+/// With no answer from the scheduler, an early callback is told to retry
+/// (503, Retry-After), and the caller's word is not taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_callback_without_an_answer_is_told_to_retry() {
+    let h = start_host(&local_config_with(
+        "poll_interval_secs = 30\nfast_poll_secs = 30",
+        "",
+    ))
+    .await;
+    let (id, token) = unpolled_spawn(&h, "retry").await;
+    let _kill = KillOnDrop(pid_of(
+        h.service.get(&id).unwrap().job_id.as_deref().unwrap(),
+    ));
+    h.stop_pollers();
+    let url = format!("{}/v1/spawns/{id}/ready", h.url);
+    for body in [
+        json!({"port": 8888, "host": "127.0.0.1"}),
+        json!({"port": 8888}),
+    ] {
+        let r = request("POST", &url, Some(&token), Some(&body)).await;
+        assert_eq!(r.status, 503, "{body}: {}", r.body);
+        assert_eq!(r.json()["error"], "execution_host_unknown");
+        assert_eq!(r.header("retry-after").as_deref(), Some("2"), "{}", r.headers);
+    }
+    let s = h.service.get(&id).unwrap();
+    assert_eq!(s.state.as_str(), "queued");
+    assert!(s.host.is_none());
+    // The token is still good: the job may retry.
+    assert!(h.service.callback_token_ok(&id, &token));
+    h.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
+}

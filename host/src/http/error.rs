@@ -20,6 +20,9 @@ pub struct ApiError {
     /// The spawn a conflict is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spawn_id: Option<String>,
+    /// With a 503: retry after this many seconds (also `Retry-After`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -30,6 +33,7 @@ impl ApiError {
             message: message.into(),
             fields: None,
             spawn_id: None,
+            retry_after: None,
         }
     }
     pub fn unauthorized() -> Self {
@@ -77,6 +81,10 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(CHALLENGE),
             );
+        }
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         r
     }

@@ -48,6 +48,13 @@ impl From<ServiceError> for ApiError {
                 code,
                 msg,
             ),
+            ServiceError::Unavailable {
+                code, retry_after, ..
+            } => {
+                let mut a = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, msg);
+                a.retry_after = Some(retry_after);
+                a
+            }
             ServiceError::Internal(_) => {
                 tracing::error!("internal error: {msg}");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg)

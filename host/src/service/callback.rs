@@ -2,6 +2,11 @@
 //! token. Only port and host, only once, only while queued or running; the
 //! host must agree with the scheduler (see [`super::token::host_allowed`])
 //! and pass the instance's execution-host rule ([`crate::exec_host`]).
+//! A callback that comes before the scheduler said where the job runs
+//! makes the poller ask now ([`Service::poll_for_host`]) and waits for the
+//! answer, at most [`CALLBACK_HOST_WAIT`]; then it is answered, or refused
+//! with 503 and `Retry-After` — never accepted on the caller's word unless
+//! `lifecycle.callback_hosts` allows that host.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +21,12 @@ pub struct CallbackBody {
     #[serde(default)]
     pub host: Option<String>,
 }
+
+/// Longest a callback waits for the scheduler to say where its job runs
+/// (one immediate `status` call, or more within this time).
+pub const CALLBACK_HOST_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// The `Retry-After` of a callback answered 503 (seconds).
+pub const CALLBACK_RETRY_AFTER: u64 = 2;
 
 impl ServiceError {
     /// The callback's token is missing, wrong, used, or for another spawn.
@@ -98,8 +109,46 @@ impl Service {
         let via_callback_tunnel = ic
             .and_then(|i| i.tunnel.as_ref())
             .is_some_and(|t| t.callback.is_some());
+        // The host rule from the first moment: before the scheduler has said
+        // where the job runs, only the operator's rule vouches for a host.
+        // Otherwise the job's status is asked now and the callback waits
+        // for the answer (bounded); still unknown: 503, retry.
+        let mut spawn = spawn;
+        let vouched = body
+            .host
+            .as_deref()
+            .is_some_and(|h| token::host_allowed(h, None, &rules));
+        if spawn.exec_host.is_none() && !vouched {
+            self.poll_for_host(&spawn.instance, id, CALLBACK_HOST_WAIT)
+                .await;
+            spawn = self.get(id).map_err(|_| bad_token())?;
+            if !matches!(spawn.state, SpawnState::Queued | SpawnState::Running) {
+                return Err(refuse(
+                    409,
+                    "callback_not_accepted",
+                    format!(
+                        "spawn {id} is {}; a server may report its port only while the spawn is queued or running",
+                        spawn.state
+                    ),
+                ));
+            }
+        }
+        let unknown = || {
+            ServiceError::Unavailable {
+            code: "execution_host_unknown",
+            message: format!(
+                "the scheduler has not said yet where job {} runs, and the host accepts a callback only for that host (or one allowed by lifecycle.callback_hosts of instance `{}`); retry shortly (wasmspawner-singleuser does)",
+                spawn.job_id.as_deref().unwrap_or("?"),
+                spawn.instance
+            ),
+            retry_after: CALLBACK_RETRY_AFTER,
+        }
+        };
         let host = match &body.host {
             Some(given) => {
+                if spawn.exec_host.is_none() && !vouched {
+                    return Err(unknown());
+                }
                 if !token::host_allowed(given, spawn.exec_host.as_deref(), &rules) {
                     return Err(refuse(
                         403,
@@ -118,23 +167,16 @@ impl Service {
             }
             None => match (&spawn.exec_host, peer) {
                 (Some(x), _) => x.clone(),
-                // Through the gateway's reverse tunnel the caller is the
-                // gateway's sshd, not the node: wait for the scheduler.
-                (None, Some(_)) if via_callback_tunnel => {
-                    return Err(refuse(
-                        503,
-                        "execution_host_unknown",
-                        "the callback came through the gateway's tunnel without a host, and the scheduler has not reported the job's execution host yet; retry shortly (wasmspawner-singleuser does), or report the host (WASMSPAWNER_REPORT_HOST)".into(),
-                    ))
+                // The caller's address is no better than its word: only
+                // the operator's rule may vouch for it. Through the
+                // gateway's tunnel it is the gateway's anyway.
+                (None, Some(ip))
+                    if !via_callback_tunnel
+                        && token::host_allowed(&ip.to_string(), None, &rules) =>
+                {
+                    ip.to_string()
                 }
-                (None, Some(ip)) => ip.to_string(),
-                (None, None) => {
-                    return Err(refuse(
-                        422,
-                        "invalid_callback",
-                        "the callback names no host and the scheduler has not reported one".into(),
-                    ))
-                }
+                (None, _) => return Err(unknown()),
             },
         };
         // The execution-host rule, with `callback_hosts` counting as allowed

@@ -132,6 +132,13 @@ pub enum ServiceError {
         code: &'static str,
         message: String,
     },
+    /// Not now: retry after `retry_after` seconds (503).
+    #[error("{message}")]
+    Unavailable {
+        code: &'static str,
+        message: String,
+        retry_after: u64,
+    },
     #[error("{0:#}")]
     Internal(#[from] anyhow::Error),
 }

@@ -6,7 +6,7 @@
 //! A submit or a stop wakes it early, but never sooner than `fast_poll`
 //! after the previous call, so a burst of spawns is still one call.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -28,7 +28,17 @@ pub struct PollerState {
     /// Jobs asked about, summed over all calls.
     pub jobs_polled: AtomicU64,
     pub last_poll: Mutex<Option<chrono::DateTime<Utc>>>,
+    /// Set with a wake: poll now (at most one per [`URGENT_GAP`]), not at
+    /// the fast pace: a callback is waiting for the job's execution host.
+    pub urgent: AtomicBool,
+    /// Polls finished, and their signal ([`Service::poll_for_host`]).
+    pub polls_done: AtomicU64,
+    pub polled: Notify,
 }
+
+/// The shortest time between two urgent polls: callbacks arriving together
+/// share one `status` call.
+pub const URGENT_GAP: Duration = Duration::from_millis(50);
 
 impl PollerState {
     pub fn new(lifecycle: Lifecycle) -> PollerState {
@@ -38,6 +48,9 @@ impl PollerState {
             status_calls: AtomicU64::new(0),
             jobs_polled: AtomicU64::new(0),
             last_poll: Mutex::new(None),
+            urgent: AtomicBool::new(false),
+            polls_done: AtomicU64::new(0),
+            polled: Notify::new(),
         }
     }
 }
@@ -63,8 +76,14 @@ pub async fn run(svc: Weak<Service>, instance: String) {
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {}
             _ = state.wake.notified() => {
-                // Something new: poll at the fast pace, not before.
-                due = due.min(last + lc.fast_poll);
+                // Something new: poll at the fast pace, not before; a
+                // callback waiting for its job's host: now.
+                let floor = if state.urgent.swap(false, Ordering::SeqCst) {
+                    URGENT_GAP
+                } else {
+                    lc.fast_poll
+                };
+                due = due.min(last + floor);
                 if Instant::now() < due {
                     continue;
                 }
@@ -73,6 +92,8 @@ pub async fn run(svc: Weak<Service>, instance: String) {
         let Some(s) = svc.upgrade() else { return };
         last = Instant::now();
         s.poll_once(&instance, &state).await;
+        state.polls_done.fetch_add(1, Ordering::SeqCst);
+        state.polled.notify_waiters();
         let fast = s.needs_fast_poll(&instance, &lc);
         drop(s);
         due = last + jitter(if fast { lc.fast_poll } else { lc.poll_interval });
@@ -80,6 +101,35 @@ pub async fn run(svc: Weak<Service>, instance: String) {
 }
 
 impl Service {
+    /// A callback came before the scheduler said where spawn `id`'s job
+    /// runs: asks the instance's poller for a `status` call now (batched
+    /// with any in flight and with other callbacks waiting) and waits,
+    /// at most `limit`, until the spawn has an execution host or is no
+    /// longer queued or running.
+    pub(crate) async fn poll_for_host(&self, instance: &str, id: &str, limit: Duration) {
+        let Some(ps) = self.pollers.get(instance) else {
+            return;
+        };
+        let deadline = Instant::now() + limit;
+        loop {
+            let known = self.get(id).map_or(true, |s| {
+                s.exec_host.is_some()
+                    || !matches!(s.state, SpawnState::Queued | SpawnState::Running)
+            });
+            if known {
+                return;
+            }
+            let done = ps.polled.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            ps.urgent.store(true, Ordering::SeqCst);
+            ps.wake.notify_one();
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return;
+            }
+        }
+    }
+
     fn needs_fast_poll(&self, instance: &str, lc: &Lifecycle) -> bool {
         let now = Utc::now();
         let window = chrono::Duration::from_std(lc.fast_window).unwrap_or_default();

@@ -183,6 +183,14 @@ fn dechunk(mut s: &str) -> String {
 }
 
 impl Host {
+    /// Stops the pollers (and the retention sweep): nothing polls the
+    /// scheduler any more.
+    pub fn stop_pollers(&self) {
+        for p in &self.pollers {
+            p.abort();
+        }
+    }
+
     pub async fn api(&self, method: &str, path: &str, body: Option<&Value>) -> Resp {
         request(method, &format!("{}{path}", self.url), Some(TOKEN), body).await
     }
