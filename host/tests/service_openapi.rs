@@ -195,10 +195,13 @@ async fn every_status_seen_in_a_test_run_is_documented() {
     )
     .unwrap();
     let ready = format!("/v1/spawns/{id}/ready");
+    // Ready means listening: the reported port has a listener.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
     for (t, body) in [
-        (tok.as_str(), json!({"port": 8000, "host": "10.0.0.1"})),
-        (tok.as_str(), json!({"port": 8000})),
-        (tok.as_str(), json!({"port": 8000})),
+        (tok.as_str(), json!({"port": port, "host": "10.0.0.1"})),
+        (tok.as_str(), json!({"port": port})),
+        (tok.as_str(), json!({"port": port})),
     ] {
         let r = request("POST", &format!("{}{ready}", h.url), Some(t), Some(&body)).await;
         call("POST", &ready, &r);

@@ -242,11 +242,13 @@ pub async fn events(
 /// `POST /v1/spawns/{id}/ready` with `Authorization: Bearer <callback token>`.
 /// The token is checked first (401), then that the body is JSON (415), at
 /// most [`MAX_CALLBACK_BODY`] (413), of the callback's shape (422).
+/// 200: ready (the server accepts connections); 202: the port is taken,
+/// the host checks until the server listens.
 pub async fn ready(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
     req: Request,
-) -> Result<Json<Spawn>, ApiError> {
+) -> Result<Response, ApiError> {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -270,12 +272,16 @@ pub async fn ready(
             ),
         )
     })?;
-    Ok(Json(
-        state
-            .service
-            .callback(&id, token.as_deref(), &body, peer)
-            .await?,
-    ))
+    let spawn = state
+        .service
+        .callback(&id, token.as_deref(), &body, peer)
+        .await?;
+    let code = if spawn.state == SpawnState::Ready {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((code, Json(spawn)).into_response())
 }
 
 #[derive(Deserialize)]

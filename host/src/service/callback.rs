@@ -53,8 +53,11 @@ impl Service {
 
     /// The job reports where its server listens. `token` is the bearer
     /// token it presented; `peer` the address the request came from.
+    /// Returns the spawn: `ready` when its server already accepts
+    /// connections, else still queued or running with its port, checked
+    /// until it listens ([`super::readiness`]).
     pub async fn callback(
-        &self,
+        self: &std::sync::Arc<Self>,
         id: &str,
         presented: Option<&str>,
         body: &CallbackBody,
@@ -207,27 +210,46 @@ impl Service {
             return Err(refuse(403, "execution_host_refused", m));
         }
         let port = body.port as u16;
+        // One live spawn per server address: the job picks another port.
+        let key = super::readiness::endpoint_key(&host, port);
+        if let Err(other) = self.claim_endpoint(id, &key) {
+            return Err(refuse(
+                409,
+                "port_in_use",
+                format!(
+                    "another live spawn ({other}) has its server at {host}:{port}; pick another port and report again (the token stays valid)"
+                ),
+            ));
+        }
         // A non-routable node: the hub reaches the server through a tunnel,
         // opened before the spawn is reported ready.
         let (host, port, tunnel_target) = match ic {
             Some(ic) if ic.tunnel.is_some() => {
                 let mut probe = spawn.clone();
                 probe.tunnel_target = Some(format!("{host}:{port}"));
-                let spec = self.tunnel_spec(&probe).ok_or_else(|| {
-                    refuse(
+                let opened = match (self.tunnel_spec(&probe), ic.ssh.clone()) {
+                    (Some(spec), Some(ssh)) => {
+                        self.tunnels.open(&ssh, spec, None).await.map_err(|e| {
+                            refuse(
+                                502,
+                                "tunnel_failed",
+                                format!("cannot open the tunnel to {host}:{port}: {e:#}"),
+                            )
+                        })
+                    }
+                    _ => Err(refuse(
                         500,
                         "tunnel_failed",
                         "the instance's tunnel settings are incomplete".into(),
-                    )
-                })?;
-                let ssh = ic.ssh.clone().expect("checked with the config");
-                let local = self.tunnels.open(&ssh, spec, None).await.map_err(|e| {
-                    refuse(
-                        502,
-                        "tunnel_failed",
-                        format!("cannot open the tunnel to {host}:{port}: {e:#}"),
-                    )
-                })?;
+                    )),
+                };
+                let local = match opened {
+                    Ok(l) => l,
+                    Err(e) => {
+                        self.release_endpoint(id, &key);
+                        return Err(e);
+                    }
+                };
                 (
                     "127.0.0.1".to_string(),
                     local.port(),
@@ -248,16 +270,34 @@ impl Service {
             }
             accepted = true;
             e.callback_hash = None;
-            e.spawn.state = SpawnState::Ready;
             e.spawn.host = Some(host.clone());
             e.spawn.port = Some(port);
             e.spawn.tunnel_target = tunnel_target.clone();
-            e.spawn.reason = None;
-            Some(format!("server ready at {host}:{port}"))
+            let m = format!(
+                "the server reported {}; waiting for it to accept connections",
+                tunnel_target.as_deref().map_or_else(
+                    || format!("{host}:{port}"),
+                    |t| format!("{t} (tunneled to {host}:{port})")
+                )
+            );
+            e.spawn.reason = Some(m.clone());
+            Some(m)
         })?;
         if !accepted {
+            self.release_endpoint(id, &key);
             return Err(bad_token());
         }
-        out.ok_or_else(|| ServiceError::NotFound(id.to_string()))
+        let spawn = out.ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        // Ready means listening: at once if it already listens, else
+        // checked in the background (the in-job wrapper reports before it
+        // starts the server).
+        let Some(probe) = super::readiness::Probe::of(&spawn) else {
+            return Ok(spawn);
+        };
+        if let Some(ready) = self.ready_if_listening(id, &probe).await {
+            return Ok(ready);
+        }
+        tokio::spawn(self.clone().wait_listening(id.to_string(), probe));
+        Ok(self.get(id).unwrap_or(spawn))
     }
 }

@@ -7,6 +7,7 @@
 //! | this one | the spawn records, start, stop, the callback, recovery |
 //! | [`poller`] | one poller per plugin instance: batched `status` calls |
 //! | [`callback`] | the job's callback (port and host, per-spawn token) |
+//! | [`readiness`] | ready means listening; one live spawn per host:port |
 //! | `recovery` | loading the stored spawns at startup |
 //! | `listing` | pages of the spawn table, purge, retention |
 //! | [`events`] | a spawn's event stream (for Server-Sent Events) |
@@ -31,6 +32,7 @@ pub mod callback;
 pub mod events;
 mod listing;
 pub mod poller;
+pub mod readiness;
 mod recovery;
 pub mod token;
 
@@ -204,6 +206,9 @@ impl Quiet {
 struct Inner {
     spawns: HashMap<String, Entry>,
     by_request: HashMap<(String, String, String), String>,
+    /// Server address (see [`readiness::endpoint_key`]) → the spawn that
+    /// reported it; a terminal spawn's entry is free again.
+    endpoints: HashMap<String, String>,
 }
 
 pub struct Service {
@@ -335,6 +340,7 @@ impl Service {
             .map(|name| tokio::spawn(poller::run(Arc::downgrade(self), name.clone())))
             .collect();
         tasks.push(self.start_retention());
+        self.resume_ready_checks();
         tasks
     }
 

@@ -320,7 +320,9 @@ impl Service {
                     if host.is_some() {
                         s.exec_host = host;
                     }
-                    if waited > lc.start_timeout {
+                    // Once the port is reported, the listen check has
+                    // its own bound (`readiness`, from the callback).
+                    if waited > lc.start_timeout && s.port.is_none() {
                         s.state = SpawnState::Failed;
                         let m = format!(
                             "the server did not report its port within {} s of the job starting (lifecycle.start_timeout_secs); the job is cancelled",

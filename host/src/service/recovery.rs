@@ -30,6 +30,11 @@ impl Service {
             {
                 let mut inner = self.lock();
                 inner.by_request.insert(key, id.clone());
+                if !e.spawn.state.is_terminal() {
+                    if let Some(ep) = super::readiness::endpoint_of(&e.spawn) {
+                        inner.endpoints.insert(ep, id.clone());
+                    }
+                }
                 inner.spawns.insert(id.clone(), e.clone());
             }
             if let Some((state, message)) = change {
