@@ -8,6 +8,7 @@
 //! | [`poller`] | one poller per plugin instance: batched `status` calls |
 //! | [`callback`] | the job's callback (port and host, per-spawn token) |
 //! | [`readiness`] | ready means listening; one live spawn per host:port |
+//! | [`transitions`] | the one table of legal state changes |
 //! | `recovery` | loading the stored spawns at startup |
 //! | `listing` | pages of the spawn table, purge, retention |
 //! | [`events`] | a spawn's event stream (for Server-Sent Events) |
@@ -35,6 +36,7 @@ pub mod poller;
 pub mod readiness;
 mod recovery;
 pub mod token;
+pub mod transitions;
 
 pub use callback::CallbackBody;
 pub use listing::{ListCursor, ListFilter, RETENTION_EVERY};
@@ -58,6 +60,7 @@ use crate::registry::Registry;
 use crate::runtime::plugin::{CallError, ValidateError};
 use crate::sanitize;
 use crate::store::Store;
+use transitions::{Event, IllegalTransition};
 
 /// Longest event message, reason or flag the host stores for a spawn: host
 /// text around plugin text that is itself at most [`sanitize::MAX_REASON`].
@@ -168,6 +171,24 @@ struct Entry {
 }
 
 impl Entry {
+    /// Changes the spawn's state by `event`, as the transition table says;
+    /// an illegal event is logged and changes nothing.
+    fn fire(&mut self, event: Event) -> Result<transitions::Row, IllegalTransition> {
+        match transitions::next(self.spawn.state, event) {
+            Ok(r) => {
+                self.spawn.state = r.to;
+                if r.cancel {
+                    self.cancel_due = true;
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                tracing::error!(spawn_id = %self.spawn.id, "{e}");
+                Err(e)
+            }
+        }
+    }
+
     fn new(spawn: Spawn, callback_hash: Option<String>) -> Entry {
         Entry {
             spawn,
@@ -551,6 +572,16 @@ impl Service {
         let mut message = f(&mut next).map(|m| sanitize::text(&m, MAX_MESSAGE));
         bound_spawn(&mut next.spawn);
         let state_changed = next.spawn.state != current.spawn.state;
+        // The net under `Entry::fire`: no change outside the table.
+        if !transitions::is_legal(current.spawn.state, next.spawn.state) {
+            let e = anyhow::anyhow!(
+                "illegal transition of spawn {id}: {} to {} is in no row of the transition table",
+                current.spawn.state,
+                next.spawn.state
+            );
+            tracing::error!("{e}");
+            return Err(e);
+        }
         if let (Some(kind), Some(_), false) = (next.quiet.take(), &message, state_changed) {
             let at = &mut next.quiet_at[kind as usize];
             if at.is_some_and(|t| t.elapsed() < QUIET_EVERY) {
@@ -772,12 +803,12 @@ impl Service {
                 e.spawn.options = Some(options);
                 e.spawn.env_names = names;
                 if e.spawn.state == SpawnState::Stopping {
-                    e.spawn.state = SpawnState::Stopped;
+                    e.fire(Event::StoppedBeforeSubmit).ok()?;
                     e.spawn.reason = Some("stopped before the job was submitted".into());
                     return Some("stopped before the job was submitted".into());
                 }
+                e.fire(Event::Validated).ok()?;
                 submit = true;
-                e.spawn.state = SpawnState::Submitting;
                 e.callback_hash = Some(hash);
                 Some("options accepted; submitting the job".into())
             })?
@@ -801,7 +832,7 @@ impl Service {
         let Ok(spawn) = self.get(&id) else { return };
         if spawn.state == SpawnState::Stopping {
             let _ = self.update(&id, |e| {
-                e.spawn.state = SpawnState::Stopped;
+                e.fire(Event::StoppedBeforeSubmit).ok()?;
                 e.callback_hash = None;
                 e.spawn.reason = Some("stopped before the job was submitted".into());
                 Some("stopped before the job was submitted".into())
@@ -842,6 +873,7 @@ impl Service {
                 e.spawn.job_id = Some(sub.job_id.clone());
                 e.spawn.plugin_state = sub.state;
                 if e.spawn.state == SpawnState::Stopping {
+                    e.fire(Event::Submitted).ok()?;
                     e.cancel_due = true;
                     cancel = true;
                     Some(format!(
@@ -849,19 +881,14 @@ impl Service {
                         sub.job_id
                     ))
                 } else {
-                    e.spawn.state = SpawnState::Queued;
+                    e.fire(Event::Submitted).ok()?;
                     e.spawn.reason = Some("submitted".into());
                     Some(format!("job {} submitted", sub.job_id))
                 }
             }
             Err(err) => {
                 e.callback_hash = None;
-                let stopping = e.spawn.state == SpawnState::Stopping;
-                e.spawn.state = if stopping {
-                    SpawnState::Stopped
-                } else {
-                    SpawnState::Failed
-                };
+                e.fire(Event::SubmitFailed).ok()?;
                 let m = format!("the job could not be submitted: {err}");
                 e.spawn.reason = Some(m.clone());
                 Some(m)
@@ -886,11 +913,11 @@ impl Service {
         let spawn = self
             .update(id, |e| match e.spawn.state {
                 SpawnState::Validating | SpawnState::Submitting => {
-                    e.spawn.state = SpawnState::Stopping;
+                    e.fire(Event::StopRequested).ok()?;
                     Some("stop requested before the job was submitted".into())
                 }
                 SpawnState::Queued | SpawnState::Running | SpawnState::Ready => {
-                    e.spawn.state = SpawnState::Stopping;
+                    e.fire(Event::StopRequested).ok()?;
                     e.callback_hash = None;
                     e.cancel_due = true;
                     e.cancel_next = None;

@@ -14,6 +14,7 @@ use chrono::Utc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::transitions::{self, Event};
 use super::{Quiet, Service};
 use crate::config::Lifecycle;
 use crate::exec_host::Policy;
@@ -266,7 +267,7 @@ impl Service {
                         let m = format!(
                             "the scheduler reports job {job} running on a host the instance refuses: {why}; the job is cancelled"
                         );
-                        s.state = SpawnState::Failed;
+                        s.state = transitions::next(s.state, Event::HostRefused).ok()?.to;
                         s.reason = Some(m.clone());
                         e.callback_hash = None;
                         e.cancel_due = true;
@@ -279,7 +280,7 @@ impl Service {
             match (s.state, st) {
                 (SpawnState::Queued, JobState::Pending { reason, expected_start }) => {
                     if waited > lc.queue_timeout {
-                        s.state = SpawnState::Failed;
+                        s.state = transitions::next(s.state, Event::Timeout).ok()?.to;
                         let m = format!(
                             "the job waited in the queue longer than {} s (lifecycle.queue_timeout_secs; last reason: {reason}); it is cancelled",
                             lc.queue_timeout.as_secs()
@@ -308,7 +309,7 @@ impl Service {
                     }
                 }
                 (SpawnState::Queued, JobState::Running { host }) => {
-                    s.state = SpawnState::Running;
+                    s.state = transitions::next(s.state, Event::JobRunning).ok()?.to;
                     s.exec_host = host.clone();
                     s.reason = None;
                     return Some(match host {
@@ -323,7 +324,7 @@ impl Service {
                     // Once the port is reported, the listen check has
                     // its own bound (`readiness`, from the callback).
                     if waited > lc.start_timeout && s.port.is_none() {
-                        s.state = SpawnState::Failed;
+                        s.state = transitions::next(s.state, Event::Timeout).ok()?.to;
                         let m = format!(
                             "the server did not report its port within {} s of the job starting (lifecycle.start_timeout_secs); the job is cancelled",
                             lc.start_timeout.as_secs()
@@ -336,7 +337,7 @@ impl Service {
                     }
                 }
                 (SpawnState::Running, JobState::Pending { reason, expected_start }) => {
-                    s.state = SpawnState::Queued;
+                    s.state = transitions::next(s.state, Event::JobPending).ok()?.to;
                     s.expected_start = expected_start;
                     s.reason = Some(reason.clone());
                     return Some(format!("the job is pending again: {reason}"));
@@ -345,7 +346,7 @@ impl Service {
                     s.exec_host = Some(h);
                 }
                 (SpawnState::Queued | SpawnState::Running, JobState::Done { exit_code, reason }) => {
-                    s.state = SpawnState::Failed;
+                    s.state = transitions::next(s.state, Event::JobEnded).ok()?.to;
                     s.exit_code = exit_code;
                     e.callback_hash = None;
                     let m = format!(
@@ -356,14 +357,14 @@ impl Service {
                     return Some(m);
                 }
                 (SpawnState::Ready, JobState::Done { exit_code, reason }) => {
-                    s.state = SpawnState::Stopped;
+                    s.state = transitions::next(s.state, Event::JobEnded).ok()?.to;
                     s.exit_code = exit_code;
                     let m = format!("the server's job ended: {reason}");
                     s.reason = Some(m.clone());
                     return Some(m);
                 }
                 (SpawnState::Stopping, JobState::Done { exit_code, .. }) => {
-                    s.state = SpawnState::Stopped;
+                    s.state = transitions::next(s.state, Event::JobEnded).ok()?.to;
                     s.exit_code = exit_code;
                     s.reason = Some("stopped".into());
                     e.cancel_due = false;

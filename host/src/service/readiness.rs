@@ -119,7 +119,7 @@ impl Service {
             if Probe::of(&e.spawn).as_ref() != Some(p) {
                 return None;
             }
-            e.spawn.state = SpawnState::Ready;
+            e.fire(super::Event::Listening).ok()?;
             e.spawn.reason = None;
             Some(format!(
                 "server ready at {}:{} (it accepts connections)",
@@ -173,7 +173,7 @@ impl Service {
                     if Probe::of(&e.spawn).as_ref() != Some(&p) {
                         return None;
                     }
-                    e.spawn.state = SpawnState::Failed;
+                    e.fire(super::Event::NeverListened).ok()?;
                     let m = format!(
                         "the job reported its server at {}:{}{}, but nothing accepted a TCP connection there within {} s (lifecycle.start_timeout_secs); the job is cancelled",
                         p.host,

@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 
+use super::transitions::Event;
 use super::{Entry, Service};
 use crate::model::SpawnState;
 
@@ -37,10 +38,10 @@ impl Service {
                 }
                 inner.spawns.insert(id.clone(), e.clone());
             }
-            if let Some((state, message)) = change {
+            if let Some((event, message)) = change {
                 failed += 1;
                 self.update(&id, |e| {
-                    e.spawn.state = state;
+                    e.fire(event).ok()?;
                     e.spawn.reason = Some(message.clone());
                     e.callback_hash = None;
                     Some(message)
@@ -63,21 +64,21 @@ impl Service {
 /// job: submitting again could start a second one. It fails with a reason
 /// that says so; if the scheduler did accept a job, that job's callback is
 /// refused (the spawn is no longer queued or running).
-fn recover_one(e: &mut Entry) -> Option<(SpawnState, String)> {
+fn recover_one(e: &mut Entry) -> Option<(Event, String)> {
     match (e.spawn.state, &e.spawn.job_id) {
         (SpawnState::Validating, _) => Some((
-            SpawnState::Failed,
+            Event::Restarted,
             "the host restarted while checking the options; nothing was submitted; start the server again".into(),
         )),
         (SpawnState::Submitting, _) => Some((
-            SpawnState::Failed,
+            Event::Restarted,
             format!(
                 "the host restarted while submitting the job; it is not submitted again so that no second job can start. If the scheduler did accept it, the job (spawn {}) cannot report to the host; start the server again",
                 e.spawn.id
             ),
         )),
         (SpawnState::Stopping, None) => Some((
-            SpawnState::Stopped,
+            Event::StoppedBeforeSubmit,
             "stopped (the host restarted before the job was submitted)".into(),
         )),
         _ => None,
