@@ -31,7 +31,9 @@
 
 pub mod callback;
 pub mod events;
+mod find_jobs;
 mod listing;
+mod pending_env;
 pub mod poller;
 pub mod readiness;
 mod recovery;
@@ -230,6 +232,9 @@ struct Inner {
     /// Server address (see [`readiness::endpoint_key`]) → the spawn that
     /// reported it; a terminal spawn's entry is free again.
     endpoints: HashMap<String, String>,
+    /// Spawns recovery found provably without a job, to submit again once
+    /// the runtime runs ([`Service::resume_submits`]).
+    resubmit: Vec<String>,
 }
 
 pub struct Service {
@@ -362,6 +367,7 @@ impl Service {
             .collect();
         tasks.push(self.start_retention());
         self.resume_ready_checks();
+        self.resume_submits();
         tasks
     }
 
@@ -627,6 +633,7 @@ impl Service {
         inner.spawns.insert(id.to_string(), next);
         drop(inner);
         if state_changed && out.state.is_terminal() {
+            pending_env::remove(&self.registry.config.state_dir, id);
             self.kill_leftovers(&out);
         }
         if let Some(e) = event {
@@ -757,6 +764,7 @@ impl Service {
                 created_at: now,
                 updated_at: now,
                 state_since: now,
+                submit_started_at: None,
                 fingerprint,
             };
             self.store.save(&spawn, None)?;
@@ -788,14 +796,11 @@ impl Service {
             }
         };
 
-        let (tok, hash) = token::new_token();
-        let mut env: Vec<(String, String)> = req.env.into_iter().collect();
-        env.push((
-            ENV_CALLBACK_URL.into(),
-            self.callback_url(&req.instance, &id),
-        ));
-        env.push((ENV_CALLBACK_TOKEN.into(), tok));
-        env.push((ENV_SPAWN_ID.into(), id.clone()));
+        let hub_env: Vec<(String, String)> = req.env.into_iter().collect();
+        // Kept until the submit returns, so that a restart in between can
+        // submit it (see `pending_env`).
+        pending_env::save(&self.registry.config.state_dir, &id, &hub_env)?;
+        let (env, hash) = self.job_env(&req.instance, &id, hub_env);
         let names: Vec<String> = env.iter().map(|(k, _)| k.clone()).collect();
         let mut submit = false;
         let spawn = self
@@ -826,8 +831,58 @@ impl Service {
         Ok((spawn, true))
     }
 
+    /// The job's environment: the hub's variables and the host's
+    /// (callback URL, a fresh callback token, the spawn id); and the
+    /// token's hash.
+    fn job_env(
+        &self,
+        instance: &str,
+        id: &str,
+        mut env: Vec<(String, String)>,
+    ) -> (Vec<(String, String)>, String) {
+        let (tok, hash) = token::new_token();
+        env.push((ENV_CALLBACK_URL.into(), self.callback_url(instance, id)));
+        env.push((ENV_CALLBACK_TOKEN.into(), tok));
+        env.push((ENV_SPAWN_ID.into(), id.to_string()));
+        (env, hash)
+    }
+
+    /// Submits again, after a restart, the spawns recovery found provably
+    /// without a job (`recovery`), with the hub's environment kept for them
+    /// and a fresh callback token.
+    fn resume_submits(self: &Arc<Self>) {
+        let ids = std::mem::take(&mut self.lock().resubmit);
+        for id in ids {
+            let Ok(spawn) = self.get(&id) else { continue };
+            let Some(hub_env) = pending_env::load(&self.registry.config.state_dir, &id) else {
+                continue;
+            };
+            let (env, hash) = self.job_env(&spawn.instance, &id, hub_env);
+            let r = self.update(&id, |e| {
+                e.callback_hash = Some(hash);
+                e.spawn.submit_started_at = None;
+                Some("the host restarted before the job was submitted; submitting it now".into())
+            });
+            if let Err(e) = r {
+                tracing::error!(spawn_id = %id, "cannot record the new submit: {e:#}");
+                continue;
+            }
+            self.submits
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let guard = InFlight(self.clone());
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _guard = guard;
+                me.submit_job(id, env).await
+            });
+        }
+    }
+
     /// Submits the job of a spawn in `submitting` (its state was persisted
-    /// before this runs; see `recover_one` for a crash in between).
+    /// before this runs). Audit before act: `submit_started_at` is stored
+    /// before the plugin is called, so that recovery tells a submit that
+    /// never started (submitted again) from one that may have made a job
+    /// (asked through `find_jobs`).
     async fn submit_job(self: Arc<Self>, id: String, env: Vec<(String, String)>) {
         let Ok(spawn) = self.get(&id) else { return };
         if spawn.state == SpawnState::Stopping {
@@ -842,6 +897,27 @@ impl Service {
         let Some(inst) = self.registry.get(&spawn.instance).cloned() else {
             return;
         };
+        let started = self.update(&id, |e| match e.spawn.state {
+            SpawnState::Submitting => {
+                e.spawn.submit_started_at = Some(Utc::now());
+                None
+            }
+            SpawnState::Stopping => {
+                e.fire(Event::StoppedBeforeSubmit).ok()?;
+                e.callback_hash = None;
+                e.spawn.reason = Some("stopped before the job was submitted".into());
+                Some("stopped before the job was submitted".into())
+            }
+            _ => None,
+        });
+        match started {
+            Ok(Some(s)) if s.state == SpawnState::Submitting && s.submit_started_at.is_some() => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(spawn_id = %id, "cannot record the submit's start; not submitting: {e:#}");
+                return;
+            }
+        }
         let user = spawn.user.name.clone();
         let home = tokio::task::spawn_blocking(move || crate::users::home_of(&user))
             .await
@@ -897,6 +973,9 @@ impl Service {
         if let Err(e) = r {
             tracing::error!(spawn_id = %id, "cannot record the submitted job: {e:#}");
         }
+        // Only once the job id is stored: a crash before that finds the
+        // environment and can submit again (after `find_jobs`).
+        pending_env::remove(&self.registry.config.state_dir, &id);
         if cancel {
             // Not awaited: a failing cancel backs off for minutes, and a
             // shutdown waits for this submit.
@@ -931,6 +1010,10 @@ impl Service {
             let me = self.clone();
             let id = id.to_string();
             tokio::spawn(async move { me.cancel_job(id).await });
+        }
+        // Ended: whatever process of it may still exist is ended too.
+        if spawn.state.is_terminal() {
+            self.kill_leftovers(&spawn);
         }
         Ok(spawn)
     }
