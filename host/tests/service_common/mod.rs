@@ -3,15 +3,14 @@
 //! "single-user server" that reports its port through the job callback.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wasmspawner_host::http::{self, auth::Token, AppState};
-use wasmspawner_host::registry::Registry;
+use wasmspawner_host::daemon::Daemon;
+use wasmspawner_host::http::auth::Token;
 use wasmspawner_host::service::Service;
 
 use crate::common::{setup, Setup};
@@ -22,17 +21,8 @@ pub struct Host {
     pub setup: Setup,
     pub url: String,
     pub service: Arc<Service>,
-    server: tokio::task::JoinHandle<()>,
-    pollers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.server.abort();
-        for p in &self.pollers {
-            p.abort();
-        }
-    }
+    /// The host as `serve` starts it (watcher, pollers, tunnel keeper).
+    pub daemon: Daemon,
 }
 
 /// A host with the config `body` (see `common::setup`), serving on
@@ -43,31 +33,15 @@ pub async fn start_host(body: &str) -> Host {
 }
 
 pub async fn start_host_with(setup: Setup) -> Host {
-    let runtime = setup.runtime();
-    let registry = Arc::new(Registry::load(runtime, setup.config.clone()).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let service = Service::open(registry.clone(), &url).unwrap();
-    let pollers = service.start_pollers();
-    let app = http::router(Arc::new(AppState {
-        registry,
-        token: Token::from_value(TOKEN),
-        service: service.clone(),
-    }));
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
+    let daemon = Daemon::start(setup.config.clone(), listener, Token::from_value(TOKEN))
         .await
         .unwrap();
-    });
     Host {
+        url: daemon.url(),
+        service: daemon.service.clone(),
         setup,
-        url,
-        service,
-        server,
-        pollers,
+        daemon,
     }
 }
 
@@ -186,9 +160,7 @@ impl Host {
     /// Stops the pollers (and the retention sweep): nothing polls the
     /// scheduler any more.
     pub fn stop_pollers(&self) {
-        for p in &self.pollers {
-            p.abort();
-        }
+        self.daemon.stop_tasks();
     }
 
     pub async fn api(&self, method: &str, path: &str, body: Option<&Value>) -> Resp {
