@@ -65,6 +65,16 @@ impl Probe {
     }
 }
 
+/// Whether a spawn's server tunnel must be kept open: it is ready, or it
+/// reported its port and the host checks (through that tunnel) that it
+/// listens. The tunnel keeper must keep (and re-create) the tunnels of
+/// exactly these spawns; closing the tunnel of a spawn still checked makes
+/// it fail when its server is slower to listen than one keeper round.
+pub fn wants_tunnel(s: &Spawn) -> bool {
+    s.tunnel_target.is_some()
+        && (s.state == SpawnState::Ready || Probe::of(s).is_some_and(|p| p.tunneled))
+}
+
 /// The key of a server's address among live spawns: the real server (the
 /// far end of a tunnel), host name in lower case.
 pub fn endpoint_key(host: &str, port: u16) -> String {
