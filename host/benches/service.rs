@@ -111,6 +111,8 @@ program = "echo"
 args = ["**"]
 [instances.sched.limits]
 concurrent_calls = 64
+# 1 000 submits and a status call a second are far more than the default 600 a minute.
+max_runs_per_minute = 1000000
 [instances.sched.lifecycle]
 poll_interval_secs = {POLL_SECS}
 fast_poll_secs = {POLL_SECS}
@@ -193,11 +195,11 @@ start_timeout_secs = 86400
             let now = chrono::Utc::now();
             for i in BURST..TRACKED {
                 let s: Spawn = serde_json::from_value(json!({
-                    "id": format!("sp-seed{i:06}"), "user": {"name": format!("user{i}"), "groups": [], "admin": false},
+                    "id": format!("sp-{i:024x}"), "user": {"name": format!("user{i}"), "groups": [], "admin": false},
                     "server_name": "", "request_id": "r", "instance": "sched", "state": "running",
                     "reason": null, "progress": 70, "raw_options": {"cores": ["2"]}, "options": {"cores": 2},
                     "cmd": ["jupyterhub-singleuser"], "env_names": ["JUPYTERHUB_API_TOKEN"],
-                    "job_id": format!("probe-sp-seed{i:06}"), "plugin_state": "", "exec_host": "127.0.0.1",
+                    "job_id": format!("probe-sp-{i:024x}"), "plugin_state": "", "exec_host": "127.0.0.1",
                     "expected_start": null, "host": null, "port": null, "exit_code": null,
                     "unknown_polls": 0, "flagged": null, "created_at": now, "updated_at": now, "state_since": now
                 }))
@@ -263,11 +265,11 @@ start_timeout_secs = 86400
             let now = chrono::Utc::now();
             for i in TRACKED..STORED {
                 let s: Spawn = serde_json::from_value(json!({
-                    "id": format!("sp-seed{i:06}"), "user": {"name": format!("user{i}"), "groups": [], "admin": false},
+                    "id": format!("sp-{i:024x}"), "user": {"name": format!("user{i}"), "groups": [], "admin": false},
                     "server_name": "", "request_id": "r", "instance": "sched", "state": "stopped",
                     "reason": "stopped", "progress": 100, "raw_options": {"cores": ["2"]}, "options": {"cores": 2},
                     "cmd": ["jupyterhub-singleuser"], "env_names": ["JUPYTERHUB_API_TOKEN"],
-                    "job_id": format!("probe-sp-seed{i:06}"), "plugin_state": "", "exec_host": "127.0.0.1",
+                    "job_id": format!("probe-sp-{i:024x}"), "plugin_state": "", "exec_host": "127.0.0.1",
                     "expected_start": null, "host": null, "port": null, "exit_code": 0,
                     "unknown_polls": 0, "flagged": null, "created_at": now, "updated_at": now, "state_since": now
                 }))
@@ -283,7 +285,7 @@ start_timeout_secs = 86400
         );
         let mut lat = Vec::new();
         for i in 0..1000 {
-            let p = format!("/v1/spawns/sp-seed{:06}", (i * 7919) % STORED);
+            let p = format!("/v1/spawns/sp-{:024x}", BURST + (i * 7919) % (STORED - BURST));
             let t = Instant::now();
             let (st, _) = request(&h.addr, "GET", &p, None).await;
             lat.push(t.elapsed());
