@@ -53,6 +53,20 @@ pub fn load(state_dir: &Path, id: &str) -> Option<Vec<(String, String)>> {
     serde_json::from_slice(&text).ok()
 }
 
+/// The spawn ids with a kept environment.
+pub fn list(state_dir: &Path) -> std::collections::HashSet<String> {
+    let Ok(entries) = std::fs::read_dir(dir(state_dir)) else {
+        return Default::default();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".json").map(str::to_string)
+        })
+        .collect()
+}
+
 /// Forgets spawn `id`'s environment (idempotent).
 pub fn remove(state_dir: &Path, id: &str) {
     if let Some(p) = file(state_dir, id) {
@@ -84,7 +98,9 @@ mod tests {
             0o700
         );
         assert_eq!(load(d.path(), "sp-abc123"), Some(env));
+        assert!(list(d.path()).contains("sp-abc123"));
         remove(d.path(), "sp-abc123");
+        assert!(list(d.path()).is_empty());
         assert_eq!(load(d.path(), "sp-abc123"), None);
         assert!(save(d.path(), "../x", &[]).is_err());
     }

@@ -43,6 +43,9 @@ impl Service {
         let stored = self.store.load_all()?;
         let n = stored.len();
         let (mut ended, mut resubmitted, mut adopted, mut forgotten) = (0, 0, 0, 0);
+        // The environments kept on disk (usually none): looked at once, not
+        // once per spawn.
+        let mut kept = pending_env::list(&self.registry.config.state_dir);
         for st in stored {
             let stopping = st.spawn.state == SpawnState::Stopping;
             let mut e = Entry::new(st.spawn, st.callback_hash);
@@ -65,7 +68,7 @@ impl Service {
                 }
                 inner.spawns.insert(id.clone(), e.clone());
             }
-            if e.spawn.state != SpawnState::Submitting {
+            if kept.remove(&id) && e.spawn.state != SpawnState::Submitting {
                 pending_env::remove(&self.registry.config.state_dir, &id);
             }
             match self.recover_one(&e) {
@@ -104,6 +107,10 @@ impl Service {
                     })?;
                 }
             }
+        }
+        // Kept for spawns the store does not have: nothing will submit them.
+        for id in kept {
+            pending_env::remove(&self.registry.config.state_dir, &id);
         }
         if n > 0 {
             tracing::info!(
