@@ -12,18 +12,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{pct, request, rss_mib, TOKEN};
 use serde_json::{json, Value};
 use wasmspawner_host::config::Config;
-use wasmspawner_host::http::{self, auth::Token, AppState};
-use wasmspawner_host::registry::Registry;
-use wasmspawner_host::runtime::Runtime;
-use wasmspawner_host::service::Service;
+use wasmspawner_host::daemon::Daemon;
+use wasmspawner_host::http::auth::Token;
 
 fn disk_bytes(dir: &Path) -> u64 {
     let mut n = 0;
@@ -109,16 +105,9 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let runtime = Runtime::for_config(&config).unwrap();
-        let registry = Arc::new(Registry::load(runtime, config.clone()).await.unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let service = Service::open(registry.clone(), &format!("http://{addr}")).unwrap();
-        let _pollers = service.start_pollers();
-        let app = http::router(Arc::new(AppState { registry, token: Token::from_value(TOKEN), service }));
-        tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
-        });
+        let daemon = Daemon::start(config.clone(), listener, Token::from_value(TOKEN)).await.unwrap();
+        let addr = daemon.local.to_string();
         let start = |inst: &str, user: &str| json!({"user": {"name": user}, "instance": inst, "request_id": "r", "options": {}, "cmd": ["true"], "env": {}});
         let (status, body) = request(&addr, "POST", "/v1/spawns", Some(&start("b", "alice"))).await;
         assert_eq!(status, 201, "{body}");

@@ -2,7 +2,10 @@
 //! 1. time from a burst of 1 000 `POST /v1/spawns` to all queued;
 //! 2. scheduler commands per poll interval at 1 000 running spawns;
 //! 3. with 10 000 tracked spawns: recovery time at startup, API latency
-//!    p50/p99 (`GET /v1/spawns/{id}`, `GET /v1/spawns?user=`), process RSS.
+//!    p50/p99 (`GET /v1/spawns/{id}`, `GET /v1/spawns?user=`, a list page
+//!    first and mid-table), process RSS;
+//! 4. with 100 000 stored spawns (90 000 ended): recovery time, RSS, and
+//!    `GET /v1/spawns/{id}` latency.
 //!
 //! The scheduler is the `probe` test plugin in `run` mode: every submit and
 //! every `status` call runs one real program (`echo`) through the gate, like a
@@ -12,36 +15,31 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{pct, request, rss_mib, TOKEN};
 use serde_json::json;
 use wasmspawner_host::config::Config;
-use wasmspawner_host::http::{self, auth::Token, AppState};
+use wasmspawner_host::daemon::Daemon;
+use wasmspawner_host::http::auth::Token;
 use wasmspawner_host::model::{Spawn, SpawnState};
-use wasmspawner_host::registry::Registry;
-use wasmspawner_host::runtime::Runtime;
 use wasmspawner_host::service::Service;
 
 const BURST: usize = 1000;
 const TRACKED: usize = 10_000;
+const STORED: usize = 100_000;
 const POLL_SECS: f64 = 1.0;
 
 struct Host {
     addr: String,
     service: Arc<Service>,
-    server: tokio::task::JoinHandle<()>,
-    pollers: Vec<tokio::task::JoinHandle<()>>,
+    daemon: Daemon,
 }
 
 impl Host {
     fn stop(self) {
-        self.server.abort();
-        for p in self.pollers {
-            p.abort();
-        }
+        drop(self.daemon);
     }
     fn count(&self, st: SpawnState) -> u64 {
         self.service.metrics()["spawns"][st.as_str()]
@@ -56,33 +54,16 @@ impl Host {
 }
 
 async fn start(config: &Config) -> (Host, Duration) {
-    let runtime = Runtime::new(&config.state_dir).unwrap();
-    let registry = Arc::new(Registry::load(runtime, config.clone()).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let t = Instant::now();
-    let service = Service::open(registry.clone(), &format!("http://{addr}")).unwrap();
-    let recovery = t.elapsed();
-    let pollers = service.start_pollers();
-    let app = http::router(Arc::new(AppState {
-        registry,
-        token: Token::from_value(TOKEN),
-        service: service.clone(),
-    }));
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
+    let daemon = Daemon::start(config.clone(), listener, Token::from_value(TOKEN))
         .await
         .unwrap();
-    });
+    let recovery = daemon.recovered_in;
     (
         Host {
-            addr,
-            service,
-            server,
-            pollers,
+            addr: daemon.local.to_string(),
+            service: daemon.service.clone(),
+            daemon,
         },
         recovery,
     )
@@ -130,6 +111,8 @@ program = "echo"
 args = ["**"]
 [instances.sched.limits]
 concurrent_calls = 64
+# 1 000 submits and a status call a second are far more than the default 600 a minute.
+max_runs_per_minute = 1000000
 [instances.sched.lifecycle]
 poll_interval_secs = {POLL_SECS}
 fast_poll_secs = {POLL_SECS}
@@ -212,11 +195,11 @@ start_timeout_secs = 86400
             let now = chrono::Utc::now();
             for i in BURST..TRACKED {
                 let s: Spawn = serde_json::from_value(json!({
-                    "id": format!("sp-seed{i:06}"), "user": {"name": format!("user{i}"), "groups": [], "admin": false},
+                    "id": format!("sp-{i:024x}"), "user": {"name": format!("user{i}"), "groups": [], "admin": false},
                     "server_name": "", "request_id": "r", "instance": "sched", "state": "running",
                     "reason": null, "progress": 70, "raw_options": {"cores": ["2"]}, "options": {"cores": 2},
                     "cmd": ["jupyterhub-singleuser"], "env_names": ["JUPYTERHUB_API_TOKEN"],
-                    "job_id": format!("probe-sp-seed{i:06}"), "plugin_state": "", "exec_host": "127.0.0.1",
+                    "job_id": format!("probe-sp-{i:024x}"), "plugin_state": "", "exec_host": "127.0.0.1",
                     "expected_start": null, "host": null, "port": null, "exit_code": null,
                     "unknown_polls": 0, "flagged": null, "created_at": now, "updated_at": now, "state_since": now
                 }))
@@ -233,9 +216,18 @@ start_timeout_secs = 86400
         let ids: Vec<String> = h.service.list(None).into_iter().map(|s| s.id).collect();
         assert_eq!(ids.len(), TRACKED);
 
+        // A cursor in the middle of the table, for a page that starts there.
+        let mid = h.service.list(None)[TRACKED / 2].clone();
+        let mid_cursor = wasmspawner_host::service::ListCursor {
+            created_at: mid.created_at,
+            id: mid.id.clone(),
+        }
+        .encode();
         for (name, path_of) in [
             ("GET /v1/spawns/{id}", Box::new(|i: usize| format!("/v1/spawns/{}", ids[(i * 7919) % ids.len()])) as Box<dyn Fn(usize) -> String>),
             ("GET /v1/spawns?user=", Box::new(|i: usize| format!("/v1/spawns?user=user{}", (i * 7919) % TRACKED))),
+            ("GET /v1/spawns (first page of 100)", Box::new(|_| "/v1/spawns".to_string())),
+            ("GET /v1/spawns?cursor= (a page of 100 mid-table)", Box::new(move |_| format!("/v1/spawns?cursor={mid_cursor}"))),
         ] {
             let mut lat = Vec::new();
             for i in 0..2000 {
@@ -259,9 +251,50 @@ start_timeout_secs = 86400
             s1 - s0,
             (j1 - j0) / (s1 - s0).max(1)
         );
+        let rss_tracked = rss_mib();
         println!(
-            "RSS (host and bench client, one process): {rss0:.1} MiB at start, {rss_started:.1} MiB with the plugin loaded, {rss_burst:.1} MiB at {BURST} spawns, {:.1} MiB at {TRACKED} tracked spawns",
+            "RSS (host and bench client, one process): {rss0:.1} MiB at start, {rss_started:.1} MiB with the plugin loaded, {rss_burst:.1} MiB at {BURST} spawns, {rss_tracked:.1} MiB at {TRACKED} tracked spawns",
+        );
+        h.stop();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        // 4. 100 000 stored spawns (the rest ended, within retention):
+        // recovery time and RSS.
+        {
+            let store = wasmspawner_host::store::Store::open(&config.state_dir).unwrap();
+            let now = chrono::Utc::now();
+            for i in TRACKED..STORED {
+                let s: Spawn = serde_json::from_value(json!({
+                    "id": format!("sp-{i:024x}"), "user": {"name": format!("user{i}"), "groups": [], "admin": false},
+                    "server_name": "", "request_id": "r", "instance": "sched", "state": "stopped",
+                    "reason": "stopped", "progress": 100, "raw_options": {"cores": ["2"]}, "options": {"cores": 2},
+                    "cmd": ["jupyterhub-singleuser"], "env_names": ["JUPYTERHUB_API_TOKEN"],
+                    "job_id": format!("probe-sp-{i:024x}"), "plugin_state": "", "exec_host": "127.0.0.1",
+                    "expected_start": null, "host": null, "port": null, "exit_code": 0,
+                    "unknown_polls": 0, "flagged": null, "created_at": now, "updated_at": now, "state_since": now
+                }))
+                .unwrap();
+                store.save(&s, None).unwrap();
+            }
+        }
+        let (h, recovery) = start(&config).await;
+        println!(
+            "restart with {STORED} stored spawns ({TRACKED} live): recovered in {:.0} ms; RSS {:.1} MiB",
+            recovery.as_secs_f64() * 1000.0,
             rss_mib()
+        );
+        let mut lat = Vec::new();
+        for i in 0..1000 {
+            let p = format!("/v1/spawns/sp-{:024x}", BURST + (i * 7919) % (STORED - BURST));
+            let t = Instant::now();
+            let (st, _) = request(&h.addr, "GET", &p, None).await;
+            lat.push(t.elapsed());
+            assert_eq!(st, 200);
+        }
+        println!(
+            "GET /v1/spawns/{{id}} with {STORED} stored spawns: p50 {:.2} ms, p99 {:.2} ms",
+            pct(&mut lat, 0.5).as_secs_f64() * 1000.0,
+            pct(&mut lat, 0.99).as_secs_f64() * 1000.0
         );
         h.stop();
     });

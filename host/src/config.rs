@@ -188,7 +188,14 @@ pub struct Lifecycle {
     /// Default: true only for a local instance (no `submit_host`, no
     /// `tunnel`), whose jobs run on this host.
     pub allow_loopback: bool,
+    /// How long a stopped or failed spawn's record (and its events) is kept
+    /// after it ended; then it is purged (`GET /v1/spawns` no longer lists
+    /// it, its request id may be used again).
+    pub retention: Duration,
 }
+
+/// The default of `lifecycle.retention_secs`: 7 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
 impl Default for Lifecycle {
     fn default() -> Self {
@@ -203,6 +210,7 @@ impl Default for Lifecycle {
             execution_hosts: Vec::new(),
             // A local instance's (see `resolve_lifecycle`).
             allow_loopback: true,
+            retention: DEFAULT_RETENTION,
         }
     }
 }
@@ -485,6 +493,7 @@ struct RawLifecycle {
     queue_timeout_secs: Option<f64>,
     start_timeout_secs: Option<f64>,
     unknown_grace_polls: Option<u32>,
+    retention_secs: Option<f64>,
     #[serde(default)]
     callback_hosts: Vec<String>,
     #[serde(default)]
@@ -1028,6 +1037,13 @@ fn resolve_lifecycle(r: &RawLifecycle, local: bool) -> Result<Lifecycle> {
         callback_hosts: r.callback_hosts.clone(),
         execution_hosts: Vec::new(),
         allow_loopback: r.allow_loopback.unwrap_or(local),
+        retention: secs(
+            r.retention_secs,
+            "retention_secs",
+            1.0,
+            3650.0 * 86_400.0,
+            d.retention,
+        )?,
     };
     if l.fast_poll > l.poll_interval {
         bail!(

@@ -5,6 +5,7 @@ pub mod capability;
 pub mod cli;
 pub mod config;
 pub mod conformance;
+pub mod daemon;
 pub mod exec_host;
 pub mod form;
 pub mod http;

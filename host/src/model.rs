@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct User {
     pub name: String,
     #[serde(default)]
@@ -412,6 +413,10 @@ pub struct Spawn {
     pub updated_at: chrono::DateTime<chrono::Utc>,
     /// When the spawn entered its current state (timeouts count from it).
     pub state_since: chrono::DateTime<chrono::Utc>,
+    /// When the host called the plugin's submit (recorded before the call:
+    /// after a crash, a spawn without it provably has no job).
+    #[serde(default)]
+    pub submit_started_at: Option<chrono::DateTime<chrono::Utc>>,
     /// sha256 of what made the request (instance, options, command): a
     /// repeated request id with another fingerprint is a conflict.
     #[serde(skip)]

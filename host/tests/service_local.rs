@@ -215,6 +215,9 @@ async fn duplicate_start_is_one_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callback_tokens_are_per_spawn_and_single_use() {
     let h = start_host(&local_config("")).await;
+    // Where the reported server listens (ready means listening).
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
     let script = server_script(h.setup.dir.path());
     let never = h.setup.dir.path().join("never").display().to_string();
     let mut ids = Vec::new();
@@ -246,7 +249,7 @@ async fn callback_tokens_are_per_spawn_and_single_use() {
         );
     }
     let url = format!("{}/v1/spawns/{}/ready", h.url, ids[0]);
-    let ok_body = json!({"port": 8888, "host": "127.0.0.1"});
+    let ok_body = json!({"port": port, "host": "127.0.0.1"});
     // No token, a wrong one, the API token, the other spawn's: refused.
     for t in [
         None,
@@ -262,8 +265,8 @@ async fn callback_tokens_are_per_spawn_and_single_use() {
     for (body, code) in [
         (json!({"port": 0}), 422),
         (json!({"port": 70000}), 422),
-        (json!({"port": 8888, "host": "bad host!"}), 422),
-        (json!({"port": 8888, "state": "ready"}), 422),
+        (json!({"port": port, "host": "bad host!"}), 422),
+        (json!({"port": port, "state": "ready"}), 422),
     ] {
         let r = request("POST", &url, Some(&tokens[0]), Some(&body)).await;
         assert_eq!(r.status, code, "{body}: {}", r.body);
@@ -273,7 +276,7 @@ async fn callback_tokens_are_per_spawn_and_single_use() {
         "POST",
         &url,
         Some(&tokens[0]),
-        Some(&json!({"port": 8888, "host": "10.9.8.7"})),
+        Some(&json!({"port": port, "host": "10.9.8.7"})),
     )
     .await;
     assert_eq!(r.status, 403, "{}", r.body);
@@ -283,11 +286,11 @@ async fn callback_tokens_are_per_spawn_and_single_use() {
     let r = request("POST", &url, Some(&tokens[0]), Some(&ok_body)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["state"], "ready");
-    assert_eq!(r.json()["port"], 8888);
+    assert_eq!(r.json()["port"], port);
     // ...and never again.
     let r = request("POST", &url, Some(&tokens[0]), Some(&json!({"port": 9999}))).await;
     assert_eq!(r.status, 401, "{}", r.body);
-    assert_eq!(h.service.get(&ids[0]).unwrap().port, Some(8888));
+    assert_eq!(h.service.get(&ids[0]).unwrap().port, Some(port));
     // A stopped spawn takes no callback.
     h.api("DELETE", &format!("/v1/spawns/{}", ids[1]), None)
         .await;
@@ -396,6 +399,8 @@ async fn a_callback_naming_a_forbidden_host_is_refused_shown_and_audited() {
         "",
     ))
     .await;
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
     let script = server_script(h.setup.dir.path());
     let never = h.setup.dir.path().join("never").display().to_string();
     let id = h
@@ -417,7 +422,7 @@ async fn a_callback_naming_a_forbidden_host_is_refused_shown_and_audited() {
             "POST",
             &url,
             Some(&token),
-            Some(&json!({"port": 8888, "host": host})),
+            Some(&json!({"port": port, "host": host})),
         )
         .await;
         assert_eq!(r.status, 403, "{host}: {}", r.body);
@@ -450,11 +455,270 @@ async fn a_callback_naming_a_forbidden_host_is_refused_shown_and_audited() {
         "POST",
         &url,
         Some(&token),
-        Some(&json!({"port": 8888, "host": "127.0.0.1"})),
+        Some(&json!({"port": port, "host": "127.0.0.1"})),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["host"], "127.0.0.1");
     h.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
     h.wait_spawn(&id, 20, |s| s["state"] == "stopped").await;
+}
+
+/// A spawn whose job is submitted but not yet polled: its running process
+/// and callback token (the server script waits for a file that never comes,
+/// so the test makes the callbacks itself).
+async fn unpolled_spawn(h: &Host, server: &str) -> (String, String) {
+    let script = server_script(h.setup.dir.path());
+    let never = h.setup.dir.path().join("never").display().to_string();
+    let id = h
+        .start(&start_body(
+            "alice",
+            server,
+            server,
+            &["python3", &script, &never],
+        ))
+        .await;
+    let s = h
+        .wait_spawn(&id, 20, |s| {
+            s["state"] == "queued" || s["state"] == "running"
+        })
+        .await;
+    let pid = pid_of(s["job_id"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let token = loop {
+        if let Some(t) = env_of(pid, "WASMSPAWNER_CALLBACK_TOKEN") {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no token in the job's environment"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    (id, token)
+}
+
+/// The callback host rule from the first moment: a callback before the
+/// first poll makes the host ask the scheduler now; a host the scheduler
+/// does not name is refused, the right one accepted, without waiting for
+/// the (30 s) poll interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_callback_waits_for_the_scheduler_not_the_callers_word() {
+    let h = start_host(&local_config_with(
+        "poll_interval_secs = 30\nfast_poll_secs = 30",
+        "",
+    ))
+    .await;
+    let (id, token) = unpolled_spawn(&h, "early").await;
+    assert!(
+        h.service.get(&id).unwrap().exec_host.is_none(),
+        "polled already"
+    );
+    let _kill = KillOnDrop(pid_of(
+        h.service.get(&id).unwrap().job_id.as_deref().unwrap(),
+    ));
+    let url = format!("{}/v1/spawns/{id}/ready", h.url);
+    let t0 = std::time::Instant::now();
+    let r = request(
+        "POST",
+        &url,
+        Some(&token),
+        Some(&json!({"port": 8888, "host": "evil.example.org"})),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"], "callback_host_mismatch");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t0.elapsed()
+    );
+    // One status call, made for the callback.
+    assert_eq!(h.metrics("local", "status_calls"), 1);
+    let s = h.service.get(&id).unwrap();
+    assert_eq!(s.exec_host.as_deref(), Some("127.0.0.1"));
+    assert_ne!(s.state.as_str(), "ready");
+    h.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
+}
+
+/// With no answer from the scheduler, an early callback is told to retry
+/// (503, Retry-After), and the caller's word is not taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_callback_without_an_answer_is_told_to_retry() {
+    let h = start_host(&local_config_with(
+        "poll_interval_secs = 30\nfast_poll_secs = 30",
+        "",
+    ))
+    .await;
+    let (id, token) = unpolled_spawn(&h, "retry").await;
+    assert!(
+        h.service.get(&id).unwrap().exec_host.is_none(),
+        "polled already"
+    );
+    let _kill = KillOnDrop(pid_of(
+        h.service.get(&id).unwrap().job_id.as_deref().unwrap(),
+    ));
+    h.stop_pollers();
+    let url = format!("{}/v1/spawns/{id}/ready", h.url);
+    for body in [
+        json!({"port": 8888, "host": "127.0.0.1"}),
+        json!({"port": 8888}),
+    ] {
+        let r = request("POST", &url, Some(&token), Some(&body)).await;
+        assert_eq!(r.status, 503, "{body}: {}", r.body);
+        assert_eq!(r.json()["error"], "execution_host_unknown");
+        assert_eq!(
+            r.header("retry-after").as_deref(),
+            Some("2"),
+            "{}",
+            r.headers
+        );
+    }
+    let s = h.service.get(&id).unwrap();
+    assert_eq!(s.state.as_str(), "queued");
+    assert!(s.host.is_none());
+    // The token is still good: the job may retry.
+    assert!(h.service.callback_token_ok(&id, &token));
+    h.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
+}
+
+/// Ready means listening: a reported port nobody listens on is not ready
+/// (202); it becomes ready once a server accepts connections there, and
+/// a port that never listens fails the spawn with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_means_the_server_accepts_connections() {
+    let h = start_host(&local_config_with(
+        "poll_interval_secs = 30\nfast_poll_secs = 30\nstart_timeout_secs = 3",
+        "",
+    ))
+    .await;
+    let free_port = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (id, token) = unpolled_spawn(&h, "late").await;
+    let _kill = KillOnDrop(pid_of(
+        h.service.get(&id).unwrap().job_id.as_deref().unwrap(),
+    ));
+    let port = free_port();
+    let url = format!("{}/v1/spawns/{id}/ready", h.url);
+    let r = request(
+        "POST",
+        &url,
+        Some(&token),
+        Some(&json!({"port": port, "host": "127.0.0.1"})),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_ne!(r.json()["state"], "ready");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_ne!(h.service.get(&id).unwrap().state.as_str(), "ready");
+    // The server starts listening: ready within a few checks.
+    let t0 = std::time::Instant::now();
+    let _server = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let s = h.wait_spawn(&id, 5, |s| s["state"] == "ready").await;
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(s["port"], port);
+
+    // Never listening: failed after start_timeout_secs, saying where.
+    let (id2, token2) = unpolled_spawn(&h, "never").await;
+    let pid2 = pid_of(h.service.get(&id2).unwrap().job_id.as_deref().unwrap());
+    let _kill2 = KillOnDrop(pid2);
+    let dead = free_port();
+    let url2 = format!("{}/v1/spawns/{id2}/ready", h.url);
+    let r = request(
+        "POST",
+        &url2,
+        Some(&token2),
+        Some(&json!({"port": dead, "host": "127.0.0.1"})),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let s = h.wait_spawn(&id2, 10, |s| s["state"] == "failed").await;
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("127.0.0.1:{dead}")) && reason.contains("nothing accepted"),
+        "{reason}"
+    );
+    // ...and its job is cancelled.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gone(pid2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job of the failed spawn still runs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    h.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
+}
+
+/// Two live spawns are never ready at one host:port: the second callback
+/// is refused with 409 port_in_use, its token still good for another port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_spawns_never_share_a_host_port() {
+    let h = start_host(&local_config("")).await;
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let (a, ta) = unpolled_spawn(&h, "a").await;
+    let _ka = KillOnDrop(pid_of(
+        h.service.get(&a).unwrap().job_id.as_deref().unwrap(),
+    ));
+    let (b, tb) = unpolled_spawn(&h, "b").await;
+    let _kb = KillOnDrop(pid_of(
+        h.service.get(&b).unwrap().job_id.as_deref().unwrap(),
+    ));
+    let cb = |id: &str| format!("{}/v1/spawns/{id}/ready", h.url);
+    let r = request(
+        "POST",
+        &cb(&a),
+        Some(&ta),
+        Some(&json!({"port": port, "host": "127.0.0.1"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for host in ["127.0.0.1", "127.0.0.1"] {
+        let r = request(
+            "POST",
+            &cb(&b),
+            Some(&tb),
+            Some(&json!({"port": port, "host": host})),
+        )
+        .await;
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert_eq!(r.json()["error"], "port_in_use");
+        assert!(r.body.contains(&a), "{}", r.body);
+    }
+    assert!(h.service.callback_token_ok(&b, &tb));
+    let r = request(
+        "POST",
+        &cb(&b),
+        Some(&tb),
+        Some(&json!({"port": other_port, "host": "127.0.0.1"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Once the first has ended, its address is free again.
+    h.api("DELETE", &format!("/v1/spawns/{a}"), None).await;
+    h.wait_spawn(&a, 20, |s| s["state"] == "stopped").await;
+    let (c, tc) = unpolled_spawn(&h, "c").await;
+    let _kc = KillOnDrop(pid_of(
+        h.service.get(&c).unwrap().job_id.as_deref().unwrap(),
+    ));
+    let r = request(
+        "POST",
+        &cb(&c),
+        Some(&tc),
+        Some(&json!({"port": port, "host": "127.0.0.1"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for id in [&b, &c] {
+        h.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
+    }
 }

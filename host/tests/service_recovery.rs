@@ -12,12 +12,15 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use service_common::*;
 
+/// A free port below the ephemeral range: while the host is down (killed),
+/// a job's server binding port 0 cannot take the host's port.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let p = 20_000 + rand::random::<u16>() % 10_000;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
@@ -48,6 +51,7 @@ impl Drop for Served {
 }
 
 async fn serve(config: &Path, log: &Path) -> Served {
+    HOST_LOG.with(|l| *l.borrow_mut() = log.to_path_buf());
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -64,6 +68,11 @@ async fn serve(config: &Path, log: &Path) -> Served {
     Served(child)
 }
 
+thread_local! {
+    /// The log of the host a test waits for (printed if it never answers).
+    static HOST_LOG: std::cell::RefCell<std::path::PathBuf> = Default::default();
+}
+
 async fn wait_healthy(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -73,17 +82,23 @@ async fn wait_healthy(url: &str) {
         )
         .await
         {
-            use tokio::io::AsyncWriteExt;
-            let _ = s.shutdown().await;
-            if request("GET", &format!("{url}/healthz"), None, None)
-                .await
-                .status
-                == 200
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            // One request on this connection; a reset while the host
+            // starts is a retry, not a failure.
+            let req = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+            let mut raw = Vec::new();
+            if s.write_all(req.as_bytes()).await.is_ok()
+                && s.read_to_end(&mut raw).await.is_ok()
+                && raw.starts_with(b"HTTP/1.1 200")
             {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "the host did not come up");
+        assert!(
+            Instant::now() < deadline,
+            "the host did not come up: {}",
+            std::fs::read_to_string(HOST_LOG.with(|l| l.borrow().clone())).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -228,54 +243,282 @@ async fn sigkill_mid_spawn_and_restart_recovers_every_spawn() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spawn_caught_in_submitting_fails_and_is_not_submitted_again() {
-    let setup = common::setup(&local_config(""));
-    std::fs::create_dir_all(&setup.config.state_dir).unwrap();
-    // What a host killed between recording "submitting" and the plugin's
-    // answer leaves behind.
+/// A stored spawn in `submitting`, as a host killed mid-submit leaves it.
+fn submitting_record(
+    id: &str,
+    request_id: &str,
+    cmd: &[&str],
+    started: bool,
+) -> wasmspawner_host::model::Spawn {
     let now = chrono::Utc::now();
-    let record: wasmspawner_host::model::Spawn = serde_json::from_value(json!({
-        "id": "sp-crashed", "user": {"name": "alice", "groups": [], "admin": false},
-        "server_name": "", "request_id": "r", "instance": "local", "state": "submitting",
-        "reason": null, "progress": 10, "raw_options": {}, "options": {}, "cmd": ["python3"],
+    serde_json::from_value(json!({
+        "id": id, "user": {"name": "alice", "groups": [], "admin": false},
+        "server_name": request_id, "request_id": request_id, "instance": "local", "state": "submitting",
+        "reason": null, "progress": 10, "raw_options": {}, "options": {"interface": "lab"}, "cmd": cmd,
         "env_names": [], "job_id": null, "plugin_state": "", "exec_host": null,
         "expected_start": null, "host": null, "port": null, "exit_code": null,
-        "unknown_polls": 0, "flagged": null, "created_at": now, "updated_at": now, "state_since": now
+        "unknown_polls": 0, "flagged": null, "created_at": now, "updated_at": now, "state_since": now,
+        "submit_started_at": if started { json!(now) } else { json!(null) }
     }))
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawns_caught_in_submitting_are_submitted_once_or_fail_with_the_reason() {
+    let setup = common::setup(&local_config(""));
+    let state = setup.config.state_dir.clone();
+    std::fs::create_dir_all(&state).unwrap();
+    let script = server_script(setup.dir.path());
+    let never = setup.dir.path().join("never").display().to_string();
+    let cmd = ["python3", script.as_str(), never.as_str()];
     {
-        let store = wasmspawner_host::store::Store::open(&setup.config.state_dir).unwrap();
-        store.save(&record, Some("ab".repeat(32).as_str())).unwrap();
+        let store = wasmspawner_host::store::Store::open(&state).unwrap();
+        // A: its submit never started, the hub's environment kept.
+        store
+            .save(
+                &submitting_record("sp-crasheda", "a", &cmd, false),
+                Some("ab".repeat(32).as_str()),
+            )
+            .unwrap();
+        // B: never started, the environment gone (an older host's store).
+        store
+            .save(
+                &submitting_record("sp-crashedb", "b", &cmd, false),
+                Some("ab".repeat(32).as_str()),
+            )
+            .unwrap();
+        // C: its submit had started (the local plugin: found by spawn tag).
+        store
+            .save(
+                &submitting_record("sp-crashedc", "c", &cmd, true),
+                Some("ab".repeat(32).as_str()),
+            )
+            .unwrap();
+    }
+    let pending = state.join("pending-env");
+    std::fs::create_dir_all(&pending).unwrap();
+    for id in ["sp-crasheda", "sp-crashedc"] {
+        std::fs::write(
+            pending.join(format!("{id}.json")),
+            json!([["JUPYTERHUB_API_TOKEN", format!("hub-token-{id}")]]).to_string(),
+        )
+        .unwrap();
     }
     let h = start_host_with(setup).await;
-    let s = h.api("GET", "/v1/spawns/sp-crashed", None).await.json();
+    for id in ["sp-crasheda", "sp-crashedc"] {
+        let s = h.wait_spawn(id, 20, |s| s["state"] == "running").await;
+        let pid = pid_of(s["job_id"].as_str().unwrap());
+        let _k = KillOnDrop(pid);
+        // The hub's environment reached the job; the callback token is new.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let tok = loop {
+            if let Some(t) = env_of(pid, "JUPYTERHUB_API_TOKEN") {
+                break t;
+            }
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(tok, format!("hub-token-{id}"));
+        let cb = env_of(pid, "WASMSPAWNER_CALLBACK_TOKEN").unwrap();
+        assert!(h.service.callback_token_ok(id, &cb));
+        // Submitted once.
+        let starts = h
+            .setup
+            .audit()
+            .iter()
+            .filter(|r| {
+                r["capability"] == "detached.start" && r["event"] == "start" && r["spawn_id"] == id
+            })
+            .count();
+        assert_eq!(starts, 1, "{id}");
+        // The kept environment is gone once submitted.
+        assert!(!pending.join(format!("{id}.json")).exists());
+        h.api("DELETE", &format!("/v1/spawns/{id}"), None).await;
+    }
+    let s = h.api("GET", "/v1/spawns/sp-crashedb", None).await.json();
     assert_eq!(s["state"], "failed", "{s}");
     assert!(
         s["reason"]
             .as_str()
             .unwrap()
-            .contains("not submitted again"),
+            .contains("environment for it is gone"),
         "{s}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(h
         .setup
         .audit()
         .iter()
-        .all(|r| r["capability"] != "detached.start"));
-    // The same request again is the same (failed) spawn; a new request id starts anew.
-    let r = h
-        .api(
-            "POST",
-            "/v1/spawns",
-            Some(&json!({
-                "user": {"name": "alice"}, "instance": "local", "request_id": "r2",
-                "options": {"interface": ["lab"]}, "cmd": ["python3", "-c", "pass"]
-            })),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
+        .all(|r| !(r["capability"] == "detached.start" && r["spawn_id"] == "sp-crashedb")));
+    for id in ["sp-crasheda", "sp-crashedc"] {
+        h.wait_spawn(id, 20, |s| s["state"] == "stopped").await;
+    }
+}
+
+/// The live processes whose environment names spawn `id`.
+fn processes_of(id: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if gone(pid) {
+            continue;
+        }
+        if env_of(pid, "WASMSPAWNER_SPAWN_ID").as_deref() == Some(id) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// kill -9 of the real `wasmspawner serve` at a random moment of a burst of
+/// starts, then a restart: every accepted spawn is known, none failed, each
+/// has exactly one live server process (no duplicate), every process was
+/// audited before it started, and after a stop none is left (no orphan).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_burst_leaves_no_orphan_and_no_duplicate() {
+    const RUNS: usize = 8;
+    const BURST: usize = 20;
+    for run in 0..RUNS {
+        let dir = tempfile::tempdir().unwrap();
+        eprintln!("run {run}: {}", dir.path().display());
+        let port = free_port();
+        let config = write_config(dir.path(), port);
+        let log = dir.path().join("host.log");
+        let url = format!("http://127.0.0.1:{port}");
+        let script = server_script(dir.path());
+        let never = dir.path().join("never").display().to_string();
+        let host = serve(&config, &log).await;
+        wait_healthy(&url).await;
+        let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let mut posts = Vec::new();
+        for i in 0..BURST {
+            let (url, script, never, accepted) =
+                (url.clone(), script.clone(), never.clone(), accepted.clone());
+            posts.push(tokio::spawn(async move {
+                let body = start_body(&format!("u{i}"), "", "r", &["python3", &script, &never]);
+                let r = tokio::time::timeout(Duration::from_secs(10), async {
+                    let rest = url.strip_prefix("http://").unwrap().to_string();
+                    let Ok(mut s) = tokio::net::TcpStream::connect(&rest).await else { return None };
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let payload = body.to_string();
+                    let req = format!(
+                        "POST /v1/spawns HTTP/1.1\r\nHost: {rest}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{payload}",
+                        payload.len()
+                    );
+                    s.write_all(req.as_bytes()).await.ok()?;
+                    let mut raw = Vec::new();
+                    s.read_to_end(&mut raw).await.ok()?;
+                    Some(String::from_utf8_lossy(&raw).to_string())
+                })
+                .await;
+                if let Ok(Some(text)) = r {
+                    if text.starts_with("HTTP/1.1 201") {
+                        let body = text.split_once("\r\n\r\n").unwrap().1;
+                        let v: Value = serde_json::from_str(body).unwrap();
+                        accepted.lock().unwrap().push(v["id"].as_str().unwrap().to_string());
+                    }
+                }
+            }));
+        }
+        // A random moment of the burst.
+        let wait = rand::random::<u64>() % 120;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        drop(host); // SIGKILL
+        for p in posts {
+            let _ = p.await;
+        }
+        let accepted = accepted.lock().unwrap().clone();
+        let host = serve(&config, &log).await;
+        wait_healthy(&url).await;
+        let list = api(&url, "GET", "/v1/spawns?limit=1000", None).await.json();
+        let known: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        for id in &accepted {
+            assert!(
+                known.contains(id),
+                "run {run}: accepted spawn {id} unknown after the restart"
+            );
+        }
+        // Every known spawn settles with its one server; none failed.
+        for id in &known {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let s = api(&url, "GET", &format!("/v1/spawns/{id}"), None)
+                    .await
+                    .json();
+                let st = s["state"].as_str().unwrap().to_string();
+                assert_ne!(st, "failed", "run {run} (kill after {wait} ms): {s}");
+                if st == "running" || st == "ready" {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "run {run}: {s}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let audit =
+            std::fs::read_to_string(dir.path().join("state/audit.jsonl")).unwrap_or_default();
+        let starts = |id: &str| {
+            audit
+                .lines()
+                .filter(|l| {
+                    l.contains("\"detached.start\"")
+                        && l.contains("\"event\":\"start\"")
+                        && l.contains(id)
+                })
+                .count()
+        };
+        let mut all = Vec::new();
+        for id in &known {
+            // Give a resubmitted job a moment to replace an ended one.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let procs = loop {
+                let p = processes_of(id);
+                if p.len() == 1 || Instant::now() > deadline {
+                    break p;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            assert_eq!(
+                procs.len(),
+                1,
+                "run {run}: spawn {id} has {} live server processes",
+                procs.len()
+            );
+            assert!(
+                starts(id) >= 1,
+                "run {run}: spawn {id}'s process was never audited"
+            );
+            all.extend(procs);
+        }
+        let _cleanup: Vec<KillOnDrop> = all.iter().map(|p| KillOnDrop(*p)).collect();
+        for id in &known {
+            api(&url, "DELETE", &format!("/v1/spawns/{id}"), None).await;
+        }
+        for id in &known {
+            wait_state(&url, id, "stopped").await;
+        }
+        drop(host);
+        for id in &known {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !processes_of(id).is_empty() {
+                assert!(
+                    Instant::now() < deadline,
+                    "run {run}: spawn {id} stopped but its process runs on"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        eprintln!(
+            "run {run}: killed after {wait} ms; {} accepted, {} known, 0 orphans, 0 duplicates",
+            accepted.len(),
+            known.len()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -342,14 +342,14 @@ async fn jobs_call_back_through_a_reverse_tunnel_on_the_gateway() {
 }
 
 /// Through the gateway's tunnel the caller's address is the gateway's sshd,
-/// not the node: a callback without a host must wait (503, which the wrapper
-/// retries) until the scheduler names the execution host, or name the host.
+/// not the node: a callback without a host makes the host ask the scheduler,
+/// and a host the instance's rule refuses fails the spawn, never ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hostless_callback_through_the_gateway_waits_for_the_execution_host() {
+async fn a_tunneled_instance_never_makes_a_refused_host_ready() {
     let state = tempfile::tempdir().unwrap();
     let known_hosts = state.path().join("known_hosts");
     std::fs::write(&known_hosts, "").unwrap();
-    // No poll within the test: the scheduler has not named a host yet.
+    // No regular poll within the test: only the callback's own question.
     let body = local_config_with(
         "poll_interval_secs = 3600\nfast_poll_secs = 3600",
         &format!(
@@ -379,6 +379,11 @@ async fn a_hostless_callback_through_the_gateway_waits_for_the_execution_host() 
     let token = service_common::env_of(pid, "WASMSPAWNER_CALLBACK_TOKEN").unwrap();
     let ready = format!("{}/v1/spawns/{id}/ready", host.url);
 
+    // The callback names no host: the host asks the scheduler where the job
+    // runs at once (the callback host rule holds from the first moment). The
+    // local plugin says 127.0.0.1, which a tunneled instance refuses (the
+    // gateway's own services) unless the operator allows loopback: the spawn
+    // fails with that reason, and no callback can make it ready after that.
     let r = service_common::request(
         "POST",
         &ready,
@@ -386,23 +391,9 @@ async fn a_hostless_callback_through_the_gateway_waits_for_the_execution_host() 
         Some(&serde_json::json!({"port": 8888})),
     )
     .await;
-    assert_eq!(r.status, 503, "{}", r.body);
-    assert_eq!(r.json()["error"], "execution_host_unknown");
-    // A tunneled instance does not take loopback (the gateway's own
-    // services) unless the operator allows it.
-    let r = service_common::request(
-        "POST",
-        &ready,
-        Some(&token),
-        Some(&serde_json::json!({"port": 8888, "host": "127.0.0.1"})),
-    )
-    .await;
-    assert_eq!(r.status, 403, "{}", r.body);
-    assert_eq!(r.json()["error"], "execution_host_refused");
-    assert!(r.body.contains("lifecycle.allow_loopback"), "{}", r.body);
-    // The token was not spent, and a named host passes the checks: the host
-    // goes on to open the server's tunnel (which fails here, as the gateway
-    // does not exist; a spent token would be a 401).
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.json()["error"], "callback_not_accepted");
+    // The ended spawn's token is gone: naming another host changes nothing.
     let r = service_common::request(
         "POST",
         &ready,
@@ -410,7 +401,12 @@ async fn a_hostless_callback_through_the_gateway_waits_for_the_execution_host() 
         Some(&serde_json::json!({"port": 8888, "host": "node1"})),
     )
     .await;
-    assert_eq!(r.status, 502, "{}", r.body);
-    assert_eq!(r.json()["error"], "tunnel_failed");
-    assert!(r.body.contains("gateway.invalid"), "{}", r.body);
+    assert_eq!(r.status, 401, "{}", r.body);
+    let s = host.wait_spawn(&id, 10, |s| s["state"] == "failed").await;
+    let reason = s["reason"].as_str().unwrap_or_default().to_string();
+    assert!(
+        reason.contains("127.0.0.1") && reason.contains("allow_loopback"),
+        "{s}"
+    );
+    assert!(s["port"].is_null(), "{s}");
 }

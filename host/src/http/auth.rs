@@ -69,19 +69,60 @@ impl Token {
     }
 }
 
+/// Whether `path` needs the API token: everything under `/v1` but the job
+/// callback (`/v1/spawns/{id}/ready`, which has its own token), routed or
+/// not, so that an unknown route reveals nothing before the token.
+pub fn needs_token(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/v1") else {
+        return false;
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return false;
+    }
+    let segs: Vec<&str> = rest.split('/').collect();
+    !matches!(segs.as_slice(), ["", "spawns", id, "ready"] if !id.is_empty())
+}
+
+/// In front of the whole router: a request that needs the API token
+/// ([`needs_token`]) without it gets 401 before anything else.
 pub async fn require_token(
     State(state): State<Arc<AppState>>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
+    if !needs_token(req.uri().path()) {
+        return Ok(next.run(req).await);
+    }
+    match super::extract::bearer(req.headers()) {
         Some(t) if state.token.matches(t.as_bytes()) => Ok(next.run(req).await),
         _ => Err(ApiError::unauthorized()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn everything_under_v1_but_the_callback_needs_the_token() {
+        for p in [
+            "/v1",
+            "/v1/",
+            "/v1/spawns",
+            "/v1/nope",
+            "/v1/spawns/x",
+            "/v1/spawns/x/events",
+            "/v1/spawns//ready",
+            "/v1/spawns/x/ready/more",
+        ] {
+            assert!(super::needs_token(p), "{p}");
+        }
+        for p in [
+            "/healthz",
+            "/",
+            "/v1x",
+            "/v10/spawns",
+            "/v1/spawns/sp-1/ready",
+        ] {
+            assert!(!super::needs_token(p), "{p}");
+        }
     }
 }

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod callback_only;
 pub mod error;
+pub mod extract;
 pub mod form_html;
 pub mod plugins;
 pub mod prometheus;
@@ -78,21 +79,20 @@ async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str
     )
 }
 
+/// The API: the routes of [`routes`]; in front of them the API token check
+/// for everything under `/v1` but the callback ([`auth::needs_token`],
+/// unknown routes included), and around all of it [`error::json_errors`].
 pub fn router(state: Arc<AppState>) -> Router {
-    let mut open = Router::new();
-    let mut authed = Router::new();
+    let mut app = Router::new();
     for route in routes() {
-        if route.api_token {
-            authed = authed.route(route.path, route.handler);
-        } else {
-            open = open.route(route.path, route.handler);
-        }
+        debug_assert_eq!(route.api_token, auth::needs_token(route.path));
+        app = app.route(route.path, route.handler);
     }
-    let authed = authed.layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        auth::require_token,
-    ));
-    open.merge(authed)
-        .fallback(|| async { error::ApiError::not_found("no such route") })
+    app.fallback(|| async { error::ApiError::not_found("no such route; see GET /v1/openapi.json") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(state)
 }

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
+use super::extract::{ApiPath, ApiQuery};
 use super::AppState;
 use crate::model::{FormSchema, User};
 use crate::runtime::plugin::HealthReport;
@@ -49,6 +50,7 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<PluginInfo>> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FormQuery {
     pub user: String,
     /// Comma-separated.
@@ -63,8 +65,8 @@ pub struct FormQuery {
 
 pub async fn form(
     State(state): State<Arc<AppState>>,
-    Path(instance): Path<String>,
-    Query(q): Query<FormQuery>,
+    ApiPath(instance): ApiPath<String>,
+    ApiQuery(q): ApiQuery<FormQuery>,
 ) -> Result<Response, ApiError> {
     let inst = state
         .registry

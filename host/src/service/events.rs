@@ -1,5 +1,6 @@
 //! A spawn's event stream: stored events first, then live ones, ending with
-//! the final event (ready, failed or stopped).
+//! the final event (ready, failed or stopped). Only the last stored event
+//! can be final in a replay: an earlier `ready` is replayed as progress.
 
 use std::sync::Arc;
 
@@ -44,9 +45,12 @@ pub fn stream(
             match &mut c.phase {
                 Phase::Done => return None,
                 Phase::Backlog(it) => match it.next() {
-                    // A final event followed by more (ready, then stopped)
-                    // does not end the stream.
-                    Some(e) if e.is_final && it.len() > 0 => {
+                    // A final event followed by more (ready, then stopping)
+                    // no longer tells the current state: it is replayed as
+                    // progress, so the replay never ends with an old
+                    // `ready` while the spawn is stopping or stopped.
+                    Some(mut e) if e.is_final && it.len() > 0 => {
+                        e.is_final = false;
                         c.last = e.seq;
                         return Some((e, c));
                     }

@@ -7,7 +7,10 @@
 //! | this one | the spawn records, start, stop, the callback, recovery |
 //! | [`poller`] | one poller per plugin instance: batched `status` calls |
 //! | [`callback`] | the job's callback (port and host, per-spawn token) |
+//! | [`readiness`] | ready means listening; one live spawn per host:port |
+//! | [`transitions`] | the one table of legal state changes |
 //! | `recovery` | loading the stored spawns at startup |
+//! | `listing` | pages of the spawn table, purge, retention |
 //! | [`events`] | a spawn's event stream (for Server-Sent Events) |
 //! | [`token`] | callback tokens (stored hashed) and the callback host rule |
 //!
@@ -28,12 +31,18 @@
 
 pub mod callback;
 pub mod events;
+mod find_jobs;
+mod listing;
+mod pending_env;
 pub mod poller;
+pub mod readiness;
 mod recovery;
 pub mod token;
+pub mod transitions;
 mod tunnels;
 
 pub use callback::CallbackBody;
+pub use listing::{ListCursor, ListFilter, RETENTION_EVERY};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -54,6 +63,7 @@ use crate::registry::Registry;
 use crate::runtime::plugin::{CallError, ValidateError};
 use crate::sanitize;
 use crate::store::Store;
+use transitions::{Event, IllegalTransition};
 
 /// Longest event message, reason or flag the host stores for a spawn: host
 /// text around plugin text that is itself at most [`sanitize::MAX_REASON`].
@@ -130,6 +140,13 @@ pub enum ServiceError {
         code: &'static str,
         message: String,
     },
+    /// Not now: retry after `retry_after` seconds (503).
+    #[error("{message}")]
+    Unavailable {
+        code: &'static str,
+        message: String,
+        retry_after: u64,
+    },
     #[error("{0:#}")]
     Internal(#[from] anyhow::Error),
 }
@@ -157,6 +174,24 @@ struct Entry {
 }
 
 impl Entry {
+    /// Changes the spawn's state by `event`, as the transition table says;
+    /// an illegal event is logged and changes nothing.
+    fn fire(&mut self, event: Event) -> Result<transitions::Row, IllegalTransition> {
+        match transitions::next(self.spawn.state, event) {
+            Ok(r) => {
+                self.spawn.state = r.to;
+                if r.cancel {
+                    self.cancel_due = true;
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                tracing::error!(spawn_id = %self.spawn.id, "{e}");
+                Err(e)
+            }
+        }
+    }
+
     fn new(spawn: Spawn, callback_hash: Option<String>) -> Entry {
         Entry {
             spawn,
@@ -195,6 +230,12 @@ impl Quiet {
 struct Inner {
     spawns: HashMap<String, Entry>,
     by_request: HashMap<(String, String, String), String>,
+    /// Server address (see [`readiness::endpoint_key`]) → the spawn that
+    /// reported it; a terminal spawn's entry is free again.
+    endpoints: HashMap<String, String>,
+    /// Spawns recovery found provably without a job, to submit again once
+    /// the runtime runs ([`Service::resume_submits`]).
+    resubmit: Vec<String>,
 }
 
 pub struct Service {
@@ -317,13 +358,19 @@ impl Service {
         Ok(Arc::new(svc))
     }
 
-    /// Starts one poller task per plugin instance. They stop when the
-    /// service is dropped.
+    /// Starts one poller task per plugin instance, and the retention sweep
+    /// ([`Service::start_retention`]). They stop when the service is
+    /// dropped.
     pub fn start_pollers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        self.pollers
+        let mut tasks: Vec<_> = self
+            .pollers
             .keys()
             .map(|name| tokio::spawn(poller::run(Arc::downgrade(self), name.clone())))
-            .collect()
+            .collect();
+        tasks.push(self.start_retention());
+        self.resume_ready_checks();
+        self.resume_submits();
+        tasks
     }
 
     /// Where a job of `instance` reports its server: through the instance's
@@ -367,6 +414,16 @@ impl Service {
         let mut message = f(&mut next).map(|m| sanitize::text(&m, MAX_MESSAGE));
         bound_spawn(&mut next.spawn);
         let state_changed = next.spawn.state != current.spawn.state;
+        // The net under `Entry::fire`: no change outside the table.
+        if !transitions::is_legal(current.spawn.state, next.spawn.state) {
+            let e = anyhow::anyhow!(
+                "illegal transition of spawn {id}: {} to {} is in no row of the transition table",
+                current.spawn.state,
+                next.spawn.state
+            );
+            tracing::error!("{e}");
+            return Err(e);
+        }
         if let (Some(kind), Some(_), false) = (next.quiet.take(), &message, state_changed) {
             let at = &mut next.quiet_at[kind as usize];
             if at.is_some_and(|t| t.elapsed() < QUIET_EVERY) {
@@ -412,6 +469,7 @@ impl Service {
         inner.spawns.insert(id.to_string(), next);
         drop(inner);
         if state_changed && out.state.is_terminal() {
+            pending_env::remove(&self.registry.config.state_dir, id);
             self.kill_leftovers(&out);
         }
         if let Some(e) = event {
@@ -546,6 +604,7 @@ impl Service {
                 created_at: now,
                 updated_at: now,
                 state_since: now,
+                submit_started_at: None,
                 fingerprint,
             };
             self.store.save(&spawn, None)?;
@@ -577,14 +636,11 @@ impl Service {
             }
         };
 
-        let (tok, hash) = token::new_token();
-        let mut env: Vec<(String, String)> = req.env.into_iter().collect();
-        env.push((
-            ENV_CALLBACK_URL.into(),
-            self.callback_url(&req.instance, &id),
-        ));
-        env.push((ENV_CALLBACK_TOKEN.into(), tok));
-        env.push((ENV_SPAWN_ID.into(), id.clone()));
+        let hub_env: Vec<(String, String)> = req.env.into_iter().collect();
+        // Kept until the submit returns, so that a restart in between can
+        // submit it (see `pending_env`).
+        pending_env::save(&self.registry.config.state_dir, &id, &hub_env)?;
+        let (env, hash) = self.job_env(&req.instance, &id, hub_env);
         let names: Vec<String> = env.iter().map(|(k, _)| k.clone()).collect();
         let mut submit = false;
         let spawn = self
@@ -592,12 +648,12 @@ impl Service {
                 e.spawn.options = Some(options);
                 e.spawn.env_names = names;
                 if e.spawn.state == SpawnState::Stopping {
-                    e.spawn.state = SpawnState::Stopped;
+                    e.fire(Event::StoppedBeforeSubmit).ok()?;
                     e.spawn.reason = Some("stopped before the job was submitted".into());
                     return Some("stopped before the job was submitted".into());
                 }
+                e.fire(Event::Validated).ok()?;
                 submit = true;
-                e.spawn.state = SpawnState::Submitting;
                 e.callback_hash = Some(hash);
                 Some("options accepted; submitting the job".into())
             })?
@@ -615,13 +671,63 @@ impl Service {
         Ok((spawn, true))
     }
 
+    /// The job's environment: the hub's variables and the host's
+    /// (callback URL, a fresh callback token, the spawn id); and the
+    /// token's hash.
+    fn job_env(
+        &self,
+        instance: &str,
+        id: &str,
+        mut env: Vec<(String, String)>,
+    ) -> (Vec<(String, String)>, String) {
+        let (tok, hash) = token::new_token();
+        env.push((ENV_CALLBACK_URL.into(), self.callback_url(instance, id)));
+        env.push((ENV_CALLBACK_TOKEN.into(), tok));
+        env.push((ENV_SPAWN_ID.into(), id.to_string()));
+        (env, hash)
+    }
+
+    /// Submits again, after a restart, the spawns recovery found provably
+    /// without a job (`recovery`), with the hub's environment kept for them
+    /// and a fresh callback token.
+    fn resume_submits(self: &Arc<Self>) {
+        let ids = std::mem::take(&mut self.lock().resubmit);
+        for id in ids {
+            let Ok(spawn) = self.get(&id) else { continue };
+            let Some(hub_env) = pending_env::load(&self.registry.config.state_dir, &id) else {
+                continue;
+            };
+            let (env, hash) = self.job_env(&spawn.instance, &id, hub_env);
+            let r = self.update(&id, |e| {
+                e.callback_hash = Some(hash);
+                e.spawn.submit_started_at = None;
+                Some("the host restarted before the job was submitted; submitting it now".into())
+            });
+            if let Err(e) = r {
+                tracing::error!(spawn_id = %id, "cannot record the new submit: {e:#}");
+                continue;
+            }
+            self.submits
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let guard = InFlight(self.clone());
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _guard = guard;
+                me.submit_job(id, env).await
+            });
+        }
+    }
+
     /// Submits the job of a spawn in `submitting` (its state was persisted
-    /// before this runs; see `recover_one` for a crash in between).
+    /// before this runs). Audit before act: `submit_started_at` is stored
+    /// before the plugin is called, so that recovery tells a submit that
+    /// never started (submitted again) from one that may have made a job
+    /// (asked through `find_jobs`).
     async fn submit_job(self: Arc<Self>, id: String, env: Vec<(String, String)>) {
         let Ok(spawn) = self.get(&id) else { return };
         if spawn.state == SpawnState::Stopping {
             let _ = self.update(&id, |e| {
-                e.spawn.state = SpawnState::Stopped;
+                e.fire(Event::StoppedBeforeSubmit).ok()?;
                 e.callback_hash = None;
                 e.spawn.reason = Some("stopped before the job was submitted".into());
                 Some("stopped before the job was submitted".into())
@@ -631,6 +737,27 @@ impl Service {
         let Some(inst) = self.registry.get(&spawn.instance).cloned() else {
             return;
         };
+        let started = self.update(&id, |e| match e.spawn.state {
+            SpawnState::Submitting => {
+                e.spawn.submit_started_at = Some(Utc::now());
+                None
+            }
+            SpawnState::Stopping => {
+                e.fire(Event::StoppedBeforeSubmit).ok()?;
+                e.callback_hash = None;
+                e.spawn.reason = Some("stopped before the job was submitted".into());
+                Some("stopped before the job was submitted".into())
+            }
+            _ => None,
+        });
+        match started {
+            Ok(Some(s)) if s.state == SpawnState::Submitting && s.submit_started_at.is_some() => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(spawn_id = %id, "cannot record the submit's start; not submitting: {e:#}");
+                return;
+            }
+        }
         let user = spawn.user.name.clone();
         // A job on a submit host runs as ssh.user there: its home comes from
         // the config (ssh.home), never from this machine's accounts.
@@ -669,6 +796,7 @@ impl Service {
                 e.spawn.job_id = Some(sub.job_id.clone());
                 e.spawn.plugin_state = sub.state;
                 if e.spawn.state == SpawnState::Stopping {
+                    e.fire(Event::Submitted).ok()?;
                     e.cancel_due = true;
                     cancel = true;
                     Some(format!(
@@ -676,19 +804,14 @@ impl Service {
                         sub.job_id
                     ))
                 } else {
-                    e.spawn.state = SpawnState::Queued;
+                    e.fire(Event::Submitted).ok()?;
                     e.spawn.reason = Some("submitted".into());
                     Some(format!("job {} submitted", sub.job_id))
                 }
             }
             Err(err) => {
                 e.callback_hash = None;
-                let stopping = e.spawn.state == SpawnState::Stopping;
-                e.spawn.state = if stopping {
-                    SpawnState::Stopped
-                } else {
-                    SpawnState::Failed
-                };
+                e.fire(Event::SubmitFailed).ok()?;
                 let m = format!("the job could not be submitted: {err}");
                 e.spawn.reason = Some(m.clone());
                 Some(m)
@@ -697,6 +820,9 @@ impl Service {
         if let Err(e) = r {
             tracing::error!(spawn_id = %id, "cannot record the submitted job: {e:#}");
         }
+        // Only once the job id is stored: a crash before that finds the
+        // environment and can submit again (after `find_jobs`).
+        pending_env::remove(&self.registry.config.state_dir, &id);
         if cancel {
             // Not awaited: a failing cancel backs off for minutes, and a
             // shutdown waits for this submit.
@@ -713,11 +839,11 @@ impl Service {
         let spawn = self
             .update(id, |e| match e.spawn.state {
                 SpawnState::Validating | SpawnState::Submitting => {
-                    e.spawn.state = SpawnState::Stopping;
+                    e.fire(Event::StopRequested).ok()?;
                     Some("stop requested before the job was submitted".into())
                 }
                 SpawnState::Queued | SpawnState::Running | SpawnState::Ready => {
-                    e.spawn.state = SpawnState::Stopping;
+                    e.fire(Event::StopRequested).ok()?;
                     e.callback_hash = None;
                     e.cancel_due = true;
                     e.cancel_next = None;
@@ -732,6 +858,10 @@ impl Service {
             let me = self.clone();
             let id = id.to_string();
             tokio::spawn(async move { me.cancel_job(id).await });
+        }
+        // Ended: whatever process of it may still exist is ended too.
+        if spawn.state.is_terminal() {
+            self.kill_leftovers(&spawn);
         }
         Ok(spawn)
     }
@@ -955,6 +1085,19 @@ impl Service {
     }
 }
 
+/// Longest value of one variable of a start request's `env`.
+pub const MAX_ENV_VALUE: usize = 32 * 1024;
+/// Most bytes of all of a start request's `env` (names, values, `=` and NUL
+/// each): the job's environment and argv share the kernel's ARG_MAX (2 MiB
+/// on Linux, less with a batch system's own variables), so a request is
+/// refused here rather than failing at exec.
+pub const MAX_ENV_TOTAL: usize = 256 * 1024;
+/// Most variables in a start request's `env`.
+pub const MAX_ENV_VARS: usize = 512;
+/// Most arguments of `cmd`, and most bytes of all of them.
+pub const MAX_CMD_ARGS: usize = 1024;
+pub const MAX_CMD_TOTAL: usize = 64 * 1024;
+
 fn check_request(req: &StartRequest) -> Result<(), ServiceError> {
     let bad = |m: String| Err(ServiceError::BadRequest(m));
     req.user.check().or_else(bad)?;
@@ -977,6 +1120,27 @@ fn check_request(req: &StartRequest) -> Result<(), ServiceError> {
     if req.cmd.iter().any(|a| a.contains('\0')) {
         return bad("cmd: an argument has a NUL byte".into());
     }
+    let cmd_total: usize = req.cmd.iter().map(|a| a.len() + 1).sum();
+    if req.cmd.len() > MAX_CMD_ARGS || cmd_total > MAX_CMD_TOTAL {
+        return bad(format!(
+            "cmd: {} arguments, {cmd_total} bytes; at most {MAX_CMD_ARGS} arguments and {} KiB in all",
+            req.cmd.len(),
+            MAX_CMD_TOTAL / 1024
+        ));
+    }
+    if req.env.len() > MAX_ENV_VARS {
+        return bad(format!(
+            "env: {} variables; at most {MAX_ENV_VARS}",
+            req.env.len()
+        ));
+    }
+    let env_total: usize = req.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if env_total > MAX_ENV_TOTAL {
+        return bad(format!(
+            "env: {env_total} bytes in all; at most {} KiB (names and values)",
+            MAX_ENV_TOTAL / 1024
+        ));
+    }
     for (k, v) in &req.env {
         if !valid_env_name(k) {
             return bad(format!(
@@ -990,6 +1154,13 @@ fn check_request(req: &StartRequest) -> Result<(), ServiceError> {
         }
         if v.contains('\0') {
             return bad(format!("env: the value of {k} has a NUL byte"));
+        }
+        if v.len() > MAX_ENV_VALUE {
+            return bad(format!(
+                "env: the value of {k} is {} bytes; at most {} KiB per variable",
+                v.len(),
+                MAX_ENV_VALUE / 1024
+            ));
         }
     }
     Ok(())

@@ -6,7 +6,7 @@
 //! A submit or a stop wakes it early, but never sooner than `fast_poll`
 //! after the previous call, so a burst of spawns is still one call.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use chrono::Utc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::transitions::{self, Event};
 use super::{Quiet, Service};
 use crate::config::Lifecycle;
 use crate::exec_host::Policy;
@@ -28,7 +29,17 @@ pub struct PollerState {
     /// Jobs asked about, summed over all calls.
     pub jobs_polled: AtomicU64,
     pub last_poll: Mutex<Option<chrono::DateTime<Utc>>>,
+    /// Set with a wake: poll now (at most one per [`URGENT_GAP`]), not at
+    /// the fast pace: a callback is waiting for the job's execution host.
+    pub urgent: AtomicBool,
+    /// Polls finished, and their signal ([`Service::poll_for_host`]).
+    pub polls_done: AtomicU64,
+    pub polled: Notify,
 }
+
+/// The shortest time between two urgent polls: callbacks arriving together
+/// share one `status` call.
+pub const URGENT_GAP: Duration = Duration::from_millis(50);
 
 impl PollerState {
     pub fn new(lifecycle: Lifecycle) -> PollerState {
@@ -38,6 +49,9 @@ impl PollerState {
             status_calls: AtomicU64::new(0),
             jobs_polled: AtomicU64::new(0),
             last_poll: Mutex::new(None),
+            urgent: AtomicBool::new(false),
+            polls_done: AtomicU64::new(0),
+            polled: Notify::new(),
         }
     }
 }
@@ -63,8 +77,14 @@ pub async fn run(svc: Weak<Service>, instance: String) {
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {}
             _ = state.wake.notified() => {
-                // Something new: poll at the fast pace, not before.
-                due = due.min(last + lc.fast_poll);
+                // Something new: poll at the fast pace, not before; a
+                // callback waiting for its job's host: now.
+                let floor = if state.urgent.swap(false, Ordering::SeqCst) {
+                    URGENT_GAP
+                } else {
+                    lc.fast_poll
+                };
+                due = due.min(last + floor);
                 if Instant::now() < due {
                     continue;
                 }
@@ -73,6 +93,8 @@ pub async fn run(svc: Weak<Service>, instance: String) {
         let Some(s) = svc.upgrade() else { return };
         last = Instant::now();
         s.poll_once(&instance, &state).await;
+        state.polls_done.fetch_add(1, Ordering::SeqCst);
+        state.polled.notify_waiters();
         let fast = s.needs_fast_poll(&instance, &lc);
         drop(s);
         due = last + jitter(if fast { lc.fast_poll } else { lc.poll_interval });
@@ -80,6 +102,35 @@ pub async fn run(svc: Weak<Service>, instance: String) {
 }
 
 impl Service {
+    /// A callback came before the scheduler said where spawn `id`'s job
+    /// runs: asks the instance's poller for a `status` call now (batched
+    /// with any in flight and with other callbacks waiting) and waits,
+    /// at most `limit`, until the spawn has an execution host or is no
+    /// longer queued or running.
+    pub(crate) async fn poll_for_host(&self, instance: &str, id: &str, limit: Duration) {
+        let Some(ps) = self.pollers.get(instance) else {
+            return;
+        };
+        let deadline = Instant::now() + limit;
+        loop {
+            let known = self.get(id).map_or(true, |s| {
+                s.exec_host.is_some()
+                    || !matches!(s.state, SpawnState::Queued | SpawnState::Running)
+            });
+            if known {
+                return;
+            }
+            let done = ps.polled.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            ps.urgent.store(true, Ordering::SeqCst);
+            ps.wake.notify_one();
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return;
+            }
+        }
+    }
+
     fn needs_fast_poll(&self, instance: &str, lc: &Lifecycle) -> bool {
         let now = Utc::now();
         let window = chrono::Duration::from_std(lc.fast_window).unwrap_or_default();
@@ -216,7 +267,7 @@ impl Service {
                         let m = format!(
                             "the scheduler reports job {job} running on a host the instance refuses: {why}; the job is cancelled"
                         );
-                        s.state = SpawnState::Failed;
+                        s.state = transitions::next(s.state, Event::HostRefused).ok()?.to;
                         s.reason = Some(m.clone());
                         e.callback_hash = None;
                         e.cancel_due = true;
@@ -229,7 +280,7 @@ impl Service {
             match (s.state, st) {
                 (SpawnState::Queued, JobState::Pending { reason, expected_start }) => {
                     if waited > lc.queue_timeout {
-                        s.state = SpawnState::Failed;
+                        s.state = transitions::next(s.state, Event::Timeout).ok()?.to;
                         let m = format!(
                             "the job waited in the queue longer than {} s (lifecycle.queue_timeout_secs; last reason: {reason}); it is cancelled",
                             lc.queue_timeout.as_secs()
@@ -258,7 +309,7 @@ impl Service {
                     }
                 }
                 (SpawnState::Queued, JobState::Running { host }) => {
-                    s.state = SpawnState::Running;
+                    s.state = transitions::next(s.state, Event::JobRunning).ok()?.to;
                     s.exec_host = host.clone();
                     s.reason = None;
                     return Some(match host {
@@ -270,8 +321,10 @@ impl Service {
                     if host.is_some() {
                         s.exec_host = host;
                     }
-                    if waited > lc.start_timeout {
-                        s.state = SpawnState::Failed;
+                    // Once the port is reported, the listen check has
+                    // its own bound (`readiness`, from the callback).
+                    if waited > lc.start_timeout && s.port.is_none() {
+                        s.state = transitions::next(s.state, Event::Timeout).ok()?.to;
                         let m = format!(
                             "the server did not report its port within {} s of the job starting (lifecycle.start_timeout_secs); the job is cancelled",
                             lc.start_timeout.as_secs()
@@ -284,7 +337,7 @@ impl Service {
                     }
                 }
                 (SpawnState::Running, JobState::Pending { reason, expected_start }) => {
-                    s.state = SpawnState::Queued;
+                    s.state = transitions::next(s.state, Event::JobPending).ok()?.to;
                     s.expected_start = expected_start;
                     s.reason = Some(reason.clone());
                     return Some(format!("the job is pending again: {reason}"));
@@ -293,7 +346,7 @@ impl Service {
                     s.exec_host = Some(h);
                 }
                 (SpawnState::Queued | SpawnState::Running, JobState::Done { exit_code, reason }) => {
-                    s.state = SpawnState::Failed;
+                    s.state = transitions::next(s.state, Event::JobEnded).ok()?.to;
                     s.exit_code = exit_code;
                     e.callback_hash = None;
                     let m = format!(
@@ -304,14 +357,14 @@ impl Service {
                     return Some(m);
                 }
                 (SpawnState::Ready, JobState::Done { exit_code, reason }) => {
-                    s.state = SpawnState::Stopped;
+                    s.state = transitions::next(s.state, Event::JobEnded).ok()?.to;
                     s.exit_code = exit_code;
                     let m = format!("the server's job ended: {reason}");
                     s.reason = Some(m.clone());
                     return Some(m);
                 }
                 (SpawnState::Stopping, JobState::Done { exit_code, .. }) => {
-                    s.state = SpawnState::Stopped;
+                    s.state = transitions::next(s.state, Event::JobEnded).ok()?.to;
                     s.exit_code = exit_code;
                     s.reason = Some("stopped".into());
                     e.cancel_due = false;

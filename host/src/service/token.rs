@@ -25,7 +25,9 @@ pub fn matches(stored: &str, presented: &str) -> bool {
 /// The callback's host against what the scheduler reported: the same name
 /// (case-insensitive) or address, or allowed by the instance's
 /// `callback_hosts` rules (an exact name, a suffix starting with `.`, an
-/// address or a CIDR network; see [`crate::exec_host::Rule`]). The host must
+/// address or a CIDR network; see [`crate::exec_host::Rule`]). Before the
+/// scheduler has said where the job runs, only those rules allow a host.
+/// The host must
 /// pass the execution-host rule besides ([`crate::exec_host::Policy`]).
 pub fn host_allowed(given: &str, exec_host: Option<&str>, rules: &[String]) -> bool {
     use crate::exec_host::{target, Rule};
@@ -40,7 +42,9 @@ pub fn host_allowed(given: &str, exec_host: Option<&str>, rules: &[String]) -> b
         Some(exec) => {
             given.eq_ignore_ascii_case(exec) || (t.is_some() && t == target(exec)) || by_rule
         }
-        None => rules.is_empty() || by_rule,
+        // Not known yet: only the operator's rule can vouch for a host,
+        // never the caller's word.
+        None => by_rule,
     }
 }
 
@@ -70,7 +74,8 @@ mod tests {
         assert!(!host_allowed("cluster.example.org", Some("node2"), &rules));
         assert!(host_allowed("login1", Some("node2"), &rules));
         assert!(!host_allowed("evil.org", Some("node2"), &rules));
-        assert!(host_allowed("anything", None, &[]));
+        assert!(!host_allowed("anything", None, &[]));
+        assert!(host_allowed("node1.cluster.example.org", None, &rules));
         assert!(!host_allowed("anything", None, &rules));
         // Addresses compare as addresses; networks are rules too.
         assert!(host_allowed("::ffff:10.0.0.7", Some("10.0.0.7"), &[]));

@@ -71,7 +71,7 @@ impl Service {
         };
         let wanted: Vec<(Spawn, crate::tunnel::TunnelSpec)> = spawns
             .iter()
-            .filter(|s| s.state == SpawnState::Ready)
+            .filter(|s| super::readiness::wants_tunnel(s))
             .cloned()
             .filter_map(|s| {
                 let spec = self.tunnel_spec(&s)?;

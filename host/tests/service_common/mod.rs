@@ -3,15 +3,14 @@
 //! "single-user server" that reports its port through the job callback.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wasmspawner_host::http::{self, auth::Token, AppState};
-use wasmspawner_host::registry::Registry;
+use wasmspawner_host::daemon::Daemon;
+use wasmspawner_host::http::auth::Token;
 use wasmspawner_host::service::Service;
 
 use crate::common::{setup, Setup};
@@ -22,17 +21,8 @@ pub struct Host {
     pub setup: Setup,
     pub url: String,
     pub service: Arc<Service>,
-    server: tokio::task::JoinHandle<()>,
-    pollers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.server.abort();
-        for p in &self.pollers {
-            p.abort();
-        }
-    }
+    /// The host as `serve` starts it (watcher, pollers, tunnel keeper).
+    pub daemon: Daemon,
 }
 
 /// A host with the config `body` (see `common::setup`), serving on
@@ -43,31 +33,15 @@ pub async fn start_host(body: &str) -> Host {
 }
 
 pub async fn start_host_with(setup: Setup) -> Host {
-    let runtime = setup.runtime();
-    let registry = Arc::new(Registry::load(runtime, setup.config.clone()).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let service = Service::open(registry.clone(), &url).unwrap();
-    let pollers = service.start_pollers();
-    let app = http::router(Arc::new(AppState {
-        registry,
-        token: Token::from_value(TOKEN),
-        service: service.clone(),
-    }));
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
+    let daemon = Daemon::start(setup.config.clone(), listener, Token::from_value(TOKEN))
         .await
         .unwrap();
-    });
     Host {
+        url: daemon.url(),
+        service: daemon.service.clone(),
         setup,
-        url,
-        service,
-        server,
-        pollers,
+        daemon,
     }
 }
 
@@ -110,6 +84,42 @@ pub async fn request(method: &str, url: &str, bearer: Option<&str>, body: Option
     parse_response(&raw)
 }
 
+/// One request with exactly the header lines given (each without CRLF) and
+/// the raw body (`Content-Length` added): for what [`request`] would not send.
+pub async fn raw_request(method: &str, url: &str, headers: &[&str], body: &[u8]) -> Resp {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut s = TcpStream::connect(authority).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    // The host may answer (413) before it read all of a large body.
+    let _ = s.write_all(&bytes).await;
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    parse_response(&raw)
+}
+
+impl Resp {
+    /// A response header's value (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
 fn parse_response(raw: &[u8]) -> Resp {
     let text = String::from_utf8_lossy(raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
@@ -147,6 +157,12 @@ fn dechunk(mut s: &str) -> String {
 }
 
 impl Host {
+    /// Stops the pollers (and the retention sweep): nothing polls the
+    /// scheduler any more.
+    pub fn stop_pollers(&self) {
+        self.daemon.stop_tasks();
+    }
+
     pub async fn api(&self, method: &str, path: &str, body: Option<&Value>) -> Resp {
         request(method, &format!("{}{path}", self.url), Some(TOKEN), body).await
     }
