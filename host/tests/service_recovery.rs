@@ -617,3 +617,121 @@ async fn sigterm_lets_a_submit_in_flight_finish() {
         "{s}"
     );
 }
+
+/// A batch plugin of API 0.2 answers `find-jobs` after a host killed during
+/// its submit: the job that exists is adopted (no second submit), a spawn
+/// provably without one is submitted again once, one whose environment is
+/// gone fails with the reason; all from one `squeue --name=…` for the lot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_plugin_finds_the_jobs_of_spawns_caught_in_their_submit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    let log = tmp.path().join("log");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&log).unwrap();
+    let script = |name: &str, body: &str| {
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let l = log.display();
+    // squeue: the find query (`--name=`) lists the job of spawn D only;
+    // status lists D's and the new job, pending.
+    script(
+        "squeue",
+        &format!(
+            "echo \"$@\" >> {l}/squeue.argv\ncase \"$*\" in *--name=*) echo '555|jupyterhub-sp-crashedd|PENDING';;\n*) echo '555|PENDING|n/a|n/a|N/A|1:00:00|1:00:00|Priority'; echo '777|PENDING|n/a|n/a|N/A|1:00:00|1:00:00|Priority';; esac\n"
+        ),
+    );
+    script(
+        "sbatch",
+        &format!("echo \"$@\" >> {l}/sbatch.argv\n/bin/cat > /dev/null\necho '777'\n"),
+    );
+    script("scancel", &format!("echo \"$@\" >> {l}/scancel.argv\n"));
+    let setup = common::setup(&format!(
+        r#"
+[instances.slurm]
+plugin = "{{plugin:slurm}}"
+search_path = ["{bin}"]
+[instances.slurm.lifecycle]
+poll_interval_secs = 1
+[[instances.slurm.grants.programs]]
+program = "sbatch"
+spawn_env = true
+phases = ["submit"]
+[[instances.slurm.grants.programs]]
+program = "squeue"
+phases = ["status"]
+run_as = "host"
+[[instances.slurm.grants.programs]]
+program = "scancel"
+phases = ["cancel"]
+"#,
+        bin = bin.display()
+    ));
+    let state = setup.config.state_dir.clone();
+    std::fs::create_dir_all(&state).unwrap();
+    let record = |id: &str, rid: &str| {
+        let mut s = submitting_record(id, rid, &["jupyterhub-singleuser"], true);
+        s.instance = "slurm".into();
+        s.options = Default::default();
+        s
+    };
+    {
+        let store = wasmspawner_host::store::Store::open(&state).unwrap();
+        for (id, rid) in [
+            ("sp-crashedd", "d"),
+            ("sp-crashede", "e"),
+            ("sp-crashedf", "f"),
+        ] {
+            store
+                .save(&record(id, rid), Some("ab".repeat(32).as_str()))
+                .unwrap();
+        }
+    }
+    let pending = state.join("pending-env");
+    std::fs::create_dir_all(&pending).unwrap();
+    for id in ["sp-crashedd", "sp-crashede"] {
+        std::fs::write(
+            pending.join(format!("{id}.json")),
+            json!([["JUPYTERHUB_API_TOKEN", format!("hub-token-{id}")]]).to_string(),
+        )
+        .unwrap();
+    }
+    let h = start_host_with(setup).await;
+    // D: adopted, never submitted again.
+    let d = h
+        .wait_spawn("sp-crashedd", 20, |s| s["state"] == "queued")
+        .await;
+    assert_eq!(d["job_id"], "555", "{d}");
+    assert!(!pending.join("sp-crashedd.json").exists());
+    // E: provably no job: submitted again, once.
+    let e = h
+        .wait_spawn("sp-crashede", 20, |s| s["state"] == "queued")
+        .await;
+    assert_eq!(e["job_id"], "777", "{e}");
+    let sbatch = std::fs::read_to_string(log.join("sbatch.argv")).unwrap_or_default();
+    assert_eq!(
+        sbatch.lines().count(),
+        1,
+        "one submit, for E only: {sbatch}"
+    );
+    // F: nothing found and the hub's environment gone: failed, said why.
+    let f = h
+        .wait_spawn("sp-crashedf", 20, |s| s["state"] == "failed")
+        .await;
+    assert!(
+        f["reason"]
+            .as_str()
+            .unwrap()
+            .contains("environment for it is gone"),
+        "{f}"
+    );
+    // One find query for the three spawns.
+    let finds = std::fs::read_to_string(log.join("squeue.argv")).unwrap();
+    let finds: Vec<&str> = finds.lines().filter(|l| l.contains("--name=")).collect();
+    assert_eq!(finds.len(), 1, "{finds:?}");
+    for id in ["sp-crashedd", "sp-crashede", "sp-crashedf"] {
+        assert!(finds[0].contains(&format!("jupyterhub-{id}")), "{finds:?}");
+    }
+}

@@ -236,6 +236,10 @@ struct Inner {
     /// Spawns recovery found provably without a job, to submit again once
     /// the runtime runs ([`Service::resume_submits`]).
     resubmit: Vec<String>,
+    /// Spawns caught during their submit whose plugin can say which job
+    /// exists (API 0.2 `find-jobs`), asked once the runtime runs
+    /// ([`Service::resume_finds`]).
+    ask: Vec<String>,
 }
 
 pub struct Service {
@@ -369,6 +373,7 @@ impl Service {
             .collect();
         tasks.push(self.start_retention());
         self.resume_ready_checks();
+        self.resume_finds();
         self.resume_submits();
         tasks
     }

@@ -34,6 +34,9 @@ enum Action {
     End(Event, String),
     Resubmit,
     Adopt(crate::model::Job),
+    /// Ask the plugin which job exists (API 0.2 `find-jobs`), once the
+    /// runtime runs: [`Service::resume_finds`].
+    Ask,
 }
 
 impl Service {
@@ -93,6 +96,7 @@ impl Service {
                     resubmitted += 1;
                     self.lock().resubmit.push(id);
                 }
+                Action::Ask => self.lock().ask.push(id),
                 Action::Adopt(job) => {
                     adopted += 1;
                     pending_env::remove(&self.registry.config.state_dir, &id);
@@ -143,6 +147,7 @@ impl Service {
                         _ if env_kept => Action::Resubmit,
                         _ => lost(),
                     },
+                    Err(super::find_jobs::FindJobsError::AskPlugin) => Action::Ask,
                     Err(why) => Action::End(
                         Event::Restarted,
                         format!(
@@ -161,6 +166,7 @@ impl Service {
                             "stopped (the host restarted during the submit; no job was left)".into(),
                         ),
                     },
+                    Err(super::find_jobs::FindJobsError::AskPlugin) => Action::Ask,
                     Err(why) => Action::End(
                         Event::StoppedBeforeSubmit,
                         format!(
