@@ -395,6 +395,16 @@ pub struct Spawn {
     pub exec_host: Option<String>,
     /// When the scheduler expects the job to start (Unix seconds).
     pub expected_start: Option<u64>,
+    /// The job's place in the queue, 1 = next (plugin API 0.2, where the
+    /// scheduler says).
+    #[serde(default)]
+    pub queue_position: Option<u32>,
+    /// The job's wall-clock limit in seconds (plugin API 0.2).
+    #[serde(default)]
+    pub time_limit_secs: Option<u64>,
+    /// When the scheduler ends the job, Unix seconds (plugin API 0.2).
+    #[serde(default)]
+    pub end_time: Option<u64>,
     /// Where the hub reaches the single-user server (after the callback):
     /// the server itself, or the local end of its tunnel.
     pub host: Option<String>,

@@ -705,6 +705,10 @@ phases = ["cancel"]
         .await;
     assert_eq!(d["job_id"], "555", "{d}");
     assert!(!pending.join("sp-crashedd.json").exists());
+    // The poll that follows keeps the job's time limit (squeue's %l) on
+    // the spawn the API shows.
+    h.wait_spawn("sp-crashedd", 20, |s| s["time_limit_secs"] == 3600)
+        .await;
     // E: provably no job: submitted again, once.
     let e = h
         .wait_spawn("sp-crashede", 20, |s| s["state"] == "queued")

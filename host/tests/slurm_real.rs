@@ -241,7 +241,16 @@ fn cancel_a_running_job_and_again_after_it_ended() {
         return;
     };
     let id = c.submit(1, &["/bin/sleep", "300"], &[]);
-    c.wait_for(&id, "running", Duration::from_secs(30));
+    let running = c.wait_for(&id, "running", Duration::from_secs(30));
+    // The job's time limit and end, from squeue's %l and %L (API 0.2).
+    let limit = running["time_limit_secs"].as_u64().unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ends = running["ends_at"].as_u64().unwrap_or(0);
+    assert!(limit >= 60, "{running}");
+    assert!(ends > now && ends <= now + limit + 5, "{running}");
     let t = Instant::now();
     c.cancel(&id);
     let s = c.wait_for(&id, "done", Duration::from_secs(30));

@@ -143,12 +143,20 @@ pub async fn run(cmd: PluginCommand) -> Result<i32> {
                     state: states.get(id).cloned().unwrap_or_default(),
                 })
                 .collect();
-            let result = inst.status(&jobs).await?;
+            let result = inst.status_reports(&jobs).await?;
             let out: Vec<serde_json::Value> = jobs
                 .iter()
                 .zip(result)
-                .map(|(j, s)| {
-                    let mut v = serde_json::to_value(s).expect("serializable");
+                .map(|(j, r)| {
+                    // The state, and beside it what the plugin said more
+                    // (queue position, time limit, end: API 0.2).
+                    let mut v = serde_json::to_value(r.state).expect("serializable");
+                    if let (Some(o), serde_json::Value::Object(f)) = (
+                        v.as_object_mut(),
+                        serde_json::to_value(r.facts).expect("serializable"),
+                    ) {
+                        o.extend(f);
+                    }
                     v["job_id"] = j.job_id.clone().into();
                     v
                 })

@@ -174,16 +174,29 @@ impl Service {
         ps.status_calls.fetch_add(1, Ordering::Relaxed);
         ps.jobs_polled
             .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        let states = match inst.status(&jobs).await {
-            Ok(s) => s,
+        let reports = match inst.status_reports(&jobs).await {
+            Ok(r) => r,
             Err(e) => {
                 let reason = format!(
                     "the status call failed: {}",
                     sanitize::reason(&e.to_string())
                 );
-                vec![JobState::Unknown { reason }; jobs.len()]
+                vec![
+                    crate::model::JobReport {
+                        state: JobState::Unknown { reason },
+                        facts: Default::default(),
+                    };
+                    jobs.len()
+                ]
             }
         };
+        let (states, facts): (Vec<JobState>, Vec<crate::model::JobFacts>) =
+            reports.into_iter().map(|r| (r.state, r.facts)).unzip();
+        // The queue position, time limit and end beside the state (plugin
+        // API 0.2): kept on the spawn, not events of their own.
+        for ((id, _), f) in live.iter().zip(&facts) {
+            self.note_facts(id, f);
+        }
         *ps.last_poll.lock().unwrap() = Some(Utc::now());
         let mut cancels = Vec::new();
         for ((id, _), st) in live.into_iter().zip(states) {
@@ -202,6 +215,33 @@ impl Service {
         for id in cancels {
             let me = self.clone();
             tokio::spawn(async move { me.cancel_job(id).await });
+        }
+    }
+
+    /// Keeps what a status answer said beside the state (queue position,
+    /// time limit, end) on the spawn. Silent (no event); an end that moved
+    /// by less than a minute (a scheduler's "time left" read at another
+    /// second) is not written again.
+    fn note_facts(&self, id: &str, f: &crate::model::JobFacts) {
+        let r = self.update(id, |e| {
+            let s = &mut e.spawn;
+            if f.queue_position.is_some() || s.state == SpawnState::Queued {
+                s.queue_position = f.queue_position;
+            } else {
+                s.queue_position = None;
+            }
+            if f.time_limit_secs.is_some() {
+                s.time_limit_secs = f.time_limit_secs;
+            }
+            if let Some(end) = f.ends_at {
+                if s.end_time.is_none_or(|old| old.abs_diff(end) >= 60) {
+                    s.end_time = Some(end);
+                }
+            }
+            None
+        });
+        if let Err(e) = r {
+            tracing::error!(spawn_id = %id, "cannot record the job's time limit: {e:#}");
         }
     }
 
