@@ -18,6 +18,9 @@ use crate::registry::{Registry, WatchGuard};
 use crate::runtime::Runtime;
 use crate::service::Service;
 
+/// How long [`Daemon::bind_and_start`] waits for a port in use.
+pub const BIND_RETRY: Duration = Duration::from_secs(10);
+
 pub struct Daemon {
     pub registry: Arc<Registry>,
     pub service: Arc<Service>,
@@ -120,12 +123,33 @@ impl Daemon {
         })
     }
 
-    /// Binds `config.http.listen` and starts there.
+    /// Binds `config.http.listen` and starts there. A port still in use
+    /// is tried again for [`BIND_RETRY`] (a host restarted at once after a
+    /// crash can find its port held for a moment by a child process of the
+    /// old one between its fork and exec).
     pub async fn bind_and_start(config: Config, token: Token) -> Result<Daemon> {
         let listen = config.http.listen.clone();
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
+        let until = Instant::now() + BIND_RETRY;
+        let mut warned = false;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(&listen).await {
+                Ok(l) => break l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < until => {
+                    if !warned {
+                        tracing::warn!(
+                            "{listen} (http.listen) is in use; trying again for {} s",
+                            BIND_RETRY.as_secs()
+                        );
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot listen on {listen} (http.listen)"))
+                }
+            }
+        };
         Self::start(config, listener, token).await
     }
 

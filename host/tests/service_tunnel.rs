@@ -14,24 +14,13 @@ use service_common::{local_config_with, server_script, start_body, start_host_wi
 /// keeping its tunnels; callback tunnels forward to a callback-only
 /// listener, as `serve` does.
 async fn host_on(state: &std::path::Path, body: &str) -> TunneledHost {
+    // `Daemon::start` runs the tunnel keeper and, for a callback tunnel,
+    // the callback-only listener it forwards to, as `serve` does.
     let host = host_without_tunnels(state, body).await;
-    let mut callbacks = None;
-    let listen: std::net::SocketAddr = if body.contains("tunnel.callback]") {
-        let app = std::sync::Arc::new(wasmspawner_host::http::AppState {
-            registry: host.service.registry().clone(),
-            token: wasmspawner_host::http::auth::Token::from_value(service_common::TOKEN),
-            service: host.service.clone(),
-        });
-        let (addr, task) = wasmspawner_host::http::callback_only::serve(app)
-            .await
-            .unwrap();
-        callbacks = Some(task);
-        addr
-    } else {
-        host.url.trim_start_matches("http://").parse().unwrap()
-    };
-    host.service.start_tunnel_keeper(listen);
-    TunneledHost { host, callbacks }
+    TunneledHost {
+        host,
+        callbacks: None,
+    }
 }
 
 /// A [`Host`] and its callback-only listener, stopped with it.
@@ -55,7 +44,7 @@ impl Drop for TunneledHost {
     }
 }
 
-/// The same, without the tunnel keeper (no ssh at all).
+/// A host for the config `body` in `state` (its tunnel keeper included).
 async fn host_without_tunnels(state: &std::path::Path, body: &str) -> Host {
     let path = state.join("host.toml");
     let cache =

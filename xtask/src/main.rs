@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Some("pyenv") => pyenv().map(|_| ()),
         Some("python-plugin") => pyenv().and_then(|v| build_python_plugin(&v)),
         Some("js-plugin") => build_js_plugin(),
+        Some("schemathesis") => schemathesis(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <build|plugins|demo|test [cargo test args]>\n\
@@ -43,7 +44,8 @@ fn main() -> ExitCode {
                  \n  test     build the plugins, then run all tests (Rust, then Python with a real JupyterHub)\
                  \n  pyenv    create the Python venv for the JupyterHub tests ($WASMSPAWNER_VENV, default target/venv)\
                  \n  python-plugin  build examples/python-plugin with componentize-py (from that venv)\
-                 \n  js-plugin      build examples/js-plugin with componentize-js (from npm, into target/js-tools)"
+                 \n  js-plugin      build examples/js-plugin with componentize-js (from npm, into target/js-tools)\
+                 \n  schemathesis   the HTTP API against its OpenAPI document (after `build`; part of `test`)"
             );
             return ExitCode::from(2);
         }
@@ -229,7 +231,36 @@ fn test(extra: &[String]) -> Result<()> {
     pytest(&venv, &["tests"])?;
     // The hub side also against JupyterHub 5.
     let venv5 = hub5_env(&venv)?;
-    pytest(&venv5, &["tests/test_hub_e2e.py"])
+    pytest(&venv5, &["tests/test_hub_e2e.py"])?;
+    // The HTTP API against its own OpenAPI document: schemathesis with every
+    // check, against a real `wasmspawner serve` (tests/schemathesis).
+    schemathesis()
+}
+
+/// schemathesis (from PyPI, in its own venv `target/venv-schemathesis`)
+/// against the debug host: tests/schemathesis/run.sh.
+fn schemathesis() -> Result<()> {
+    let venv = target_dir().join("venv-schemathesis");
+    let want = "schemathesis==4.32.5";
+    let stamp = venv.join(".wasmspawner-stamp");
+    if !std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == want) {
+        eprintln!("xtask: creating {} ({want})", venv.display());
+        let mut c = Command::new("/usr/bin/python3");
+        c.args(["-m", "venv"]).arg(&venv);
+        run(c).context(
+            "creating the venv needs Python's venv module (Debian: apt-get install python3-venv)",
+        )?;
+        let mut c = Command::new(venv.join("bin/pip"));
+        c.args(["install", "-q", "--disable-pip-version-check", want]);
+        run(c)?;
+        std::fs::write(&stamp, want)?;
+    }
+    let mut c = Command::new("bash");
+    c.current_dir(root())
+        .arg("tests/schemathesis/run.sh")
+        .arg(target_dir().join("debug/wasmspawner"))
+        .arg(venv.join("bin/st"));
+    run(c)
 }
 
 fn pytest(venv: &Path, what: &[&str]) -> Result<()> {

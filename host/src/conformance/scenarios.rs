@@ -331,7 +331,7 @@ fn many(p: &super::Profile, job: &Job) -> Vec<Job> {
 async fn status_many(b: &Bench, p: &super::Profile, job: &Job) -> Row {
     const S: &str = "status: many jobs in one call";
     let jobs = many(p, job);
-    let listing = (p.running)(&[job.job_id.clone()]);
+    let listing = (p.running)(std::slice::from_ref(&job.job_id));
     if let Err(o) = set(b, &script(&[(p.status, listing)])) {
         return row(S, o);
     }
@@ -407,7 +407,7 @@ async fn positive_evidence(b: &Bench, p: &super::Profile, job: &Job) -> Row {
     let cases = [
         (
             "an answer cut at the output cap",
-            (p.running)(&[job.job_id.clone()]).repeat(1 + (2 << 20) / 48),
+            (p.running)(std::slice::from_ref(&job.job_id)).repeat(1 + (2 << 20) / 48),
         ),
         (
             "a warning instead of a listing (exit 0)",
