@@ -11,37 +11,11 @@ use std::time::Duration;
 use service_common::{local_config_with, server_script, start_body, start_host_with, Host};
 
 /// A host whose state lives in `state` (so a "restart" finds it again),
-/// keeping its tunnels; callback tunnels forward to a callback-only
-/// listener, as `serve` does.
-async fn host_on(state: &std::path::Path, body: &str) -> TunneledHost {
-    // `Daemon::start` runs the tunnel keeper and, for a callback tunnel,
-    // the callback-only listener it forwards to, as `serve` does.
-    let host = host_without_tunnels(state, body).await;
-    TunneledHost {
-        host,
-        callbacks: None,
-    }
-}
-
-/// A [`Host`] and its callback-only listener, stopped with it.
-struct TunneledHost {
-    host: Host,
-    callbacks: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl std::ops::Deref for TunneledHost {
-    type Target = Host;
-    fn deref(&self) -> &Host {
-        &self.host
-    }
-}
-
-impl Drop for TunneledHost {
-    fn drop(&mut self) {
-        if let Some(t) = &self.callbacks {
-            t.abort();
-        }
-    }
+/// keeping its tunnels: `Daemon::start` runs the tunnel keeper and, for a
+/// callback tunnel, the callback-only listener it forwards to, as `serve`
+/// does.
+async fn host_on(state: &std::path::Path, body: &str) -> Host {
+    host_without_tunnels(state, body).await
 }
 
 /// A host for the config `body` in `state` (its tunnel keeper included).

@@ -35,6 +35,14 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// `stdout`, exit 0.
+    pub fn ok(stdout: String) -> Reply {
+        Reply {
+            stdout,
+            ..Default::default()
+        }
+    }
+
     /// The same answer `n` times over (to go past the output cap).
     pub fn repeat(&self, n: usize) -> Reply {
         Reply {

@@ -112,24 +112,18 @@ pub static PROFILES: &[Profile] = &[
         job_id: |n| format!("{n}.pbs01"),
         found_id: |n| format!("{n}.pbs01"),
         running: |ids| {
-            Reply {
-            stdout: ids
+            Reply::ok(ids
                 .iter()
                 .map(|i| format!("Job Id: {i}.example.org\n    Job_Owner = alice@login1\n    job_state = R\n    exec_host = node07/0*2\n\n"))
-                .collect(),
-            ..Default::default()
-        }
+                .collect())
         },
         tagged: |jobs| {
-            Reply {
-            stdout: format!(
+            Reply::ok(format!(
                 "\npbs01:\n                                                            Req'd  Req'd   Elap\nJob ID          Username Queue    Jobname    SessID NDS TSK Memory Time  S Time\n--------------- -------- -------- ---------- ------ --- --- ------ ----- - -----\n{}",
                 jobs.iter()
                     .map(|(id, name, user)| format!("{id:<15} {user:<8} workq    {name}    --    1   2    4gb 08:00 Q   --\n"))
                     .collect::<String>()
-            ),
-            ..Default::default()
-        }
+            ))
         },
         gone: |id| gone(format!("qdel: Unknown Job Id {id}\n"), 153),
     },
@@ -144,26 +138,20 @@ pub static PROFILES: &[Profile] = &[
         job_id: |n| format!("{n}.torque01"),
         found_id: |n| format!("{n}.torque01"),
         running: |ids| {
-            Reply {
-            stdout: format!(
+            Reply::ok(format!(
                 "<Data>{}</Data>\n",
                 ids.iter()
                     .map(|i| format!("<Job><Job_Id>{i}</Job_Id><Job_Owner>alice@login1</Job_Owner><job_state>R</job_state><exec_host>node07/0-1</exec_host></Job>"))
                     .collect::<String>()
-            ),
-            ..Default::default()
-        }
+            ))
         },
         tagged: |jobs| {
-            Reply {
-            stdout: format!(
+            Reply::ok(format!(
                 "<Data>{}</Data>\n",
                 jobs.iter()
                     .map(|(id, name, user)| format!("<Job><Job_Id>{id}</Job_Id><Job_Name>{name}</Job_Name><Job_Owner>{user}@login1</Job_Owner><job_state>Q</job_state></Job>"))
                     .collect::<String>()
-            ),
-            ..Default::default()
-        }
+            ))
         },
         gone: |id| gone(format!("qdel: Unknown Job Id {id}\n"), 153),
     },
@@ -178,26 +166,20 @@ pub static PROFILES: &[Profile] = &[
         job_id: same,
         found_id: same,
         running: |ids| {
-            Reply {
-            stdout: format!(
+            Reply::ok(format!(
                 "<?xml version='1.0'?>\n<job_info><queue_info>{}</queue_info><job_info></job_info></job_info>\n",
                 ids.iter()
                     .map(|i| format!("<job_list state=\"running\"><JB_job_number>{i}</JB_job_number><JB_name>jupyterhub</JB_name><JB_owner>alice</JB_owner><state>r</state><queue_name>batch@node07</queue_name></job_list>"))
                     .collect::<String>()
-            ),
-            ..Default::default()
-        }
+            ))
         },
         tagged: |jobs| {
-            Reply {
-            stdout: format!(
+            Reply::ok(format!(
                 "<?xml version='1.0'?>\n<job_info><queue_info></queue_info><job_info>{}</job_info></job_info>\n",
                 jobs.iter()
                     .map(|(id, name, user)| format!("<job_list state=\"pending\"><JB_job_number>{id}</JB_job_number><JB_name>{name}</JB_name><JB_owner>{user}</JB_owner><state>qw</state></job_list>"))
                     .collect::<String>()
-            ),
-            ..Default::default()
-        }
+            ))
         },
         gone: |id| gone(format!("denied: job \"{id}\" does not exist\n"), 1),
     },
@@ -211,19 +193,19 @@ pub static PROFILES: &[Profile] = &[
         submitted: |n| format!("Job <{n}> is submitted to queue <batch>.\n"),
         job_id: same,
         found_id: same,
-        running: |ids| Reply {
-            stdout: ids
-                .iter()
-                .map(|i| format!("{i}|RUN|2*node07:node08|-|-\n"))
-                .collect(),
-            ..Default::default()
+        running: |ids| {
+            Reply::ok(
+                ids.iter()
+                    .map(|i| format!("{i}|RUN|2*node07:node08|-|-\n"))
+                    .collect(),
+            )
         },
-        tagged: |jobs| Reply {
-            stdout: jobs
-                .iter()
-                .map(|(id, name, _)| format!("{id}|{name}|PEND\n"))
-                .collect(),
-            ..Default::default()
+        tagged: |jobs| {
+            Reply::ok(
+                jobs.iter()
+                    .map(|(id, name, _)| format!("{id}|{name}|PEND\n"))
+                    .collect(),
+            )
         },
         gone: |id| gone(format!("Job <{id}>: Job has already finished\n"), 255),
     },
@@ -237,19 +219,19 @@ pub static PROFILES: &[Profile] = &[
         submitted: |n| format!("Submitting job(s).\n1 job(s) submitted to cluster {n}.\n"),
         job_id: same,
         found_id: |n| format!("{n}.0"),
-        running: |ids| Reply {
-            stdout: ids
-                .iter()
-                .map(|i| format!("{i}.0 2 slot1@node07 undefined undefined\n"))
-                .collect(),
-            ..Default::default()
+        running: |ids| {
+            Reply::ok(
+                ids.iter()
+                    .map(|i| format!("{i}.0 2 slot1@node07 undefined undefined\n"))
+                    .collect(),
+            )
         },
-        tagged: |jobs| Reply {
-            stdout: jobs
-                .iter()
-                .map(|(id, name, _)| format!("{id} {name} 1\n"))
-                .collect(),
-            ..Default::default()
+        tagged: |jobs| {
+            Reply::ok(
+                jobs.iter()
+                    .map(|(id, name, _)| format!("{id} {name} 1\n"))
+                    .collect(),
+            )
         },
         gone: |id| {
             gone(
@@ -269,26 +251,20 @@ pub static PROFILES: &[Profile] = &[
         job_id: same,
         found_id: same,
         running: |ids| {
-            Reply {
-            stdout: format!(
+            Reply::ok(format!(
                 "<Data>{}</Data>\n",
                 ids.iter()
                     .map(|i| format!("<job JobID=\"{i}\" JobName=\"jupyterhub\" State=\"Running\" User=\"alice\"><req AllocNodeList=\"node07:2\" ReqProcPerTask=\"2\"></req></job>"))
                     .collect::<String>()
-            ),
-            ..Default::default()
-        }
+            ))
         },
         tagged: |jobs| {
-            Reply {
-            stdout: format!(
+            Reply::ok(format!(
                 "<Data>{}</Data>\n",
                 jobs.iter()
                     .map(|(id, name, user)| format!("<job JobID=\"{id}\" JobName=\"{name}\" State=\"Idle\" User=\"{user}\"><req/></job>"))
                     .collect::<String>()
-            ),
-            ..Default::default()
-        }
+            ))
         },
         gone: |id| gone(format!("ERROR:  invalid job specified ({id})\n"), 1),
     },

@@ -149,9 +149,6 @@ async fn validate(b: &Bench, form: Option<&crate::model::FormSchema>) -> Row {
         let Some(v) = bad_value(&f.kind) else {
             continue;
         };
-        if matches!(f.kind, FieldKind::Text { .. }) && !v.contains('\n') {
-            // An over-long text; a free text field may accept anything else.
-        }
         // Under a profile that leaves the field to the user (a fixed value
         // replaces whatever is sent, by design).
         let mut raw: RawOptions = [(f.id.clone(), vec![v.clone()])].into_iter().collect();
@@ -223,20 +220,13 @@ fn script(entries: &[(&str, Reply)]) -> Script {
         .collect::<BTreeMap<_, _>>()
 }
 
-fn ok(stdout: String) -> Reply {
-    Reply {
-        stdout,
-        ..Default::default()
-    }
-}
-
 fn set(b: &Bench, s: &Script) -> Result<(), Outcome> {
     fake::set_script(&b.bin, s).map_err(|e| Outcome::Fail(format!("kit: {e:#}")))
 }
 
 async fn submit(b: &Bench, p: &super::Profile) -> (Row, Option<Job>) {
     const S: &str = "submit: argv only, the hub's token out of argv";
-    if let Err(o) = set(b, &script(&[(p.submit, ok((p.submitted)("101")))])) {
+    if let Err(o) = set(b, &script(&[(p.submit, Reply::ok((p.submitted)("101")))])) {
         return (row(S, o), None);
     }
     let options = match b.instance.validate(&b.user, &RawOptions::new()).await {
@@ -411,7 +401,7 @@ async fn positive_evidence(b: &Bench, p: &super::Profile, job: &Job) -> Row {
         ),
         (
             "a warning instead of a listing (exit 0)",
-            ok("Warning: the controller is busy, try again later\n".into()),
+            Reply::ok("Warning: the controller is busy, try again later\n".into()),
         ),
     ];
     let mut problems = Vec::new();
@@ -455,7 +445,7 @@ async fn mangled(b: &Bench, p: &super::Profile, job: &Job) -> Row {
         .render(fake::format_spec(&asked).as_deref());
     let variants = mangle(&clean, 40);
     for (i, v) in variants.iter().enumerate() {
-        if let Err(o) = set(b, &script(&[(p.status, ok(v.clone()))])) {
+        if let Err(o) = set(b, &script(&[(p.status, Reply::ok(v.clone()))])) {
             return row(S, o);
         }
         match b.instance.status(&jobs).await {
@@ -530,7 +520,7 @@ async fn cancel(b: &Bench, p: &super::Profile, job: &Job) -> Row {
     const S: &str = "cancel is idempotent";
     let mut problems = Vec::new();
     for (what, reply) in [
-        ("a live job", ok(String::new())),
+        ("a live job", Reply::ok(String::new())),
         ("an ended job", (p.gone)(&job.job_id)),
     ] {
         if let Err(o) = set(b, &script(&[(p.cancel, reply)])) {

@@ -542,10 +542,10 @@ impl PluginInstance {
     /// a spawn without an entry provably has no job. Entries for spawns not
     /// asked about, or with an unusable job id, are dropped.
     pub async fn find_jobs(&self, spawns: &[SpawnRef]) -> Result<Vec<FoundJob>, FindJobsError> {
-        if self.current().api < ApiVersion::V0_2 {
+        let api = self.current().api;
+        if api < ApiVersion::V0_2 {
             return Err(FindJobsError::Unsupported(format!(
-                "the plugin is built against API {}, which cannot find jobs by spawn",
-                self.current().api
+                "the plugin is built against API {api}, which cannot find jobs by spawn"
             )));
         }
         let req = Request::FindJobs(
