@@ -16,6 +16,14 @@ use wasmspawner_host::model::{Job, User};
 use wasmspawner_host::runtime::plugin::PluginInstance;
 use wasmspawner_host::runtime::Runtime;
 
+/// Calls per measurement: `PLUGIN_CALLS_N` (default 2000).
+fn calls() -> usize {
+    std::env::var("PLUGIN_CALLS_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000)
+}
+
 fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
     v.sort();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -60,7 +68,7 @@ async fn measure(
         groups: vec!["proj-astro".into()],
         admin: false,
     };
-    let n = 500;
+    let n = calls();
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
