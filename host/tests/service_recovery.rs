@@ -377,8 +377,9 @@ fn processes_of(id: &str) -> Vec<u32> {
 /// audited before it started, and after a stop none is left (no orphan).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_burst_leaves_no_orphan_and_no_duplicate() {
-    const RUNS: usize = 8;
-    const BURST: usize = 20;
+    // The storm: 20 runs of a 50-spawn burst.
+    const RUNS: usize = 20;
+    const BURST: usize = 50;
     for run in 0..RUNS {
         let dir = tempfile::tempdir().unwrap();
         eprintln!("run {run}: {}", dir.path().display());
@@ -422,7 +423,7 @@ async fn sigkill_during_a_burst_leaves_no_orphan_and_no_duplicate() {
             }));
         }
         // A random moment of the burst.
-        let wait = rand::random::<u64>() % 120;
+        let wait = rand::random::<u64>() % 300;
         tokio::time::sleep(Duration::from_millis(wait)).await;
         drop(host); // SIGKILL
         for p in posts {

@@ -251,7 +251,15 @@ fn parse_sse(raw: &str) -> Vec<(String, Value)> {
 /// callback URL with the callback token from its environment. With a file
 /// path as first argument it waits for that file to exist before reporting.
 pub const SERVER_PY: &str = r#"
-import http.server, json, os, sys, time, urllib.request
+import http.server, json, os, sys, threading, time, urllib.request
+
+# A test that ends without stopping its spawns removes its temporary
+# directory: the server goes with it, never left running.
+def _watch(me=os.path.abspath(__file__)):
+    while os.path.exists(me):
+        time.sleep(0.5)
+    os._exit(0)
+threading.Thread(target=_watch, daemon=True).start()
 
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
