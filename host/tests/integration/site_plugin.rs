@@ -3,7 +3,7 @@
 //! hub's form, the host enforces them, and the plugin's own rule (memory per
 //! core) comes back as a field error.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

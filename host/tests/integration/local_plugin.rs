@@ -5,7 +5,7 @@
 //! dies with it (cancel, its own exit, `kill_all_for`), under cgroup v2 and
 //! under the process-tree fallback.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

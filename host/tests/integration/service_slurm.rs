@@ -3,8 +3,8 @@
 //! reports its port with the per-spawn token, the server answers, stop
 //! cancels the job. Needs WASMSPAWNER_SLURM_CONF (tests/slurm/slurm-up.sh).
 
-mod common;
-mod service_common;
+use crate::common;
+use crate::service_common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};

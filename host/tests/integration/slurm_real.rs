@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::common;
 
 /// The tests share a two-core node: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -1,8 +1,8 @@
 //! Hot reloading a plugin keeps its spawns: the new version continues
 //! polling and stopping the jobs the old one submitted.
 
-mod common;
-mod service_common;
+use crate::common;
+use crate::service_common;
 
 use service_common::*;
 

@@ -1,8 +1,8 @@
 //! The real `wasmspawner serve` binary killed with SIGKILL mid-spawn and
 //! started again: every spawn is recovered, nothing is submitted twice.
 
-mod common;
-mod service_common;
+use crate::common;
+use crate::service_common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

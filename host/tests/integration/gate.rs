@@ -1,7 +1,7 @@
 //! The capability gate with real processes: grants, declarations, program
 //! resolution, environment clearing, timeouts, output caps, run-as, audit.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -2,8 +2,7 @@
 //! router's routes, the right ones are unauthenticated, and every status a
 //! test run sees is documented for its route.
 
-mod common;
-mod service_common;
+use crate::service_common;
 
 use std::collections::BTreeSet;
 

@@ -2,7 +2,7 @@
 //! flight finish on the old one; a broken file is refused and the old
 //! version keeps serving.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! killed host's tunnel ssh is ended by the next start; with sshd down,
 //! re-opens back off.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Hostile plugins are contained, and every import passes the one gate.
 //! (Spinning, allocating, trapping and snooping plugins: plugin_runtime.rs.)
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

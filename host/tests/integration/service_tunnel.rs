@@ -3,8 +3,8 @@
 //! re-opens when its ssh dies, re-creates after a host restart (same local
 //! port), and closes on stop. Needs the test sshd (WASMSPAWNER_TEST_SSH).
 
-mod common;
-mod service_common;
+use crate::common;
+use crate::service_common;
 
 use std::time::Duration;
 

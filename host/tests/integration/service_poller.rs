@@ -2,8 +2,7 @@
 //! test plugin: one `status` call per interval for all jobs, `unknown` never
 //! taken as done, queue timeout, stop while validating or submitting.
 
-mod common;
-mod service_common;
+use crate::service_common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! allocating, trapping and snooping plugins; capability denials reach the
 //! plugin as errors; the next call gets a fresh instance.
 
-mod common;
+use crate::common;
 
 use std::time::Instant;
 
@@ -211,7 +211,7 @@ async fn a_file_that_is_not_a_component_is_refused_clearly() {
 
 // ----- isolation: a hostile plugin cannot stall the host or its neighbours -----
 
-mod service_common;
+use crate::service_common;
 
 use std::time::Duration;
 

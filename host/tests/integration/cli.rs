@@ -1,6 +1,6 @@
 //! The `wasmspawner` binary as a site admin uses it: `check` and `plugin`.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

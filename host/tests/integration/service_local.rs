@@ -2,8 +2,7 @@
 //! "single-user server" (a small Python HTTP server that reports its port
 //! through the job callback).
 
-mod common;
-mod service_common;
+use crate::service_common;
 
 use std::time::{Duration, Instant};
 

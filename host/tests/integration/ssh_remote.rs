@@ -4,7 +4,7 @@
 //! environment and stdin travelling outside argv, strict host-key checking,
 //! and the plugin's own `ssh` capability behind the gate.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! Each fake records its argv, stdin and environment, answers like the real
 //! scheduler, and fails like a dead controller when a `down` file exists.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
