@@ -335,3 +335,329 @@ mod tests {
         assert_eq!(store.events("sp-2", 0).unwrap().len(), 1);
     }
 }
+
+#[cfg(test)]
+mod write_fixture {
+    use super::*;
+    use crate::model::{User, Value};
+    use chrono::TimeZone;
+
+    fn t(s: i64) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc.timestamp_opt(1_796_000_000 + s, 0).unwrap()
+            + chrono::Duration::milliseconds(s * 7 % 1000)
+    }
+
+    fn base(id: &str, user: User, server: &str, req: &str, state: SpawnState, at: i64) -> Spawn {
+        Spawn {
+            id: id.into(),
+            user,
+            server_name: server.into(),
+            request_id: req.into(),
+            instance: "slurm".into(),
+            state,
+            reason: None,
+            progress: state.progress(),
+            raw_options: Default::default(),
+            options: None,
+            cmd: vec!["jupyterhub-singleuser".into(), "--debug".into()],
+            env_names: vec![],
+            job_id: None,
+            plugin_state: String::new(),
+            exec_host: None,
+            expected_start: None,
+            queue_position: None,
+            time_limit_secs: None,
+            end_time: None,
+            host: None,
+            port: None,
+            tunnel_target: None,
+            exit_code: None,
+            unknown_polls: 0,
+            flagged: None,
+            created_at: t(at),
+            updated_at: t(at + 30),
+            state_since: t(at + 20),
+            submit_started_at: None,
+            fingerprint: format!("{:064x}", (at as u128 + 1) * 0x9e37_79b9_7f4a_7c15),
+        }
+    }
+
+    /// Writes `tests/fixtures/store-0.1.0/` with the code of main as of da53f6c:
+    /// `FIXTURE_DIR=... cargo test -p wasmspawner --lib write_fixture -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write() {
+        let dir = std::path::PathBuf::from(std::env::var("FIXTURE_DIR").unwrap());
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir).unwrap();
+        let alice = User {
+            name: "alice".into(),
+            groups: vec![],
+            admin: false,
+        };
+        let bob = User {
+            name: "bob".into(),
+            groups: vec!["staff".into(), "gpu-users".into()],
+            admin: true,
+        };
+        let mut all = Vec::new();
+
+        // Queued, with options (every kind of value), env names, 0.2 queue facts.
+        let mut q = base(
+            "sp-0a1b2c3d4e5f6071",
+            alice.clone(),
+            "",
+            "req-queued",
+            SpawnState::Queued,
+            0,
+        );
+        q.raw_options = [
+            ("partition".to_string(), vec!["debug".to_string()]),
+            ("cores".to_string(), vec!["4".to_string()]),
+            ("gpu".to_string(), vec!["false".to_string()]),
+            ("mem_gb".to_string(), vec!["1.5".to_string()]),
+            (
+                "modules".to_string(),
+                vec!["python".to_string(), "cuda/12".to_string()],
+            ),
+        ]
+        .into_iter()
+        .collect();
+        q.options = Some(
+            [
+                ("partition".to_string(), Value::Text("debug".into())),
+                ("cores".to_string(), Value::Integer(4)),
+                ("gpu".to_string(), Value::Boolean(false)),
+                ("mem_gb".to_string(), Value::Number(1.5)),
+                ("walltime_h".to_string(), Value::Number(2.0)),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        q.env_names = vec![
+            "JUPYTERHUB_API_TOKEN".into(),
+            "JUPYTERHUB_API_URL".into(),
+            "WASMSPAWNER_CALLBACK_TOKEN".into(),
+        ];
+        q.job_id = Some("4242".into());
+        q.plugin_state = "{\"cluster\":\"main\"}".into();
+        q.reason = Some("Priority".into());
+        q.expected_start = Some(1_796_003_600);
+        q.queue_position = Some(3);
+        q.time_limit_secs = Some(3600);
+        q.submit_started_at = Some(t(10));
+        store.save(&q, Some(&"ab".repeat(32))).unwrap();
+        all.push(q);
+
+        // Running on a node, with host and port from its callback.
+        let mut r = base(
+            "sp-1122334455667788",
+            bob.clone(),
+            "gpu",
+            "req-running",
+            SpawnState::Running,
+            100,
+        );
+        r.options = Some(Default::default());
+        r.job_id = Some("4243".into());
+        r.exec_host = Some("node17".into());
+        r.host = Some("node17.cluster.example".into());
+        r.port = Some(48123);
+        r.time_limit_secs = Some(7200);
+        r.end_time = Some(1_796_007_300);
+        r.submit_started_at = Some(t(105));
+        store.save(&r, Some(&"cd".repeat(32))).unwrap();
+        all.push(r);
+
+        // Ready behind a tunnel, callback token used.
+        let mut y = base(
+            "sp-99aabbccddeeff00",
+            alice.clone(),
+            "tunneled",
+            "req-ready",
+            SpawnState::Ready,
+            200,
+        );
+        y.options = Some(
+            [("interface".to_string(), Value::Text("lab".into()))]
+                .into_iter()
+                .collect(),
+        );
+        y.job_id = Some("4244".into());
+        y.exec_host = Some("node3".into());
+        y.host = Some("127.0.0.1".into());
+        y.port = Some(40001);
+        y.tunnel_target = Some("node3:8888".into());
+        y.submit_started_at = Some(t(201));
+        store.save(&y, None).unwrap();
+        all.push(y);
+
+        // Stopped, with its exit code.
+        let mut s = base(
+            "sp-0102030405060708",
+            bob.clone(),
+            "",
+            "req-stopped",
+            SpawnState::Stopped,
+            300,
+        );
+        s.options = Some(Default::default());
+        s.job_id = Some("4245".into());
+        s.exit_code = Some(0);
+        s.reason = Some("stopped by the hub".into());
+        s.submit_started_at = Some(t(301));
+        store.save(&s, None).unwrap();
+        all.push(s);
+
+        // Failed after the scheduler's silence: flagged, unknown polls, a reason.
+        let mut f = base(
+            "sp-f0e0d0c0b0a09080",
+            alice.clone(),
+            "big",
+            "req-failed",
+            SpawnState::Failed,
+            400,
+        );
+        f.options = Some(
+            [("cores".to_string(), Value::Integer(-1))]
+                .into_iter()
+                .collect(),
+        );
+        f.job_id = Some("4246".into());
+        f.exit_code = Some(137);
+        f.unknown_polls = 5;
+        f.flagged = Some("the scheduler answered unknown 5 times in a row".into());
+        f.reason = Some("job ended: OUT_OF_MEMORY (exit 137) — « mémoire »".into());
+        f.submit_started_at = Some(t(401));
+        store.save(&f, None).unwrap();
+        all.push(f);
+
+        // Submitting, the submit not yet started (no job id).
+        let sub = base(
+            "sp-5555666677778888",
+            bob.clone(),
+            "later",
+            "req-submitting",
+            SpawnState::Submitting,
+            500,
+        );
+        store.save(&sub, Some(&"ef".repeat(32))).unwrap();
+        all.push(sub);
+
+        // Stopping, a cancel pending.
+        let mut st = base(
+            "sp-abcdefabcdef0123",
+            alice.clone(),
+            "old",
+            "req-stopping",
+            SpawnState::Stopping,
+            600,
+        );
+        st.options = Some(Default::default());
+        st.job_id = Some("4247".into());
+        st.reason = Some(
+            "cancel failed: scancel: error: Kill job error on job id 4247 (retry in 4 s)".into(),
+        );
+        st.submit_started_at = Some(t(601));
+        store.save(&st, None).unwrap();
+        all.push(st);
+
+        let ev = |id: &str, state: SpawnState, msg: &str, fin: bool, at: i64| SpawnEvent {
+            seq: 0,
+            spawn_id: id.into(),
+            time: t(at),
+            state,
+            progress: state.progress(),
+            message: msg.into(),
+            is_final: fin,
+        };
+        for e in [
+            ev(
+                "sp-0a1b2c3d4e5f6071",
+                SpawnState::Submitting,
+                "the spawn is submitting",
+                false,
+                1,
+            ),
+            ev(
+                "sp-0a1b2c3d4e5f6071",
+                SpawnState::Queued,
+                "submitted as job 4242",
+                false,
+                11,
+            ),
+            ev(
+                "sp-0a1b2c3d4e5f6071",
+                SpawnState::Queued,
+                "queued: Priority",
+                false,
+                21,
+            ),
+            ev(
+                "sp-1122334455667788",
+                SpawnState::Queued,
+                "submitted as job 4243",
+                false,
+                106,
+            ),
+            ev(
+                "sp-1122334455667788",
+                SpawnState::Running,
+                "running on node17",
+                false,
+                120,
+            ),
+            ev(
+                "sp-99aabbccddeeff00",
+                SpawnState::Running,
+                "running on node3",
+                false,
+                210,
+            ),
+            ev(
+                "sp-99aabbccddeeff00",
+                SpawnState::Ready,
+                "server ready at 127.0.0.1:40001 (tunnel to node3:8888)",
+                true,
+                220,
+            ),
+            ev(
+                "sp-0102030405060708",
+                SpawnState::Ready,
+                "server ready at node5:8888",
+                true,
+                310,
+            ),
+            ev(
+                "sp-0102030405060708",
+                SpawnState::Stopping,
+                "stop requested",
+                false,
+                320,
+            ),
+            ev(
+                "sp-0102030405060708",
+                SpawnState::Stopped,
+                "stopped",
+                true,
+                330,
+            ),
+            ev(
+                "sp-f0e0d0c0b0a09080",
+                SpawnState::Failed,
+                "job ended: OUT_OF_MEMORY (exit 137) — « mémoire »",
+                true,
+                420,
+            ),
+        ] {
+            store.add_event(e).unwrap().unwrap();
+        }
+        drop(store);
+        // What GET /v1/spawns/{id} returns for each (axum's Json: compact).
+        let api: String = all
+            .iter()
+            .map(|s| serde_json::to_string(s).unwrap() + "\n")
+            .collect();
+        std::fs::write(dir.join("api-spawns.jsonl"), api).unwrap();
+    }
+}
