@@ -98,9 +98,9 @@ fn v0_to_v1(tx: &Transaction) -> rusqlite::Result<()> {
 pub enum OpenError {
     #[error(
         "{path} has store schema version {found}, newer than this host knows (it reads versions up to {known}): \
-         it was written by a newer Wasmspawner. Run that version or a newer one, or restore the copy of the \
-         store a newer host kept before it migrated ({path}.v{known}.bak, if there is one); \
-         this host has not changed the file",
+         it was written by a newer Wasmspawner. Run that version or a newer one, or go back to the copy \
+         the newer host kept before it migrated ({path}.v{known}.bak, if there is one: see \
+         \"Durable state and recovery\" in docs/api.md); this host has not changed the file",
         path = .path.display()
     )]
     TooNew {
