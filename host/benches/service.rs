@@ -23,7 +23,7 @@ use serde_json::json;
 use wasmspawner_host::config::Config;
 use wasmspawner_host::daemon::Daemon;
 use wasmspawner_host::http::auth::Token;
-use wasmspawner_host::model::{Spawn, SpawnState};
+use wasmspawner_host::model::{Spawn, SpawnState, User, Value};
 use wasmspawner_host::service::Service;
 
 const BURST: usize = 1000;
@@ -86,6 +86,48 @@ async fn wait_all(h: &Host, st: SpawnState, n: u64, limit: Duration) -> Duration
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     t.elapsed()
+}
+
+/// Stored spawn `i` of the seeded table: its job running (or stopped) at
+/// the probe scheduler.
+fn seeded(i: usize, state: SpawnState, now: chrono::DateTime<chrono::Utc>) -> Spawn {
+    let stopped = state == SpawnState::Stopped;
+    Spawn {
+        id: format!("sp-{i:024x}"),
+        user: User {
+            name: format!("user{i}"),
+            groups: vec![],
+            admin: false,
+        },
+        server_name: String::new(),
+        request_id: "r".into(),
+        instance: "sched".into(),
+        state,
+        reason: stopped.then(|| "stopped".into()),
+        progress: state.progress(),
+        raw_options: [("cores".to_string(), vec!["2".to_string()])].into(),
+        options: Some([("cores".to_string(), Value::Integer(2))].into()),
+        cmd: vec!["jupyterhub-singleuser".into()],
+        env_names: vec!["JUPYTERHUB_API_TOKEN".into()],
+        job_id: Some(format!("probe-sp-{i:024x}")),
+        plugin_state: String::new(),
+        exec_host: Some("127.0.0.1".into()),
+        expected_start: None,
+        queue_position: None,
+        time_limit_secs: None,
+        end_time: None,
+        host: None,
+        port: None,
+        tunnel_target: None,
+        exit_code: stopped.then_some(0),
+        unknown_polls: 0,
+        flagged: None,
+        created_at: now,
+        updated_at: now,
+        state_since: now,
+        submit_started_at: None,
+        fingerprint: String::new(),
+    }
 }
 
 fn main() {
@@ -194,16 +236,7 @@ start_timeout_secs = 86400
             let store = wasmspawner_host::store::Store::open(&config.state_dir).unwrap();
             let now = chrono::Utc::now();
             for i in BURST..TRACKED {
-                let s: Spawn = serde_json::from_value(json!({
-                    "id": format!("sp-{i:024x}"), "user": {"name": format!("user{i}"), "groups": [], "admin": false},
-                    "server_name": "", "request_id": "r", "instance": "sched", "state": "running",
-                    "reason": null, "progress": 70, "raw_options": {"cores": ["2"]}, "options": {"cores": 2},
-                    "cmd": ["jupyterhub-singleuser"], "env_names": ["JUPYTERHUB_API_TOKEN"],
-                    "job_id": format!("probe-sp-{i:024x}"), "plugin_state": "", "exec_host": "127.0.0.1",
-                    "expected_start": null, "host": null, "port": null, "exit_code": null,
-                    "unknown_polls": 0, "flagged": null, "created_at": now, "updated_at": now, "state_since": now
-                }))
-                .unwrap();
+                let s = seeded(i, SpawnState::Running, now);
                 store.save(&s, Some(&"ab".repeat(32))).unwrap();
             }
         }
@@ -264,16 +297,7 @@ start_timeout_secs = 86400
             let store = wasmspawner_host::store::Store::open(&config.state_dir).unwrap();
             let now = chrono::Utc::now();
             for i in TRACKED..STORED {
-                let s: Spawn = serde_json::from_value(json!({
-                    "id": format!("sp-{i:024x}"), "user": {"name": format!("user{i}"), "groups": [], "admin": false},
-                    "server_name": "", "request_id": "r", "instance": "sched", "state": "stopped",
-                    "reason": "stopped", "progress": 100, "raw_options": {"cores": ["2"]}, "options": {"cores": 2},
-                    "cmd": ["jupyterhub-singleuser"], "env_names": ["JUPYTERHUB_API_TOKEN"],
-                    "job_id": format!("probe-sp-{i:024x}"), "plugin_state": "", "exec_host": "127.0.0.1",
-                    "expected_start": null, "host": null, "port": null, "exit_code": 0,
-                    "unknown_polls": 0, "flagged": null, "created_at": now, "updated_at": now, "state_since": now
-                }))
-                .unwrap();
+                let s = seeded(i, SpawnState::Stopped, now);
                 store.save(&s, None).unwrap();
             }
         }

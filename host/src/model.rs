@@ -1,6 +1,7 @@
 //! The host's own types for what crosses the plugin boundary, with the JSON
 //! shape the CLI and the HTTP API print. `runtime::convert` maps them to and
-//! from the WIT bindings.
+//! from the WIT bindings. And the service's [`Spawn`], which has no JSON of
+//! its own: the API's and the store's are separate types.
 
 use std::collections::BTreeMap;
 
@@ -367,9 +368,12 @@ impl std::fmt::Display for SpawnState {
     }
 }
 
-/// One spawn as the service keeps it and the API shows it. The callback
-/// token is never part of it; its hash is stored apart.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One spawn as the service keeps it. Neither the API's JSON nor the
+/// store's: the API prints [`crate::http::spawn_view::SpawnView`], the
+/// store writes [`crate::store::StoredSpawnV1`], each converted from this
+/// explicitly. The callback token is never part of it; its hash is kept
+/// apart.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Spawn {
     pub id: String,
     pub user: User,
@@ -397,13 +401,10 @@ pub struct Spawn {
     pub expected_start: Option<u64>,
     /// The job's place in the queue, 1 = next (plugin API 0.2, where the
     /// scheduler says).
-    #[serde(default)]
     pub queue_position: Option<u32>,
     /// The job's wall-clock limit in seconds (plugin API 0.2).
-    #[serde(default)]
     pub time_limit_secs: Option<u64>,
     /// When the scheduler ends the job, Unix seconds (plugin API 0.2).
-    #[serde(default)]
     pub end_time: Option<u64>,
     /// Where the hub reaches the single-user server (after the callback):
     /// the server itself, or the local end of its tunnel.
@@ -411,7 +412,6 @@ pub struct Spawn {
     pub port: Option<u16>,
     /// For a tunneled server: where it really listens (`node:port`), the
     /// far end of the tunnel from 127.0.0.1:`port`.
-    #[serde(default)]
     pub tunnel_target: Option<String>,
     pub exit_code: Option<i32>,
     /// Consecutive polls the scheduler answered `unknown` for this job.
@@ -425,11 +425,9 @@ pub struct Spawn {
     pub state_since: chrono::DateTime<chrono::Utc>,
     /// When the host called the plugin's submit (recorded before the call:
     /// after a crash, a spawn without it provably has no job).
-    #[serde(default)]
     pub submit_started_at: Option<chrono::DateTime<chrono::Utc>>,
     /// sha256 of what made the request (instance, options, command): a
     /// repeated request id with another fingerprint is a conflict.
-    #[serde(skip)]
     pub fingerprint: String,
 }
 

@@ -15,6 +15,7 @@ pub mod extract;
 pub mod form_html;
 pub mod plugins;
 pub mod prometheus;
+pub mod spawn_view;
 pub mod spawns;
 
 use std::sync::Arc;

@@ -19,8 +19,9 @@ use super::extract::{
     bearer, parse_json, read_body, require_json, ApiPath, ApiQuery, MAX_CALLBACK_BODY,
     MAX_START_BODY,
 };
+use super::spawn_view::SpawnView;
 use super::AppState;
-use crate::model::{Spawn, SpawnState};
+use crate::model::SpawnState;
 use crate::service::{CallbackBody, ListCursor, ListFilter, ServiceError, StartRequest};
 
 impl From<ServiceError> for ApiError {
@@ -75,14 +76,14 @@ pub async fn start(State(state): State<Arc<AppState>>, req: Request) -> Result<R
     } else {
         StatusCode::OK
     };
-    Ok((code, Json(spawn)).into_response())
+    Ok((code, Json(SpawnView::from(spawn))).into_response())
 }
 
 pub async fn get(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Spawn>, ApiError> {
-    Ok(Json(state.service.get(&id)?))
+) -> Result<Json<SpawnView>, ApiError> {
+    Ok(Json(SpawnView::from(state.service.get(&id)?)))
 }
 
 /// The query of `GET /v1/spawns`.
@@ -162,6 +163,7 @@ pub async fn list(
         after,
         limit,
     });
+    let page: Vec<SpawnView> = page.into_iter().map(SpawnView::from).collect();
     let mut r = Json(page).into_response();
     if let Some(n) = next {
         if let Ok(v) = axum::http::HeaderValue::from_str(&n.encode()) {
@@ -207,7 +209,7 @@ pub async fn stop(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((code, Json(spawn)).into_response())
+    Ok((code, Json(SpawnView::from(spawn))).into_response())
 }
 
 /// `GET /v1/spawns/{id}/events`: Server-Sent Events, each `data:` a
@@ -281,7 +283,7 @@ pub async fn ready(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((code, Json(spawn)).into_response())
+    Ok((code, Json(SpawnView::from(spawn))).into_response())
 }
 
 #[derive(Deserialize)]

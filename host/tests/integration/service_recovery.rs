@@ -250,17 +250,44 @@ fn submitting_record(
     cmd: &[&str],
     started: bool,
 ) -> wasmspawner_host::model::Spawn {
+    use wasmspawner_host::model::{Spawn, SpawnState, User, Value};
     let now = chrono::Utc::now();
-    serde_json::from_value(json!({
-        "id": id, "user": {"name": "alice", "groups": [], "admin": false},
-        "server_name": request_id, "request_id": request_id, "instance": "local", "state": "submitting",
-        "reason": null, "progress": 10, "raw_options": {}, "options": {"interface": "lab"}, "cmd": cmd,
-        "env_names": [], "job_id": null, "plugin_state": "", "exec_host": null,
-        "expected_start": null, "host": null, "port": null, "exit_code": null,
-        "unknown_polls": 0, "flagged": null, "created_at": now, "updated_at": now, "state_since": now,
-        "submit_started_at": if started { json!(now) } else { json!(null) }
-    }))
-    .unwrap()
+    Spawn {
+        id: id.into(),
+        user: User {
+            name: "alice".into(),
+            groups: vec![],
+            admin: false,
+        },
+        server_name: request_id.into(),
+        request_id: request_id.into(),
+        instance: "local".into(),
+        state: SpawnState::Submitting,
+        reason: None,
+        progress: 10,
+        raw_options: Default::default(),
+        options: Some([("interface".to_string(), Value::Text("lab".into()))].into()),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        env_names: vec![],
+        job_id: None,
+        plugin_state: String::new(),
+        exec_host: None,
+        expected_start: None,
+        queue_position: None,
+        time_limit_secs: None,
+        end_time: None,
+        host: None,
+        port: None,
+        tunnel_target: None,
+        exit_code: None,
+        unknown_polls: 0,
+        flagged: None,
+        created_at: now,
+        updated_at: now,
+        state_since: now,
+        submit_started_at: started.then_some(now),
+        fingerprint: String::new(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
