@@ -304,3 +304,59 @@ mod duration_tests {
         }
     }
 }
+
+/// A PBS-style wall time in seconds: `[[H:]M:]S[.fraction]` (PBS Pro,
+/// OpenPBS and Torque `walltime`, Grid Engine `h_rt`); a bare number is
+/// seconds, not minutes as in [`duration_secs`], and hours may pass 24
+/// (`120:00:00`). The fraction is dropped. Anything else (`UNLIMITED`,
+/// `-`, a negative or empty part) is `None`.
+pub fn walltime_secs(t: &str) -> Option<u64> {
+    let t = t.trim();
+    let t = match t.split_once('.') {
+        Some((whole, frac)) if frac.bytes().all(|b| b.is_ascii_digit()) => whole,
+        Some(_) => return None,
+        None => t,
+    };
+    let parts: Vec<&str> = t.split(':').collect();
+    if parts.len() > 3
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    parts.iter().try_fold(0u64, |acc, p| {
+        acc.checked_mul(60)?.checked_add(p.parse().ok()?)
+    })
+}
+
+#[cfg(test)]
+mod walltime_tests {
+    use super::walltime_secs;
+
+    #[test]
+    fn pbs_and_grid_engine_walltimes() {
+        assert_eq!(walltime_secs("01:00:00"), Some(3600));
+        assert_eq!(walltime_secs("120:00:00"), Some(432_000));
+        assert_eq!(walltime_secs("00:02:57"), Some(177));
+        assert_eq!(walltime_secs("3600"), Some(3600));
+        assert_eq!(walltime_secs("90:00"), Some(5400));
+        assert_eq!(walltime_secs("1:0:0"), Some(3600));
+        assert_eq!(walltime_secs(" 86400 "), Some(86_400));
+        assert_eq!(walltime_secs("00:00:14.250"), Some(14));
+        for none in [
+            "",
+            "-",
+            "UNLIMITED",
+            "1:00:00:00",
+            "1::00",
+            "-5",
+            "1:-1:00",
+            "1.5.3",
+            "12a",
+            "1:00:00.x",
+        ] {
+            assert_eq!(walltime_secs(none), None, "{none}");
+        }
+    }
+}

@@ -196,7 +196,7 @@ pub static PROFILES: &[Profile] = &[
         running: |ids| {
             Reply::ok(
                 ids.iter()
-                    .map(|i| format!("{i}|RUN|2*node07:node08|-|-\n"))
+                    .map(|i| format!("{i}|RUN|2*node07:node08|-|60.0|0:45 L|-\n"))
                     .collect(),
             )
         },
@@ -222,7 +222,7 @@ pub static PROFILES: &[Profile] = &[
         running: |ids| {
             Reply::ok(
                 ids.iter()
-                    .map(|i| format!("{i}.0 2 slot1@node07 undefined undefined\n"))
+                    .map(|i| format!("{i}.0 2 slot1@node07 undefined 3600 1764626400 undefined\n"))
                     .collect(),
             )
         },

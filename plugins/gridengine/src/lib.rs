@@ -1,5 +1,5 @@
 //! The `gridengine` plugin (Son of Grid Engine, Univa/Altair Grid Engine,
-//! OGS): `qsub -terse` (script on stdin), `qstat -xml -u OWNERS` for the
+//! OGS): `qsub -terse` (script on stdin), `qstat -xml -r -u OWNERS` for the
 //! state of many jobs (their owners' jobs only), `qdel`. Site config: see docs/plugins.md; the parallel
 //! environment for more than one core is the template variable `pe`
 //! (`vars = { pe = "smp" }`, the default).
@@ -23,7 +23,7 @@ pub static GRIDENGINE: Scheduler = Scheduler {
     runtime: formats::hms,
     cancel_gone: &["does not exist"],
     ids: JobIds::Exact,
-    status_per_call: 320,
+    status_per_call: 160,
     extra_programs: &[],
 };
 
@@ -53,13 +53,16 @@ wasmspawner_sdk::batch_plugin!(
     find: find_jobs
 );
 
-/// `qstat -xml -u alice,bob`: the jobs of the asked jobs' owners only (Grid
+/// `qstat -xml -r -u alice,bob`: the jobs of the asked jobs' owners only (Grid
 /// Engine's job listing has no job-id filter, and plain `qstat` lists only
 /// the caller's own jobs), so a site's other queued jobs, however many, are
 /// never printed. Up to [`GRIDENGINE`]`.status_per_call` owners per call
-/// (320; `status_ids_per_call` in the site config); an answer cut
+/// (160, as `-r` makes a job's record about 1 KiB; `status_ids_per_call`
+/// in the site config); an answer cut
 /// at the host's output cap is asked again for half the owners, and an
-/// owner whose own jobs overflow it gets `unknown` naming the cap.
+/// owner whose own jobs overflow it gets `unknown` naming the cap. `-r`
+/// adds each job's requests: its hard `h_rt` is its time limit. No end is
+/// reported: `JAT_start_time` is the qmaster's local time without a zone.
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
     b.status_in_groups(
         host,
@@ -77,7 +80,12 @@ pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
         |chunk| {
             let users: BTreeSet<&str> = chunk.iter().map(|j| j.user.as_str()).collect();
             let users: Vec<&str> = users.into_iter().collect();
-            b.status_command(["-xml".to_string(), "-u".into(), users.join(",")])
+            b.status_command([
+                "-xml".to_string(),
+                "-r".into(),
+                "-u".into(),
+                users.join(","),
+            ])
         },
         parse,
     )
@@ -118,6 +126,14 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
                 .trim()
         };
         let state = get("state");
+        // `<hard_request name="h_rt" …>3600</hard_request>` (seconds, or
+        // `HH:MM:SS` as requested).
+        let h_rt = job
+            .children()
+            .filter(|n| n.has_tag_name("hard_request"))
+            .find(|n| n.attribute("name") == Some("h_rt"))
+            .and_then(|n| n.text())
+            .and_then(wasmspawner_sdk::parse::walltime_secs);
         seen.push(
             Seen::new(get("JB_job_number"), phase(state), state)
                 .host(get("queue_name"))
@@ -125,7 +141,8 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
                     "error state (see qstat -j)"
                 } else {
                     ""
-                }),
+                })
+                .time_limit(h_rt),
         );
     }
     Ok(Answer::complete(seen))

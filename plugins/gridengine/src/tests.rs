@@ -2,7 +2,7 @@ use super::*;
 use wasmspawner_sdk::testing::{
     assert_survives_mangled, brief, int, job_spec, jobs, ok, text, FakeHost,
 };
-use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
+use wasmspawner_sdk::{load, JobState, Plugin, PluginError, RunError};
 
 fn plugin() -> GridEngine {
     ok(load::<GridEngine>("{}"))
@@ -39,7 +39,83 @@ fn status_is_one_qstat_for_the_users() {
     plugin().status(&host, &js);
     assert_eq!(
         host.calls()[0].argv(),
-        vec!["qstat", "-xml", "-u", "alice,bob"]
+        vec!["qstat", "-xml", "-r", "-u", "alice,bob"]
+    );
+}
+
+#[test]
+fn time_limit_from_hard_h_rt_request() {
+    // `qstat -xml -r`: each job's requests after its summary.
+    let out = "<?xml version='1.0'?>
+<job_info  xmlns:xsd=\"http://arc.liv.ac.uk/repos/darcs/sge/source/dist/util/resources/schemas/qstat/qstat.xsd\">
+  <queue_info>
+    <job_list state=\"running\">
+      <JB_job_number>88</JB_job_number>
+      <JAT_prio>0.75000</JAT_prio>
+      <JB_name>jupyterhub-sp-0123456789abcdef01234567</JB_name>
+      <JB_owner>alice</JB_owner>
+      <JB_project>project_a</JB_project>
+      <state>r</state>
+      <JAT_start_time>2026-11-22T04:47:54</JAT_start_time>
+      <queue_name>all.q@node07</queue_name>
+      <slots>2</slots>
+      <full_job_name>jupyterhub-sp-0123456789abcdef01234567</full_job_name>
+      <requested_pe name=\"smp\">2</requested_pe>
+      <granted_pe name=\"smp\">2</granted_pe>
+      <hard_request name=\"h_vmem\" resource_contribution=\"0.000000\">4096M</hard_request>
+      <hard_request name=\"h_rt\" resource_contribution=\"0.000000\">28800</hard_request>
+      <hard_req_queue>all.q</hard_req_queue>
+    </job_list>
+    <job_list state=\"running\">
+      <JB_job_number>89</JB_job_number>
+      <JB_owner>alice</JB_owner>
+      <state>r</state>
+      <queue_name>all.q@node08</queue_name>
+      <slots>1</slots>
+      <full_job_name>jupyterhub</full_job_name>
+      <hard_request name=\"s_rt\" resource_contribution=\"0.000000\">3000</hard_request>
+    </job_list>
+  </queue_info>
+  <job_info>
+    <job_list state=\"pending\">
+      <JB_job_number>1045</JB_job_number>
+      <JB_owner>alice</JB_owner>
+      <state>qw</state>
+      <JB_submission_time>2026-11-22T04:50:05</JB_submission_time>
+      <slots>1</slots>
+      <full_job_name>jupyterhub</full_job_name>
+      <hard_request name=\"h_rt\" resource_contribution=\"0.000000\">01:00:00</hard_request>
+      <hard_request name=\"s_rt\" resource_contribution=\"0.000000\">3000</hard_request>
+    </job_list>
+    <job_list state=\"pending\">
+      <JB_job_number>1046</JB_job_number>
+      <JB_owner>alice</JB_owner>
+      <state>qw</state>
+      <hard_request name=\"h_rt\" resource_contribution=\"0.000000\">INFINITY</hard_request>
+    </job_list>
+  </job_info>
+</job_info>
+";
+    let host = FakeHost::for_plugin::<GridEngine>();
+    host.on("qstat", &["**"]).stdout(out);
+    let states = plugin().status(&host, &jobs(&["88", "89", "1045", "1046"]));
+    let limits: Vec<(Option<u64>, Option<u64>)> = states
+        .iter()
+        .map(|s| match s {
+            JobState::Running(r) => (r.time_limit.limit_secs, r.time_limit.ends_at),
+            JobState::Pending(p) => (p.time_limit.limit_secs, p.time_limit.ends_at),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // No end: JAT_start_time is the qmaster's local time, without a zone.
+    assert_eq!(
+        limits,
+        vec![
+            (Some(28_800), None),
+            (None, None),
+            (Some(3600), None),
+            (None, None)
+        ]
     );
 }
 
@@ -275,13 +351,13 @@ wasmspawner_sdk::scheduler_test_suite! {
                     if let Some(u) = o.strip_prefix("user") {
                         let u: usize = u.parse().unwrap();
                         for i in u * 5..u * 5 + 5 {
-                            s.push_str(&format!("    <job_list state=\"running\">\n      <JB_job_number>{}</JB_job_number>\n      <JAT_prio>0.55500</JAT_prio>\n      <JB_name>jupyterhub-sp-0123456789abcdef01234567</JB_name>\n      <JB_owner>{o}</JB_owner>\n      <state>r</state>\n      <JAT_start_time>2026-12-01T22:00:00</JAT_start_time>\n      <queue_name>all.q@node07.example.org</queue_name>\n      <slots>2</slots>\n    </job_list>\n", i + 1000));
+                            s.push_str(&format!("    <job_list state=\"running\">\n      <JB_job_number>{}</JB_job_number>\n      <JAT_prio>0.55500</JAT_prio>\n      <JB_name>jupyterhub-sp-0123456789abcdef01234567</JB_name>\n      <JB_owner>{o}</JB_owner>\n      <state>r</state>\n      <JAT_start_time>2026-12-01T22:00:00</JAT_start_time>\n      <queue_name>all.q@node07.example.org</queue_name>\n      <slots>2</slots>\n      <full_job_name>jupyterhub-sp-0123456789abcdef01234567</full_job_name>\n      <requested_pe name=\"smp\">2</requested_pe>\n      <granted_pe name=\"smp\">2</granted_pe>\n      <hard_request name=\"h_vmem\" resource_contribution=\"0.000000\">4096M</hard_request>\n      <hard_request name=\"h_rt\" resource_contribution=\"0.000000\">08:00:00</hard_request>\n      <hard_req_queue>all.q</hard_req_queue>\n    </job_list>\n", i + 1000));
                         }
                     }
                     if let Some(u) = o.strip_prefix("other") {
                         let u: usize = u.parse().unwrap();
                         for i in 0..100 {
-                            s.push_str(&format!("    <job_list state=\"pending\"><JB_job_number>{}</JB_job_number><JB_owner>{o}</JB_owner><state>qw</state></job_list>\n", 100_000 + u * 100 + i));
+                            s.push_str(&format!("    <job_list state=\"pending\"><JB_job_number>{}</JB_job_number><JB_owner>{o}</JB_owner><state>qw</state><hard_request name=\"h_rt\" resource_contribution=\"0.000000\">86400</hard_request></job_list>\n", 100_000 + u * 100 + i));
                         }
                     }
                 }

@@ -55,8 +55,15 @@ wasmspawner_sdk::batch_plugin!(
     find: find_jobs
 );
 
-/// `condor_q -allusers A B C -af:j JobStatus RemoteHost ExitCode HoldReason`:
-/// one call; a job id is a cluster (`301`) or `cluster.proc`.
+/// `condor_q -allusers A B C -af:j JobStatus RemoteHost ExitCode
+/// AllowedJobDuration EnteredCurrentStatus HoldReason`: one call; a job id
+/// is a cluster (`301`) or `cluster.proc`. `AllowedJobDuration` (submit
+/// command `allowed_job_duration`; `undefined` where a job or an older
+/// HTCondor has none) is the job's wall-clock limit, the longest it may
+/// stay running before HTCondor holds it: a running job ends at
+/// `EnteredCurrentStatus` plus it. A limit kept in the job's
+/// `periodic_remove` expression (as the default template does) is no
+/// attribute `condor_q` can report: none.
 /// One call per [`HTCONDOR`]`.status_per_call` jobs (1000).
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
     b.status_by_id(
@@ -66,8 +73,16 @@ pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
             let args = std::iter::once("-allusers".to_string())
                 .chain(chunk.iter().map(|j| j.job_id.clone()))
                 .chain(
-                    ["-af:j", "JobStatus", "RemoteHost", "ExitCode", "HoldReason"]
-                        .map(String::from),
+                    [
+                        "-af:j",
+                        "JobStatus",
+                        "RemoteHost",
+                        "ExitCode",
+                        "AllowedJobDuration",
+                        "EnteredCurrentStatus",
+                        "HoldReason",
+                    ]
+                    .map(String::from),
                 );
             b.status_command(args)
         },
@@ -84,8 +99,8 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
         if line.is_empty() {
             continue;
         }
-        let f: Vec<&str> = line.splitn(5, ' ').collect();
-        let [id, status, remote, exit, hold] = f[..] else {
+        let f: Vec<&str> = line.splitn(7, ' ').collect();
+        let [id, status, remote, exit, allowed, entered, hold] = f[..] else {
             return Err(format!("unexpected line {line:?}"));
         };
         if !id.contains('.') || !id.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
@@ -103,12 +118,21 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
             "7" => Phase::Suspended,
             _ => Phase::Unknown,
         };
-        seen.push(
-            Seen::new(id, phase, status)
-                .host(remote)
-                .reason(hold)
-                .exit_code(exit),
-        );
+        // Integers or `undefined` (no limit set).
+        let limit: Option<u64> = allowed.parse().ok();
+        let mut s = Seen::new(id, phase, status)
+            .host(remote)
+            .reason(hold)
+            .exit_code(exit)
+            .time_limit(limit);
+        if phase == Phase::Running {
+            let entered: Option<u64> = entered.parse().ok();
+            let limit = s.time_limit_secs;
+            s = s
+                .started_at(entered)
+                .ends_at(entered.zip(limit).and_then(|(e, l)| e.checked_add(l)));
+        }
+        seen.push(s);
     }
     Ok(Answer::complete(seen))
 }

@@ -1,6 +1,6 @@
 use super::*;
 use wasmspawner_sdk::testing::{assert_survives_mangled, brief, int, job_spec, jobs, ok, FakeHost};
-use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
+use wasmspawner_sdk::{load, JobState, Plugin, PluginError, RunError};
 
 fn plugin() -> HtCondor {
     ok(load::<HtCondor>("{}"))
@@ -34,6 +34,8 @@ fn status_is_one_condor_q() {
             "JobStatus",
             "RemoteHost",
             "ExitCode",
+            "AllowedJobDuration",
+            "EnteredCurrentStatus",
             "HoldReason"
         ]
     );
@@ -42,11 +44,11 @@ fn status_is_one_condor_q() {
 #[test]
 fn status_idle_and_held() {
     assert_eq!(
-        one("301.0 1 undefined undefined undefined"),
+        one("301.0 1 undefined undefined undefined 1764626400 undefined"),
         "pending: pending"
     );
     assert_eq!(
-        one("301.0 5 undefined undefined via condor_hold (by user alice)"),
+        one("301.0 5 undefined undefined undefined 1764626400 via condor_hold (by user alice)"),
         "pending: held: via condor_hold (by user alice)"
     );
 }
@@ -54,11 +56,11 @@ fn status_idle_and_held() {
 #[test]
 fn status_running_slot_host() {
     assert_eq!(
-        one("301.0 2 slot1@node01.example.org undefined undefined"),
+        one("301.0 2 slot1@node01.example.org undefined undefined 1764626400 undefined"),
         "running@node01.example.org"
     );
     assert_eq!(
-        one("301.0 2 slot1_3@gpu7 undefined undefined"),
+        one("301.0 2 slot1_3@gpu7 undefined undefined 1764626400 undefined"),
         "running@gpu7"
     );
 }
@@ -66,21 +68,27 @@ fn status_running_slot_host() {
 #[test]
 fn status_suspended_transferring() {
     assert_eq!(
-        one("301.0 7 slot1@n1 undefined undefined"),
+        one("301.0 7 slot1@n1 undefined undefined 1764626400 undefined"),
         "pending: suspended"
     );
-    assert_eq!(one("301.0 6 slot1@n1 undefined undefined"), "done: exiting");
+    assert_eq!(
+        one("301.0 6 slot1@n1 undefined undefined 1764626400 undefined"),
+        "done: exiting"
+    );
 }
 
 #[test]
 fn status_completed_and_removed() {
-    assert_eq!(one("301.0 4 undefined 0 undefined"), "done(0): completed");
     assert_eq!(
-        one("301.0 4 undefined 1 undefined"),
+        one("301.0 4 undefined 0 undefined 1764626400 undefined"),
+        "done(0): completed"
+    );
+    assert_eq!(
+        one("301.0 4 undefined 1 undefined 1764626400 undefined"),
         "done(1): failed: exit code 1"
     );
     assert_eq!(
-        one("301.0 3 undefined undefined undefined"),
+        one("301.0 3 undefined undefined undefined 1764626400 undefined"),
         "done: cancelled"
     );
 }
@@ -89,7 +97,7 @@ fn status_completed_and_removed() {
 fn status_absent_after_success_is_done() {
     let s = states(
         0,
-        "302.0 2 slot1@n1 undefined undefined\n",
+        "302.0 2 slot1@n1 undefined undefined 1764626400 undefined\n",
         "",
         &["301", "302"],
     );
@@ -138,7 +146,8 @@ fn status_malformed_is_unknown() {
         "{s:?}"
     );
     assert!(
-        one("301.0 9 undefined undefined undefined").starts_with("unknown: the scheduler reports")
+        one("301.0 9 undefined undefined undefined 1764626400 undefined")
+            .starts_with("unknown: the scheduler reports")
     );
     let host = FakeHost::for_plugin::<HtCondor>();
     host.on("condor_q", &["**"])
@@ -215,7 +224,7 @@ fn cancel_finished_is_fine() {
 #[test]
 fn status_survives_mangled_output() {
     let samples = [
-        "301.0 2 slot1@node01.example.org undefined undefined\n302.0 5 undefined undefined via condor_hold (by user alice)\n303.0 4 undefined 0 undefined\n",
+        "301.0 2 slot1@node01.example.org undefined undefined 1764626400 undefined\n302.0 5 undefined undefined undefined 1764626400 via condor_hold (by user alice)\n303.0 4 undefined 0 undefined 1764626400 undefined\n",
     ];
     assert_survives_mangled(&samples, &[0, 1], 3, |code, out| {
         states(code, out, "", &["301", "302", "303"])
@@ -223,10 +232,70 @@ fn status_survives_mangled_output() {
 }
 
 #[test]
+fn time_limit_and_end_from_allowed_job_duration() {
+    let host = FakeHost::for_plugin::<HtCondor>();
+    // condor_q -af:j … AllowedJobDuration EnteredCurrentStatus HoldReason
+    host.on("condor_q", &["**"]).stdout(
+        "301.0 2 slot1@node01.example.org undefined 28800 1764626400 undefined\n\
+         302.0 1 undefined undefined 3600 1764626000 undefined\n\
+         303.0 2 slot1@node01.example.org undefined undefined 1764626400 undefined\n\
+         304.0 2 slot1@node01.example.org undefined 28800 undefined undefined\n\
+         305.0 2 slot1@node01.example.org undefined -1 1764626400 undefined\n",
+    );
+    let ids = ["301", "302", "303", "304", "305"];
+    let states = plugin().status(&host, &jobs(&ids));
+    let JobState::Running(r) = &states[0] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(r.started_at, Some(1_764_626_400));
+    assert_eq!(r.time_limit.limit_secs, Some(28_800));
+    assert_eq!(r.time_limit.ends_at, Some(1_764_626_400 + 28_800));
+    let JobState::Pending(p) = &states[1] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(
+        (p.time_limit.limit_secs, p.time_limit.ends_at),
+        (Some(3600), None)
+    );
+    let JobState::Running(r) = &states[2] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(
+        (r.time_limit.limit_secs, r.time_limit.ends_at),
+        (None, None)
+    );
+    assert_eq!(r.started_at, Some(1_764_626_400));
+    let JobState::Running(r) = &states[3] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(
+        (r.time_limit.limit_secs, r.time_limit.ends_at),
+        (Some(28_800), None)
+    );
+    let JobState::Running(r) = &states[4] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(
+        (r.time_limit.limit_secs, r.time_limit.ends_at),
+        (None, None)
+    );
+}
+
+#[test]
+fn status_older_layout_is_unknown() {
+    // The four attributes before the limits: not this plugin's answer.
+    let s = states(0, "301.0 2 slot1@n1 undefined undefined\n", "", &["301"]);
+    assert!(
+        s[0].starts_with("unknown: `condor_q`: unexpected line"),
+        "{s:?}"
+    );
+}
+
+#[test]
 fn status_cluster_is_its_process_zero_only() {
     let s = states(
         0,
-        "301.1 2 slot1@n1 undefined undefined\n",
+        "301.1 2 slot1@n1 undefined undefined 1764626400 undefined\n",
         "",
         &["301", "301.1"],
     );
@@ -240,13 +309,13 @@ fn status_cluster_is_its_process_zero_only() {
 wasmspawner_sdk::scheduler_test_suite! {
     plugin: HtCondor,
     submit: ("condor_submit", "Submitting job(s).\n1 job(s) submitted to cluster 101.\n", "101"),
-    status: ("condor_q", "101.0 2 slot1@node07 undefined undefined\n", "102"),
+    status: ("condor_q", "101.0 2 slot1@node07 undefined undefined 1764626400 undefined\n", "102"),
     dead: (1, "-- Failed to fetch ads from: <127.0.0.1:9618> : schedd01\n"),
     cancel: ("condor_rm", "Couldn't find/remove all jobs matching constraint (ClusterId == 101)\n"),
     scale: (|i| (i + 1000).to_string(), |c| {
                 wasmspawner_sdk::testing::asked_ids(c)
                     .iter()
-                    .map(|id| format!("{id}.0 2 slot1@node07.example.org undefined undefined\n"))
+                    .map(|id| format!("{id}.0 2 slot1@node07.example.org undefined undefined 1764626400 undefined\n"))
                     .collect()
             }),
 }

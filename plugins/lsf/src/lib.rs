@@ -52,11 +52,14 @@ wasmspawner_sdk::batch_plugin!(
     find: find_jobs
 );
 
-const FORMAT: &str = "jobid stat exec_host exit_code pend_reason delimiter='|'";
+const FORMAT: &str =
+    "jobid stat exec_host exit_code runtimelimit time_left pend_reason delimiter='|'";
 
-/// `bjobs -a -u all -noheader -o "jobid stat exec_host exit_code pend_reason
-/// delimiter='|'" A B C`: one call; `-a` keeps recently finished jobs, `-u all`
-/// because status does not run as the job's owner.
+/// `bjobs -a -u all -noheader -o "jobid stat exec_host exit_code runtimelimit
+/// time_left pend_reason delimiter='|'" A B C`: one call; `-a` keeps recently
+/// finished jobs, `-u all` because status does not run as the job's owner.
+/// `runtimelimit` is the job's run limit, `time_left` a running job's time
+/// left (`H:MM L`); the pending reason comes last, as it is free text.
 /// One call per [`LSF`]`.status_per_call` jobs (1000).
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
     b.status_by_id(
@@ -94,8 +97,8 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
         if line.is_empty() || gone(line).is_some() {
             continue;
         }
-        let f: Vec<&str> = line.splitn(5, '|').collect();
-        let [id, stat, exec_host, exit, reason] = f[..] else {
+        let f: Vec<&str> = line.splitn(7, '|').collect();
+        let [id, stat, exec_host, exit, limit, left, reason] = f[..] else {
             return Err(format!("unexpected line {line:?}"));
         };
         let exit: Option<i32> = exit.trim().parse().ok();
@@ -118,12 +121,15 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
             (Phase::Completed, None) => Some(0),
             (_, e) => e,
         };
-        seen.push(
-            Seen::new(id.trim(), phase, stat.trim())
-                .host(exec_host)
-                .reason(reason.trim().trim_end_matches(';'))
-                .exit_code(exit),
-        );
+        let mut s = Seen::new(id.trim(), phase, stat.trim())
+            .host(exec_host)
+            .reason(reason.trim().trim_end_matches(';'))
+            .exit_code(exit)
+            .time_limit(run_limit(limit));
+        if phase == Phase::Running {
+            s = s.time_left(time_left(left));
+        }
+        seen.push(s);
     }
     let mut answer = match ok {
         Ok(()) => Answer::complete(seen),
@@ -131,6 +137,51 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
     };
     answer.gone = gone_ids;
     Ok(answer)
+}
+
+/// `runtimelimit`: minutes with one decimal (`480.0`), followed by
+/// `/host` where the site's run limits are absolute (`ABS_RUNLIMIT=Y`), or
+/// `HH:MM:SS` under `LSB_HMS_TIME_FORMAT=Y`; `-` (none) and anything else
+/// is no limit. Without `ABS_RUNLIMIT` LSF scales the limit by the
+/// execution host's CPU factor: this is the limit as LSF prints it.
+pub fn run_limit(field: &str) -> Option<u64> {
+    let v = field.trim().split('/').next()?.trim();
+    if v.contains(':') {
+        return wasmspawner_sdk::parse::walltime_secs(v);
+    }
+    let (whole, frac) = v.split_once('.').unwrap_or((v, ""));
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(frac) {
+        return None;
+    }
+    let minutes: f64 = v.parse().ok()?;
+    let secs = (minutes * 60.0).round();
+    (1.0..1e12).contains(&secs).then_some(secs as u64)
+}
+
+/// `time_left` of a running job: `H:MM L` (hours and minutes; `HH:MM:SS L`
+/// under `LSB_HMS_TIME_FORMAT=Y`). Only `L` (the run limit, no runtime
+/// estimate) is the time to the scheduler's kill; `E` and `X` count down
+/// an estimate, and `-` is no limit: none.
+pub fn time_left(field: &str) -> Option<u64> {
+    let mut words = field.split_whitespace();
+    let (value, flag) = (words.next()?, words.next()?);
+    if flag != "L" || words.next().is_some() {
+        return None;
+    }
+    let parts: Vec<u64> = value
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let (h, m, s) = match parts[..] {
+        [h, m] => (h, m, 0),
+        [h, m, s] => (h, m, s),
+        _ => return None,
+    };
+    if m >= 60 || s >= 60 {
+        return None;
+    }
+    h.checked_mul(3600)?.checked_add(m * 60 + s)
 }
 
 /// The jobs of these spawns, found by the spawn id every job is named with

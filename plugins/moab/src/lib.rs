@@ -56,6 +56,14 @@ wasmspawner_sdk::batch_plugin!(
 /// `checkjob --xml A B C`: the jobs asked about, never every job Moab
 /// knows (`mdiag -j --xml` passes the 1 MiB output cap at about 700 jobs);
 /// one call per [`MOAB`]`.status_per_call` jobs (320, about 2 KiB each).
+/// Moab answers one `<Data>` with a `<job>` per known id (as MathWorks'
+/// Moab integration reads `checkjob --xml ID1 ID2 …`, and Ghent's vsc-jobs
+/// `checkjob --xml … all`); an id it no longer knows may come as
+/// `<Error code="700">server rejected request - invalid job specified:
+/// ID</Error>` instead of on stderr. A job's `ReqAWDuration` (seconds) is
+/// its time limit; a running one ends at `StartTime` + `SuspendDuration` +
+/// `ReqAWDuration` (epoch seconds; else its time left is `ReqAWDuration`
+/// less the active time `AWDuration`).
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
     b.status_by_id(
         host,
@@ -69,18 +77,18 @@ pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
     )
 }
 
-/// `ERROR:  invalid job specified (42)`, `cannot locate job '42'`: the job
-/// has left Moab. Returns the id.
+/// `ERROR:  invalid job specified (42)`, `cannot locate job '42'`, and in
+/// XML `<Error code="700">server rejected request - invalid job specified:
+/// 42</Error>`: the job has left Moab. Returns the id.
 fn gone(line: &str) -> Option<String> {
-    let l = line.trim();
-    if !(l.contains("invalid job specified") || l.contains("cannot locate job")) {
-        return None;
-    }
-    let id = l
-        .split_whitespace()
-        .last()?
-        .trim_matches(|c: char| "()'\":,.".contains(c));
-    (!id.is_empty()).then(|| id.to_string())
+    let rest = ["invalid job specified", "cannot locate job"]
+        .iter()
+        .find_map(|p| line.split_once(p).map(|(_, rest)| rest))?;
+    let rest = rest.split('<').next().unwrap_or("");
+    rest.split_whitespace()
+        .map(|w| w.trim_matches(|c: char| "()'\":,.".contains(c)))
+        .find(|w| !w.is_empty())
+        .map(str::to_string)
 }
 
 pub fn parse(out: &Output) -> Result<Answer, String> {
@@ -96,8 +104,26 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
     let text = out.stdout_str();
     let doc = roxmltree::Document::parse(text.trim()).map_err(|e| format!("not XML: {e}"))?;
     let root = doc.root_element();
-    if root.tag_name().name() != "Data" {
-        return Err(format!("unexpected XML root <{}>", root.tag_name().name()));
+    // `<Error>` elements: an id Moab no longer knows (gone), or an error
+    // that leaves the jobs it did not list unknown.
+    let mut gone_ids = gone_ids;
+    let mut errors = Vec::new();
+    let error_nodes: Vec<roxmltree::Node> = match root.tag_name().name() {
+        "Data" => root
+            .children()
+            .filter(|n| n.has_tag_name("Error"))
+            .collect(),
+        "Error" => vec![root],
+        other => return Err(format!("unexpected XML root <{other}>")),
+    };
+    for e in error_nodes {
+        let text = e.text().unwrap_or("").trim();
+        match gone(text) {
+            Some(id) => {
+                gone_ids.insert(id);
+            }
+            None => errors.push(text.chars().take(200).collect::<String>()),
+        }
     }
     let mut seen = Vec::new();
     for job in root.children().filter(|n| n.has_tag_name("job")) {
@@ -139,15 +165,38 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
             Phase::Pending | Phase::Waiting => attr("RsvStartTime").parse().ok(),
             _ => None,
         };
-        seen.push(
-            Seen::new(attr("JobID"), phase, state)
-                .expected_start(start)
-                .host(host)
-                .reason(attr("BlockReason"))
-                .exit_code(exit),
-        );
+        let secs = |a: &str| attr(a).parse::<u64>().ok();
+        let mut s = Seen::new(attr("JobID"), phase, state)
+            .expected_start(start)
+            .host(host)
+            .reason(attr("BlockReason"))
+            .exit_code(exit)
+            .time_limit(secs("ReqAWDuration"));
+        if phase == Phase::Running {
+            let limit = s.time_limit_secs;
+            let end = secs("StartTime")
+                .filter(|&t| t > 0)
+                .zip(limit)
+                .and_then(|(t, l)| {
+                    t.checked_add(secs("SuspendDuration").unwrap_or(0))?
+                        .checked_add(l)
+                });
+            let left = limit
+                .zip(secs("AWDuration"))
+                .map(|(l, used)| l.saturating_sub(used));
+            s = s.started_at(secs("StartTime")).ends_at(end).time_left(left);
+        }
+        seen.push(s);
     }
-    let mut answer = Answer::complete(seen);
+    let mut answer = if !errors.is_empty() {
+        Answer::partial(seen, format!("Moab error: {}", errors.join(" | ")))
+    } else if root.has_tag_name("Error") {
+        // Only an error for an id it no longer knows: the others asked
+        // with it are unknown this round (the next asks without it).
+        Answer::partial(seen, "Moab answered only an error for another job")
+    } else {
+        Answer::complete(seen)
+    };
     answer.gone = gone_ids;
     Ok(answer)
 }

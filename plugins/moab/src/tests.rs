@@ -2,7 +2,7 @@ use super::*;
 use wasmspawner_sdk::testing::{
     assert_survives_mangled, brief, int, job_spec, jobs, ok, text, FakeHost,
 };
-use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
+use wasmspawner_sdk::{load, JobState, Plugin, PluginError, RunError};
 
 fn plugin() -> Moab {
     ok(load::<Moab>("{}"))
@@ -29,8 +29,24 @@ fn xml(jobs: &[&str]) -> String {
             }
             None => (j.to_string(), String::new()),
         };
+        // Moab's attributes in its order, the test's own replacing them.
+        let defaults = [
+            ("Account", "proj"),
+            ("Class", "batch"),
+            ("EEDuration", "0"),
+            ("GJID", "x"),
+            ("Group", "alice"),
+            ("PAL", "torque"),
+            ("ReqAWDuration", "28800"),
+            ("User", "alice"),
+        ];
+        let rest: String = defaults
+            .iter()
+            .filter(|(k, _)| !job_attrs.contains(&format!("{k}=")))
+            .map(|(k, v)| format!(" {k}=\"{v}\""))
+            .collect();
         s.push_str(&format!(
-            "<job AWDuration=\"0\" Account=\"proj\" Class=\"batch\" EEDuration=\"0\" GJID=\"x\" Group=\"alice\" {job_attrs} PAL=\"torque\" ReqAWDuration=\"28800\" User=\"alice\"><req {nodes} ReqNodeDisk=\"0\" ReqNodeMem=\"0\" ReqPartition=\"torque\" ReqProcPerTask=\"1\" TCReqMin=\"1\" /></job>"
+            "<job {job_attrs}{rest}><req {nodes} ReqNodeDisk=\"0\" ReqNodeMem=\"0\" ReqPartition=\"torque\" ReqProcPerTask=\"1\" TCReqMin=\"1\" /></job>"
         ));
     }
     s.push_str("</Data>\n");
@@ -178,6 +194,114 @@ fn status_non_xml_is_unknown() {
     host.on("checkjob", &["**"])
         .fails(RunError::TimedOut("checkjob".into()));
     assert!(brief(&plugin().status(&host, &jobs(&["1"]))[0]).starts_with("unknown:"));
+}
+
+#[test]
+fn time_limit_and_end_from_req_aw_duration_and_start_time() {
+    let out = xml(&[
+        // Started at 10:00, suspended 5 minutes, 8 hours allowed.
+        "AWDuration=\"1392\" JobID=\"1234\" MasterHost=\"n01\" ReqAWDuration=\"28800\" RsvStartTime=\"1764583200\" StartTime=\"1764583200\" State=\"Running\" SubmissionTime=\"1764583190\" SuspendDuration=\"300\" AllocNodeList=\"n01:2\"",
+        "BlockReason=\"IdlePolicy\" JobID=\"1235\" ReqAWDuration=\"14400\" StartTime=\"0\" State=\"Idle\" SuspendDuration=\"0\"",
+        // No start time: the time left from the active time.
+        "AWDuration=\"600\" JobID=\"1236\" ReqAWDuration=\"3600\" State=\"Running\" AllocNodeList=\"n02\"",
+        // Moab's "infinite" (MMAX_TIME): no limit.
+        "AWDuration=\"10\" JobID=\"1237\" ReqAWDuration=\"2140000000\" StartTime=\"1764583200\" State=\"Running\" AllocNodeList=\"n03\"",
+        "JobID=\"1238\" ReqAWDuration=\"INFINITE\" StartTime=\"junk\" State=\"Running\" AllocNodeList=\"n04\"",
+    ]);
+    let host = FakeHost::for_plugin::<Moab>();
+    host.on("checkjob", &["**"]).stdout(&out);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let states = plugin().status(&host, &jobs(&["1234", "1235", "1236", "1237", "1238"]));
+    let JobState::Running(r) = &states[0] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(r.host.as_deref(), Some("n01"));
+    assert_eq!(r.started_at, Some(1_764_583_200));
+    assert_eq!(r.time_limit.limit_secs, Some(28_800));
+    assert_eq!(r.time_limit.ends_at, Some(1_764_583_200 + 300 + 28_800));
+    let JobState::Pending(p) = &states[1] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(
+        (p.time_limit.limit_secs, p.time_limit.ends_at),
+        (Some(14_400), None)
+    );
+    let JobState::Running(r) = &states[2] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(r.started_at, None);
+    let end = r.time_limit.ends_at.unwrap();
+    assert!((before + 3000..=before + 3005).contains(&end), "{end}");
+    for s in &states[3..] {
+        let JobState::Running(r) = s else {
+            panic!("{states:?}")
+        };
+        assert_eq!(
+            (r.time_limit.limit_secs, r.time_limit.ends_at),
+            (None, None),
+            "{s:?}"
+        );
+    }
+}
+
+#[test]
+fn invalid_job_errors_in_the_xml_are_gone() {
+    // Moab may answer an id it no longer knows inside the XML
+    // (`<Error code="700">`), with or without the jobs it does know.
+    let with_jobs = "<Data><job JobID=\"1234\" State=\"Running\"><req AllocNodeList=\"n1\"/></job><Error code=\"700\">server rejected request - invalid job specified: 1235</Error></Data>\n";
+    let s = states(0, with_jobs, "", &["1234", "1235"]);
+    assert_eq!(s[0], "running@n1");
+    assert!(
+        s[1].starts_with("done: the scheduler no longer knows"),
+        "{s:?}"
+    );
+    let alone =
+        "<Error code=\"700\">server rejected request - invalid job specified: 1235</Error>\n";
+    let s = states(1, alone, "", &["1235"]);
+    assert!(
+        s[0].starts_with("done: the scheduler no longer knows"),
+        "{s:?}"
+    );
+    // The others asked with it are not known to be done.
+    let s = states(1, alone, "", &["1234", "1235"]);
+    assert!(s[0].starts_with("unknown:"), "{s:?}");
+    assert!(
+        s[1].starts_with("done: the scheduler no longer knows"),
+        "{s:?}"
+    );
+    // Another error: the jobs it did not list are unknown, never done.
+    let other = "<Data><job JobID=\"1234\" State=\"Idle\"/><Error code=\"400\">server rejected request - cannot access job</Error></Data>\n";
+    let s = states(0, other, "", &["1234", "1236"]);
+    assert_eq!(s[0], "pending: pending");
+    assert!(
+        s[1].starts_with("unknown:") && s[1].contains("cannot access job"),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn gone_reads_every_spelling() {
+    assert_eq!(
+        gone("ERROR:  invalid job specified (1235)").as_deref(),
+        Some("1235")
+    );
+    assert_eq!(
+        gone("ERROR:  cannot locate job '77'").as_deref(),
+        Some("77")
+    );
+    assert_eq!(
+        gone("server rejected request - invalid job specified: Moab.9").as_deref(),
+        Some("Moab.9")
+    );
+    assert_eq!(
+        gone("<Error code=\"700\">server rejected request - invalid job specified: 12</Error></Data>").as_deref(),
+        Some("12")
+    );
+    assert_eq!(gone("ERROR:  invalid job specified"), None);
+    assert_eq!(gone("job 12 is running"), None);
 }
 
 fn submit(code: i32, stdout: &str, stderr: &str) -> (FakeHost, Result<String, PluginError>) {

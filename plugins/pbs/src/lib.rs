@@ -2,7 +2,7 @@
 //! one `qstat -f -x` for the state of many jobs (finished ones included),
 //! `qdel`. Site config: see docs/plugins.md.
 
-use wasmspawner_sdk::batch::pbs::{exit_code, gone, phase};
+use wasmspawner_sdk::batch::pbs::{exit_code, gone, phase, walltime};
 use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Scheduler, Seen};
 use wasmspawner_sdk::parse::qstat_full;
 use wasmspawner_sdk::{Host, Job, JobState, Output};
@@ -48,7 +48,10 @@ wasmspawner_sdk::batch_plugin!(
     find: find_jobs
 );
 
-/// `qstat -f -x A B C`: one call; `-x` keeps finished jobs (state F).
+/// `qstat -f -x A B C`: one call; `-x` keeps finished jobs (state F). A
+/// job's `Resource_List.walltime` is its time limit, and `resources_used.walltime`
+/// gives a running job's time left (PBS prints no start time in UTC or
+/// epoch seconds: `stime` is the server's local time without a zone).
 /// One call per [`PBS`]`.status_per_call` jobs (320: a `qstat -f` block
 /// with the job's exported environment is 1–3 KiB).
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
@@ -90,13 +93,22 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
                 .unwrap_or_default(),
             _ => String::new(),
         };
-        seen.push(
-            Seen::new(id, phase, st)
-                .expected_start_text(&start)
-                .host(a.get("exec_host").map(String::as_str).unwrap_or(""))
-                .reason(&reason)
-                .exit_code(exit),
+        // `Resource_List.walltime`: the limit; `resources_used.walltime`
+        // (as the MoM last reported it): the time left of a running job.
+        let (limit, left) = walltime(
+            a.get("Resource_List.walltime").map(String::as_str),
+            a.get("resources_used.walltime").map(String::as_str),
         );
+        let mut s = Seen::new(id, phase, st)
+            .expected_start_text(&start)
+            .host(a.get("exec_host").map(String::as_str).unwrap_or(""))
+            .reason(&reason)
+            .exit_code(exit)
+            .time_limit(limit);
+        if phase == wasmspawner_sdk::batch::Phase::Running {
+            s = s.time_left(left);
+        }
+        seen.push(s);
     }
     let mut answer = match ok {
         Ok(()) => Answer::complete(seen),

@@ -2,7 +2,7 @@ use super::*;
 use wasmspawner_sdk::testing::{
     assert_survives_mangled, brief, int, job_spec, jobs, ok, text, FakeHost,
 };
-use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
+use wasmspawner_sdk::{load, JobState, Plugin, PluginError, RunError};
 
 fn plugin(config: &str) -> Pbs {
     ok(load::<Pbs>(config))
@@ -254,6 +254,99 @@ fn status_survives_mangled_output() {
 }
 
 #[test]
+fn time_limit_and_end_from_walltime_used_and_requested() {
+    // `qstat -f -x` as PBS Pro prints a running, a queued and a finished job.
+    let out = "Job Id: 101.pbs01.example.org
+    Job_Name = jupyterhub-sp-0123456789abcdef01234567
+    Job_Owner = alice@login01.example.org
+    resources_used.cpupercent = 0
+    resources_used.cput = 00:00:02
+    resources_used.mem = 51840kb
+    resources_used.ncpus = 2
+    resources_used.vmem = 412332kb
+    resources_used.walltime = 00:10:05
+    job_state = R
+    queue = workq
+    server = pbs01
+    exec_host = cn042/0*2
+    Resource_List.ncpus = 2
+    Resource_List.nodect = 1
+    Resource_List.select = 1:ncpus=2:mem=4096mb
+    Resource_List.walltime = 01:00:00
+    stime = Tue Dec  1 10:00:00 2026
+
+Job Id: 102.pbs01.example.org
+    Job_Name = jupyterhub-sp-1123456789abcdef01234567
+    job_state = Q
+    queue = workq
+    comment = Not Running: Insufficient amount of resource: ncpus 
+    Resource_List.walltime = 08:00:00
+
+Job Id: 103.pbs01.example.org
+    job_state = R
+    exec_host = cn043/0
+    Resource_List.walltime = 120:00:00
+
+Job Id: 104.pbs01.example.org
+    resources_used.walltime = 00:59:58
+    job_state = F
+    Exit_status = 0
+    Resource_List.walltime = 01:00:00
+
+Job Id: 105.pbs01.example.org
+    resources_used.walltime = 00:00:10
+    job_state = R
+    exec_host = cn044/0
+
+";
+    let host = FakeHost::for_plugin::<Pbs>();
+    host.on("qstat", &["**"]).stdout(out);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ids = [
+        "101.pbs01",
+        "102.pbs01",
+        "103.pbs01",
+        "104.pbs01",
+        "105.pbs01",
+    ];
+    let states = plugin("{}").status(&host, &jobs(&ids));
+    let JobState::Running(r) = &states[0] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(r.time_limit.limit_secs, Some(3600));
+    let end = r.time_limit.ends_at.unwrap();
+    assert!((before + 2995..=before + 3000).contains(&end), "{end}");
+    // PBS prints no start time it can be read in: `stime` has no zone.
+    assert_eq!(r.started_at, None);
+    let JobState::Pending(p) = &states[1] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(
+        (p.time_limit.limit_secs, p.time_limit.ends_at),
+        (Some(28_800), None)
+    );
+    // Running, no time used reported yet: the limit, no end.
+    let JobState::Running(r) = &states[2] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(
+        (r.time_limit.limit_secs, r.time_limit.ends_at),
+        (Some(432_000), None)
+    );
+    assert!(matches!(&states[3], JobState::Done(_)), "{states:?}");
+    let JobState::Running(r) = &states[4] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(
+        (r.time_limit.limit_secs, r.time_limit.ends_at),
+        (None, None)
+    );
+}
+
+#[test]
 fn status_ids_match_exactly_server_included() {
     let out = "Job Id: 101.serverB\n    job_state = R\n    exec_host = n2/0\n";
     let s = states(
@@ -291,7 +384,7 @@ wasmspawner_sdk::scheduler_test_suite! {
                 );
                 wasmspawner_sdk::testing::asked_ids(c)
                     .iter()
-                    .map(|id| format!("Job Id: {id}.example.org\n    Job_Name = jupyterhub-sp-0123456789abcdef01234567\n    Job_Owner = alice@login01.example.org\n    job_state = R\n    queue = workq\n    server = pbs01\n    exec_host = node07/0*2\n    exec_vnode = (node07:ncpus=2:mem=4194304kb)\n    Resource_List.ncpus = 2\n    Resource_List.walltime = 08:00:00\n    Variable_List = {env}\n\n"))
+                    .map(|id| format!("Job Id: {id}.example.org\n    Job_Name = jupyterhub-sp-0123456789abcdef01234567\n    Job_Owner = alice@login01.example.org\n    resources_used.walltime = 00:05:00\n    job_state = R\n    queue = workq\n    server = pbs01\n    exec_host = node07/0*2\n    exec_vnode = (node07:ncpus=2:mem=4194304kb)\n    Resource_List.ncpus = 2\n    Resource_List.walltime = 08:00:00\n    Variable_List = {env}\n\n"))
                     .collect()
             }),
 }

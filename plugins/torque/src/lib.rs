@@ -2,8 +2,8 @@
 //! (script on stdin), one `qstat -x` (XML) for the state of many jobs,
 //! `qdel`. Site config: see docs/plugins.md.
 
-use wasmspawner_sdk::batch::pbs::{exit_code, gone, phase};
-use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Scheduler, Seen};
+use wasmspawner_sdk::batch::pbs::{exit_code, gone, phase, walltime};
+use wasmspawner_sdk::batch::{check_exit, formats, Answer, Batch, JobIds, Phase, Scheduler, Seen};
 use wasmspawner_sdk::{Host, Job, JobState, Output};
 
 pub static TORQUE: Scheduler = Scheduler {
@@ -49,7 +49,8 @@ wasmspawner_sdk::batch_plugin!(
 );
 
 /// `qstat -x A B C`: Torque's XML for every job in one call (completed
-/// jobs stay as `C` while the server keeps them).
+/// jobs stay as `C` while the server keeps them), with each job's
+/// `Resource_List` walltime, `Walltime.Remaining` and `start_time`.
 /// One call per [`TORQUE`]`.status_per_call` jobs (320).
 pub fn status(b: &Batch, host: &dyn Host, jobs: &[Job]) -> Vec<JobState> {
     b.status_by_id(
@@ -89,12 +90,35 @@ pub fn parse(out: &Output) -> Result<Answer, String> {
             } else {
                 reason
             };
-            seen.push(
-                Seen::new(get("Job_Id"), phase, get("job_state"))
-                    .host(get("exec_host"))
-                    .reason(&reason)
-                    .exit_code(exit_code(exit)),
+            // `<Resource_List><walltime>`: the limit. A running job's time
+            // left is the server's `<Walltime><Remaining>` (seconds, as of
+            // this answer), else the limit less `<resources_used><walltime>`;
+            // `<start_time>` (epoch seconds) is when it started.
+            let nested = |outer: &str, inner: &str| {
+                job.children()
+                    .find(|n| n.has_tag_name(outer))
+                    .and_then(|o| o.children().find(|n| n.has_tag_name(inner)))
+                    .and_then(|n| n.text())
+                    .map(str::trim)
+            };
+            let (limit, used_left) = walltime(
+                nested("Resource_List", "walltime"),
+                nested("resources_used", "walltime"),
             );
+            let mut s = Seen::new(get("Job_Id"), phase, get("job_state"))
+                .host(get("exec_host"))
+                .reason(&reason)
+                .exit_code(exit_code(exit))
+                .time_limit(limit);
+            if phase == Phase::Running {
+                let remaining = nested("Walltime", "Remaining")
+                    .and_then(|r| r.parse::<i64>().ok())
+                    .map(|r| r.max(0).unsigned_abs());
+                s = s
+                    .time_left(remaining.or(used_left))
+                    .started_at(get("start_time").parse().ok());
+            }
+            seen.push(s);
         }
     }
     let mut answer = match ok {

@@ -2,7 +2,7 @@ use super::*;
 use wasmspawner_sdk::testing::{
     assert_survives_mangled, brief, int, job_spec, jobs, ok, text, FakeHost,
 };
-use wasmspawner_sdk::{load, Plugin, PluginError, RunError};
+use wasmspawner_sdk::{load, JobState, Plugin, PluginError, RunError};
 
 fn plugin() -> Torque {
     ok(load::<Torque>("{}"))
@@ -224,6 +224,61 @@ fn status_survives_mangled_output() {
     });
 }
 
+#[test]
+fn time_limit_and_end_from_walltime_remaining() {
+    // `qstat -x` as Torque 6 prints it (one line; shortened): a running job
+    // with `Walltime.Remaining`, a queued one, a finished one, and a running
+    // one from a Torque without `Walltime` (time used instead).
+    let out = "<?xml version=\"1.0\"?>\n<Data>\
+<Job><Job_Id>72.c0</Job_Id><Job_Name>jupyterhub</Job_Name><Job_Owner>alice@login1</Job_Owner><resources_used><cput>02:07:06</cput><energy_used>0</energy_used><mem>8942880kb</mem><vmem>285471748kb</vmem><walltime>00:02:57</walltime></resources_used><job_state>R</job_state><queue>master</queue><server>c0</server><exec_host>c0/0-43</exec_host><Resource_List><nodes>1:ppn=44</nodes><walltime>120:00:00</walltime><nodect>1</nodect></Resource_List><comment>Job started on Mon Aug 08 at 22:45</comment><etime>1659969957</etime><start_time>1659969957</start_time><Walltime><Remaining>431771</Remaining></Walltime><start_count>1</start_count></Job>\
+<Job><Job_Id>73.c0</Job_Id><job_state>Q</job_state><queue>master</queue><Resource_List><nodes>1:ppn=44</nodes><walltime>120:00:00</walltime><nodect>1</nodect></Resource_List><comment>Not Running: Not enough of the right type of nodes are available</comment></Job>\
+<Job><Job_Id>74.c0</Job_Id><resources_used><walltime>00:02:14</walltime></resources_used><job_state>C</job_state><exec_host>c0/0-43</exec_host><Resource_List><walltime>120:00:00</walltime></Resource_List><exit_status>0</exit_status><start_time>1659970605</start_time><comp_time>1659970747</comp_time></Job>\
+<Job><Job_Id>75.c0</Job_Id><resources_used><walltime>00:20:00</walltime></resources_used><job_state>R</job_state><exec_host>c1/0</exec_host><Resource_List><walltime>01:00:00</walltime></Resource_List></Job>\
+<Job><Job_Id>76.c0</Job_Id><job_state>R</job_state><exec_host>c1/1</exec_host><Resource_List><walltime>00:10:00</walltime></Resource_List><start_time>1659969957</start_time><Walltime><Remaining>-12</Remaining></Walltime></Job>\
+</Data>\n";
+    let host = FakeHost::for_plugin::<Torque>();
+    host.on("qstat", &["**"]).stdout(out);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let states = plugin().status(&host, &jobs(&["72.c0", "73.c0", "74.c0", "75.c0", "76.c0"]));
+    let JobState::Running(r) = &states[0] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(r.host.as_deref(), Some("c0"));
+    assert_eq!(r.started_at, Some(1_659_969_957));
+    assert_eq!(r.time_limit.limit_secs, Some(432_000));
+    let end = r.time_limit.ends_at.unwrap();
+    assert!(
+        (before + 431_771..=before + 431_776).contains(&end),
+        "{end}"
+    );
+    let JobState::Pending(p) = &states[1] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(
+        (p.time_limit.limit_secs, p.time_limit.ends_at),
+        (Some(432_000), None)
+    );
+    assert!(
+        matches!(&states[2], JobState::Done(d) if d.exit_code == Some(0)),
+        "{states:?}"
+    );
+    let JobState::Running(r) = &states[3] else {
+        panic!("{states:?}")
+    };
+    assert_eq!(r.time_limit.limit_secs, Some(3600));
+    let end = r.time_limit.ends_at.unwrap();
+    assert!((before + 2400..=before + 2405).contains(&end), "{end}");
+    // Past its limit, not yet killed: it ends now.
+    let JobState::Running(r) = &states[4] else {
+        panic!("{states:?}")
+    };
+    let end = r.time_limit.ends_at.unwrap();
+    assert!((before..=before + 5).contains(&end), "{end}");
+}
+
 // The tests every batch plugin shares (declaration, submit, status by id
 // at scale, dead controller, cancel), on a FakeHost that checks each call
 // against this plugin's declaration.
@@ -240,7 +295,7 @@ wasmspawner_sdk::scheduler_test_suite! {
                 );
                 let jobs: String = wasmspawner_sdk::testing::asked_ids(c)
                     .iter()
-                    .map(|id| format!("<Job><Job_Id>{id}</Job_Id><Job_Name>jupyterhub-sp-0123456789abcdef01234567</Job_Name><Job_Owner>alice@login01</Job_Owner><job_state>R</job_state><queue>batch</queue><server>torque01</server><exec_host>node07/0-1</exec_host><Resource_List><nodes>1:ppn=2</nodes><walltime>08:00:00</walltime></Resource_List><Variable_List>{env}</Variable_List></Job>"))
+                    .map(|id| format!("<Job><Job_Id>{id}</Job_Id><Job_Name>jupyterhub-sp-0123456789abcdef01234567</Job_Name><Job_Owner>alice@login01</Job_Owner><job_state>R</job_state><queue>batch</queue><server>torque01</server><exec_host>node07/0-1</exec_host><Resource_List><nodes>1:ppn=2</nodes><walltime>08:00:00</walltime></Resource_List><Variable_List>{env}</Variable_List><start_time>1764626400</start_time><Walltime><Remaining>28500</Remaining></Walltime></Job>"))
                     .collect();
                 format!("<Data>{jobs}</Data>\n")
             }),

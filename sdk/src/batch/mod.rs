@@ -449,6 +449,69 @@ mod tests {
         assert!(matches!(&s[1], JobState::Running(_)), "{s:?}");
     }
 
+    #[test]
+    fn time_limits_start_and_end_reach_the_job_state() {
+        let b = batch("{}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let a = Answer::complete(vec![
+            // The scheduler's own end wins over its time left.
+            Seen::new("1", Phase::Running, "R")
+                .time_limit(Some(3600))
+                .time_left(Some(600))
+                .started_at(Some(1_764_583_200))
+                .ends_at(Some(1_764_586_800)),
+            Seen::new("2", Phase::Running, "R")
+                .time_limit(Some(3600))
+                .time_left(Some(600)),
+            // Moab's MMAX_TIME and a zero limit are no limit; a start at
+            // 0 or in the 1970s is no start.
+            Seen::new("3", Phase::Running, "R")
+                .time_limit(Some(2_140_000_000))
+                .started_at(Some(0))
+                .ends_at(Some(12)),
+            Seen::new("4", Phase::Pending, "Q")
+                .time_limit(Some(0))
+                .time_left(Some(5)),
+            Seen::new("5", Phase::Held, "H").time_limit(Some(7200)),
+        ]);
+        let s = b.map_states(&jobs(&["1", "2", "3", "4", "5"]), &a);
+        let JobState::Running(r) = &s[0] else {
+            panic!("{s:?}")
+        };
+        assert_eq!(r.started_at, Some(1_764_583_200));
+        assert_eq!(r.time_limit.limit_secs, Some(3600));
+        assert_eq!(r.time_limit.ends_at, Some(1_764_586_800));
+        let JobState::Running(r) = &s[1] else {
+            panic!("{s:?}")
+        };
+        let end = r.time_limit.ends_at.unwrap();
+        assert!((now + 600..=now + 605).contains(&end), "{end}");
+        let JobState::Running(r) = &s[2] else {
+            panic!("{s:?}")
+        };
+        assert_eq!(
+            (r.started_at, r.time_limit.limit_secs, r.time_limit.ends_at),
+            (None, None, None)
+        );
+        let JobState::Pending(p) = &s[3] else {
+            panic!("{s:?}")
+        };
+        assert_eq!(
+            (p.time_limit.limit_secs, p.time_limit.ends_at),
+            (None, None)
+        );
+        let JobState::Pending(p) = &s[4] else {
+            panic!("{s:?}")
+        };
+        assert_eq!(
+            (p.time_limit.limit_secs, p.time_limit.ends_at),
+            (Some(7200), None)
+        );
+    }
+
     fn parse_lines(out: &Output) -> Result<Answer, String> {
         Ok(Answer::complete(
             out.stdout_str()

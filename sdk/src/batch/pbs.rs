@@ -52,3 +52,37 @@ pub fn phase(state: &str, exit: Option<i32>) -> (Phase, String) {
 pub fn exit_code(exit: Option<i32>) -> Option<i32> {
     exit.filter(|c| (0..256).contains(c))
 }
+
+/// A job's wall-clock limit and, while it runs, the time it has left, from
+/// `Resource_List.walltime` and `resources_used.walltime` (`HH:MM:SS`, as
+/// PBS Pro, OpenPBS and Torque print them). The time used is what the
+/// job's MoM last reported, so the time left is the server's view, up to
+/// one MoM update behind. No used time (not started, not yet reported) is
+/// no time left, never the whole limit.
+pub fn walltime(limit: Option<&str>, used: Option<&str>) -> (Option<u64>, Option<u64>) {
+    let limit = limit.and_then(crate::parse::walltime_secs);
+    let used = used.and_then(crate::parse::walltime_secs);
+    let left = limit.zip(used).map(|(l, u)| l.saturating_sub(u));
+    (limit, left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::walltime;
+
+    #[test]
+    fn limit_and_time_left_from_used() {
+        assert_eq!(
+            walltime(Some("01:00:00"), Some("00:10:05")),
+            (Some(3600), Some(2995))
+        );
+        assert_eq!(walltime(Some("01:00:00"), None), (Some(3600), None));
+        // Past the limit (the MoM has not killed it yet): nothing left.
+        assert_eq!(
+            walltime(Some("00:10:00"), Some("00:10:30")),
+            (Some(600), Some(0))
+        );
+        assert_eq!(walltime(None, Some("00:10:00")), (None, None));
+        assert_eq!(walltime(Some("bogus"), Some("00:01:00")), (None, None));
+    }
+}

@@ -219,10 +219,14 @@ impl Batch {
             // answer; it is not done.
             Phase::Suspended => pending("suspended"),
             Phase::Running => JobState::Running(RunningInfo {
+                started_at: s.started_at,
                 time_limit: crate::TimeLimit {
                     limit_secs: s.time_limit_secs,
-                    // The scheduler's time left, from this call's clock.
-                    ends_at: s.time_left_secs.and_then(|left| Some(now()? + left)),
+                    // The end the scheduler states, else its time left from
+                    // this call's clock.
+                    ends_at: s
+                        .ends_at
+                        .or_else(|| s.time_left_secs.and_then(|left| now()?.checked_add(left))),
                 },
                 ..RunningInfo::on(s.host.as_deref().and_then(|h| self.address(h)))
             }),
@@ -250,8 +254,6 @@ fn join_reason(what: &str, reason: &str) -> String {
     }
 }
 
-/// `2026-12-01T23:10:00Z` for seconds since the epoch (civil from days,
-/// proleptic Gregorian).
 /// Seconds since the epoch by the wall clock the host lends the guest.
 fn now() -> Option<u64> {
     std::time::SystemTime::now()
@@ -260,6 +262,8 @@ fn now() -> Option<u64> {
         .map(|d| d.as_secs())
 }
 
+/// `2026-12-01T23:10:00Z` for seconds since the epoch (civil from days,
+/// proleptic Gregorian).
 pub(crate) fn utc(epoch: u64) -> String {
     let (days, secs) = ((epoch / 86_400) as i64, epoch % 86_400);
     let z = days + 719_468;
@@ -317,6 +321,21 @@ pub struct Seen {
     pub time_limit_secs: Option<u64>,
     /// Seconds the job has left before the scheduler ends it (running).
     pub time_left_secs: Option<u64>,
+    /// When the job started, seconds since the epoch (running).
+    pub started_at: Option<u64>,
+    /// When the scheduler will end the job, seconds since the epoch, where
+    /// its answer says so (running); else the end is `time_left_secs` from
+    /// the call's clock.
+    pub ends_at: Option<u64>,
+}
+
+/// Longer limits than this are a scheduler's "unlimited" (Moab's
+/// `MMAX_TIME`, 2 140 000 000 s), not a limit: 20 years.
+pub const MAX_LIMIT_SECS: u64 = 20 * 365 * 86_400;
+
+/// A plausible time stamp (2001‥2200), seconds since the epoch.
+fn plausible_epoch(t: Option<u64>) -> Option<u64> {
+    t.filter(|&t| (1_000_000_000..7_258_118_400).contains(&t))
 }
 
 impl Seen {
@@ -332,16 +351,31 @@ impl Seen {
             expected_start_text: None,
             time_limit_secs: None,
             time_left_secs: None,
+            started_at: None,
+            ends_at: None,
         }
     }
-    /// The wall-clock limit, seconds.
+    /// The wall-clock limit, seconds (0 and "unlimited" sentinels past
+    /// [`MAX_LIMIT_SECS`] are none).
     pub fn time_limit(mut self, secs: Option<u64>) -> Self {
-        self.time_limit_secs = secs.filter(|&s| s > 0);
+        self.time_limit_secs = secs.filter(|&s| s > 0 && s <= MAX_LIMIT_SECS);
         self
     }
     /// The time left before the limit, seconds (a running job).
     pub fn time_left(mut self, secs: Option<u64>) -> Self {
-        self.time_left_secs = secs;
+        self.time_left_secs = secs.filter(|&s| s <= MAX_LIMIT_SECS);
+        self
+    }
+    /// When the job started, seconds since the epoch (0 and implausible
+    /// stamps are none).
+    pub fn started_at(mut self, epoch_secs: Option<u64>) -> Self {
+        self.started_at = plausible_epoch(epoch_secs);
+        self
+    }
+    /// When the scheduler will end the job, seconds since the epoch, as its
+    /// answer states it (a running job; implausible stamps are none).
+    pub fn ends_at(mut self, epoch_secs: Option<u64>) -> Self {
+        self.ends_at = plausible_epoch(epoch_secs);
         self
     }
     /// The expected start, seconds since the epoch (a pending job only).
