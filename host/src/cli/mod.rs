@@ -215,6 +215,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 site_config: config,
                 groups,
                 cache_dir,
+                fake_program: None,
             })
             .await?;
             if json {

@@ -7,6 +7,11 @@
 //! A directory is a fake `bin/` only when it holds [`MARKER`] and is
 //! private to the user (0700, owned by them); anything else runs the
 //! normal command line.
+//!
+//! Every call of a program gets the same scripted [`Reply`]; with
+//! [`Reply::only_asked`] each call prints only the jobs it names, so a
+//! plugin that splits many jobs over several commands gets each one's
+//! own answer (the status bench in `host/benches/plugin_calls.rs`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -18,7 +23,17 @@ use serde::{Deserialize, Serialize};
 /// The file that marks a kit's fake `bin/` directory.
 pub const MARKER: &str = ".wasmspawner-conformance-fake";
 
-/// What one fake program does when called.
+/// What one fake program does when called: `stdout`, then the `rows`,
+/// then the `records`, then `tail` (and `stderr`, exit `code`).
+///
+/// With `only_asked`, rows and records not named by the call are left out,
+/// so one script answers a plugin that splits many jobs over several
+/// commands, each command for its own jobs only: a row is named by its
+/// `%i` field, a record by its `key`, when that is a word of the call's
+/// argv (an argument, a `,`-separated part of one, or of what follows its
+/// first `=`: `--jobs=1,2` names `1` and `2`). The key is what the
+/// scheduler's command names: the job id, or (Grid Engine, asked by owner)
+/// the job's owner.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Reply {
     #[serde(default)]
@@ -32,6 +47,32 @@ pub struct Reply {
     /// plugin's own format choice gets a real-looking answer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rows: Vec<BTreeMap<char, String>>,
+    /// Text printed after the rows, one record per job (a `qstat -f`
+    /// block, an XML element, a line).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<Record>,
+    /// Printed last (an XML listing's closing tags).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tail: String,
+    /// Only the rows and records the call names (see above).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub only_asked: bool,
+}
+
+/// One job's part of a listing, and the word a call names to get it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub key: String,
+    pub text: String,
+}
+
+impl Record {
+    pub fn new(key: &str, text: String) -> Record {
+        Record {
+            key: key.to_string(),
+            text,
+        }
+    }
 }
 
 impl Reply {
@@ -43,23 +84,49 @@ impl Reply {
         }
     }
 
-    /// The same answer `n` times over (to go past the output cap).
+    /// The same answer `n` times over (to go past the output cap): the
+    /// text (`stdout`, records, `tail`) repeated into `stdout`, the rows
+    /// repeated after it.
     pub fn repeat(&self, n: usize) -> Reply {
+        let text: String = std::iter::once(self.stdout.as_str())
+            .chain(self.records.iter().map(|r| r.text.as_str()))
+            .chain([self.tail.as_str()])
+            .collect();
         Reply {
-            stdout: self.stdout.repeat(n),
+            stdout: text.repeat(n),
             rows: std::iter::repeat_n(self.rows.clone(), n)
                 .flatten()
                 .collect(),
+            records: Vec::new(),
+            tail: String::new(),
             ..self.clone()
         }
     }
 
     /// `stdout`, then the rows in `spec`'s layout (`%i|%.18T %N`: a `%`,
-    /// an optional width, a field letter; anything else as is).
+    /// an optional width, a field letter; anything else as is), then the
+    /// records and `tail`: everything, whatever `only_asked` says.
     pub fn render(&self, spec: Option<&str>) -> String {
+        self.render_if(spec, |_| true)
+    }
+
+    /// What the fake prints for a call with this argv: [`Reply::render`]
+    /// in the layout it asks for, only what it names when `only_asked`.
+    pub fn answer(&self, argv: &[String]) -> String {
+        let named = asked(argv);
+        self.render_if(format_spec(argv).as_deref(), |id| {
+            !self.only_asked || named.contains(id)
+        })
+    }
+
+    fn render_if(&self, spec: Option<&str>, keep: impl Fn(&str) -> bool) -> String {
         let mut out = self.stdout.clone();
         let spec = spec.unwrap_or("%i %T %N");
-        for row in &self.rows {
+        let rows = self
+            .rows
+            .iter()
+            .filter(|r| keep(r.get(&'i').map(String::as_str).unwrap_or("")));
+        for row in rows {
             let mut chars = spec.chars().peekable();
             while let Some(c) = chars.next() {
                 if c != '%' {
@@ -78,8 +145,26 @@ impl Reply {
             }
             out.push('\n');
         }
+        for r in self.records.iter().filter(|r| keep(&r.key)) {
+            out.push_str(&r.text);
+        }
+        out.push_str(&self.tail);
         out
     }
+}
+
+/// The words of a call's argv that can name a job: each argument, its
+/// `,`-separated parts, and those of what follows its first `=`.
+pub fn asked(argv: &[String]) -> std::collections::BTreeSet<&str> {
+    let mut words = std::collections::BTreeSet::new();
+    for a in argv {
+        words.insert(a.as_str());
+        words.extend(a.split(','));
+        if let Some((_, v)) = a.split_once('=') {
+            words.extend(v.split(','));
+        }
+    }
+    words
 }
 
 /// The layout a call asks for: `--format=SPEC`, `--format SPEC`, `-oSPEC`
@@ -162,26 +247,26 @@ fn fake(bin: &Path, program: &str) -> i32 {
         code: 127,
         ..Default::default()
     });
-    let out = if reply.rows.is_empty() {
-        reply.stdout.clone()
-    } else {
-        reply.render(format_spec(&call.argv).as_deref())
-    };
+    let out = reply.answer(&call.argv);
     let _ = std::io::stdout().write_all(out.as_bytes());
     let _ = std::io::stderr().write_all(reply.stderr.as_bytes());
     reply.code
 }
 
 /// A kit's fake `bin/`: created private, marked, one link per program to
-/// this executable.
-pub fn make_bin(dir: &Path, programs: &[&str]) -> anyhow::Result<PathBuf> {
+/// `exe` (default: this executable; it must be `wasmspawner`, or call
+/// [`run_if_fake`] first as its `main` does).
+pub fn make_bin(dir: &Path, programs: &[&str], exe: Option<&Path>) -> anyhow::Result<PathBuf> {
     use anyhow::Context;
     use std::os::unix::fs::PermissionsExt;
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin)?;
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o700))?;
     std::fs::write(bin.join(MARKER), b"")?;
-    let exe = std::env::current_exe().context("cannot find the wasmspawner executable")?;
+    let exe = match exe {
+        Some(e) => e.to_path_buf(),
+        None => std::env::current_exe().context("cannot find the wasmspawner executable")?,
+    };
     for p in programs {
         let link = bin.join(p);
         if !link.exists() {
@@ -206,4 +291,52 @@ pub fn calls(bin: &Path) -> Vec<Call> {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::conformance::profiles;
+    use crate::model::Job;
+
+    fn jobs(p: &profiles::Profile, ns: &[&str]) -> Vec<Job> {
+        ns.iter()
+            .map(|n| Job {
+                job_id: (p.job_id)(n),
+                user: format!("u{n}"),
+                state: String::new(),
+            })
+            .collect()
+    }
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_asked_keeps_the_rows_and_records_a_call_names() {
+        let slurm = profiles::by_name("slurm").unwrap();
+        let mut r = (slurm.running)(&jobs(slurm, &["1", "2", "3"]));
+        let call = argv(&["--noheader", "--jobs=1,3", "--format=%i|%T"]);
+        assert_eq!(r.answer(&call), "1|RUNNING\n2|RUNNING\n3|RUNNING\n");
+        r.only_asked = true;
+        assert_eq!(r.answer(&call), "1|RUNNING\n3|RUNNING\n");
+        assert_eq!(r.render(Some("%i")), "1\n2\n3\n", "render is everything");
+
+        // Records by job id, inside the listing's head and tail.
+        let torque = profiles::by_name("torque").unwrap();
+        let mut r = (torque.running)(&jobs(torque, &["1", "2"]));
+        r.only_asked = true;
+        let out = r.answer(&argv(&["-x", "2.torque01"]));
+        assert!(out.starts_with("<Data><Job><Job_Id>2.torque01<"), "{out}");
+        assert!(out.ends_with("</Job></Data>\n") && !out.contains(">1.torque01<"));
+        assert_eq!(r.answer(&argv(&["-x"])), "<Data></Data>\n");
+
+        // Grid Engine names owners, not jobs.
+        let ge = profiles::by_name("gridengine").unwrap();
+        let mut r = (ge.running)(&jobs(ge, &["1", "2", "3"]));
+        r.only_asked = true;
+        let out = r.answer(&argv(&["-xml", "-r", "-u", "u1,u3"]));
+        assert_eq!(out.matches("<job_list").count(), 2, "{out}");
+        assert!(!out.contains("<JB_owner>u2<"));
+    }
 }

@@ -40,6 +40,10 @@ pub struct Options {
     /// Where compiled components are kept between runs (default: the
     /// run's temporary directory).
     pub cache_dir: Option<PathBuf>,
+    /// The executable each fake program is a link to (default: this one,
+    /// which must be `wasmspawner`'s: a bench or test gives
+    /// `CARGO_BIN_EXE_wasmspawner`).
+    pub fake_program: Option<PathBuf>,
 }
 
 /// How a scenario ended.
@@ -113,17 +117,55 @@ impl Report {
 }
 
 /// The kit's private world: a state dir, the fake `bin/`, the config.
-pub(crate) struct Bench {
+pub struct Bench {
     pub user: crate::model::User,
     /// Kept for the run: removed when the kit ends.
-    pub _dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    /// The fake programs ([`fake::set_script`], [`fake::calls`]).
     pub bin: PathBuf,
+    /// The plugin, loaded with each program it declares granted and the
+    /// fake `bin/` as its search path.
     pub instance: Arc<PluginInstance>,
     pub profile: Option<&'static Profile>,
 }
 
 /// Runs every scenario.
 pub async fn run(opts: &Options) -> Result<Report> {
+    let bench = match setup(opts).await? {
+        Ok(b) => b,
+        Err(describe) => {
+            return Ok(Report {
+                plugin: opts.plugin.display().to_string(),
+                api_version: "?".into(),
+                scheduler: opts.scheduler.clone(),
+                rows: vec![describe],
+            })
+        }
+    };
+    let rows = scenarios::all(&bench).await;
+    Ok(Report {
+        plugin: opts.plugin.display().to_string(),
+        api_version: bench.instance.current().api.as_str().into(),
+        scheduler: bench.profile.map(|p| p.name.to_string()),
+        rows,
+    })
+}
+
+/// The kit's world for `opts`, without running a scenario: for a bench
+/// that drives the plugin against the fake programs itself.
+pub async fn prepare(opts: &Options) -> Result<Bench> {
+    match setup(opts).await? {
+        Ok(b) => Ok(b),
+        Err(Row {
+            outcome: Outcome::Fail(why),
+            ..
+        }) => anyhow::bail!("describe failed: {why}"),
+        Err(row) => anyhow::bail!("describe: {:?}", row.outcome),
+    }
+}
+
+/// The world, or the failed describe row.
+async fn setup(opts: &Options) -> Result<std::result::Result<Bench, Row>> {
     let wasm = std::fs::canonicalize(&opts.plugin)
         .with_context(|| format!("cannot read the plugin {}", opts.plugin.display()))?;
     let site = match &opts.site_config {
@@ -147,20 +189,13 @@ pub async fn run(opts: &Options) -> Result<Report> {
         .clone()
         .unwrap_or_else(|| dir.path().join("cache"));
     let first = load(dir.path(), &cache, &wasm, &site, &[], "describe").await;
-    let mut rows = Vec::new();
     let first = match first {
         Ok(i) => i,
         Err(e) => {
-            rows.push(Row {
+            return Ok(Err(Row {
                 scenario: "describe is sane",
                 outcome: Outcome::Fail(format!("{e:#}")),
-            });
-            return Ok(Report {
-                plugin: opts.plugin.display().to_string(),
-                api_version: "?".into(),
-                scheduler: opts.scheduler.clone(),
-                rows,
-            });
+            }));
         }
     };
     let loaded = first.current();
@@ -186,7 +221,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
     }
     programs.sort();
     programs.dedup();
-    let bin = fake::make_bin(dir.path(), &programs)?;
+    let bin = fake::make_bin(dir.path(), &programs, opts.fake_program.as_deref())?;
     // Each declared program, granted for what it declares, as the host.
     let grants: Vec<toml::Value> = declared
         .programs
@@ -213,7 +248,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         })
         .collect();
     let instance = load(dir.path(), &cache, &wasm, &site, &grants, "kit").await?;
-    let bench = Bench {
+    Ok(Ok(Bench {
         user: crate::model::User {
             name: "alice".into(),
             groups: if opts.groups.is_empty() {
@@ -227,14 +262,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         bin,
         instance,
         profile,
-    };
-    rows.extend(scenarios::all(&bench).await);
-    Ok(Report {
-        plugin: opts.plugin.display().to_string(),
-        api_version: loaded.api.as_str().into(),
-        scheduler: profile.map(|p| p.name.to_string()),
-        rows,
-    })
+    }))
 }
 
 /// The site config in `v`: the file itself, or — for a host config (it has

@@ -2,8 +2,8 @@
 //! output formats (as recorded from the schedulers, the same the bundled
 //! plugins' tests use), filled in for the jobs a scenario needs.
 
-use super::fake::Reply;
-use crate::model::DeclaredCapabilities;
+use super::fake::{Record, Reply};
+use crate::model::{DeclaredCapabilities, Job};
 
 /// One scheduler's programs and outputs.
 pub struct Profile {
@@ -22,8 +22,9 @@ pub struct Profile {
     /// The job id `find-jobs` reports for the job numbered `n` (HTCondor
     /// lists `N.0`; the host matches it to `N` by the scheduler's rule).
     pub found_id: fn(n: &str) -> String,
-    /// A status listing with these jobs running on node07.
-    pub running: fn(ids: &[String]) -> Reply,
+    /// A status listing with these jobs running on node07, a row or
+    /// record per job (keyed by what the status command names it by).
+    pub running: fn(jobs: &[Job]) -> Reply,
     /// A find-jobs listing of (job id, job name, user), each pending.
     pub tagged: fn(jobs: &[(String, String, String)]) -> Reply,
     /// What cancel of an ended job answers.
@@ -53,12 +54,12 @@ pub static PROFILES: &[Profile] = &[
         submitted: |n| format!("{n};cluster1\n"),
         job_id: same,
         found_id: same,
-        running: |ids| Reply {
-            rows: ids
+        running: |jobs| Reply {
+            rows: jobs
                 .iter()
-                .map(|i| {
+                .map(|j| {
                     slurm_row(&[
-                        ('i', i),
+                        ('i', &j.job_id),
                         ('T', "RUNNING"),
                         ('t', "R"),
                         ('N', "node07"),
@@ -111,11 +112,14 @@ pub static PROFILES: &[Profile] = &[
         submitted: |n| format!("{n}.pbs01\n"),
         job_id: |n| format!("{n}.pbs01"),
         found_id: |n| format!("{n}.pbs01"),
-        running: |ids| {
-            Reply::ok(ids
+        running: |jobs| {
+            Reply {
+            records: jobs
                 .iter()
-                .map(|i| format!("Job Id: {i}.example.org\n    Job_Owner = alice@login1\n    job_state = R\n    exec_host = node07/0*2\n\n"))
-                .collect())
+                .map(|j| Record::new(&j.job_id, format!("Job Id: {}.example.org\n    Job_Owner = {}@login1\n    job_state = R\n    exec_host = node07/0*2\n\n", j.job_id, j.user)))
+                .collect(),
+            ..Default::default()
+        }
         },
         tagged: |jobs| {
             Reply::ok(format!(
@@ -137,13 +141,16 @@ pub static PROFILES: &[Profile] = &[
         submitted: |n| format!("{n}.torque01\n"),
         job_id: |n| format!("{n}.torque01"),
         found_id: |n| format!("{n}.torque01"),
-        running: |ids| {
-            Reply::ok(format!(
-                "<Data>{}</Data>\n",
-                ids.iter()
-                    .map(|i| format!("<Job><Job_Id>{i}</Job_Id><Job_Owner>alice@login1</Job_Owner><job_state>R</job_state><exec_host>node07/0-1</exec_host></Job>"))
-                    .collect::<String>()
-            ))
+        running: |jobs| {
+            Reply {
+            stdout: "<Data>".into(),
+            records: jobs
+                .iter()
+                .map(|j| Record::new(&j.job_id, format!("<Job><Job_Id>{}</Job_Id><Job_Owner>{}@login1</Job_Owner><job_state>R</job_state><exec_host>node07/0-1</exec_host></Job>", j.job_id, j.user)))
+                .collect(),
+            tail: "</Data>\n".into(),
+            ..Default::default()
+        }
         },
         tagged: |jobs| {
             Reply::ok(format!(
@@ -165,13 +172,17 @@ pub static PROFILES: &[Profile] = &[
         submitted: |n| format!("Your job {n} (\"jupyterhub\") has been submitted\n"),
         job_id: same,
         found_id: same,
-        running: |ids| {
-            Reply::ok(format!(
-                "<?xml version='1.0'?>\n<job_info><queue_info>{}</queue_info><job_info></job_info></job_info>\n",
-                ids.iter()
-                    .map(|i| format!("<job_list state=\"running\"><JB_job_number>{i}</JB_job_number><JB_name>jupyterhub</JB_name><JB_owner>alice</JB_owner><state>r</state><queue_name>batch@node07</queue_name></job_list>"))
-                    .collect::<String>()
-            ))
+        // `qstat -u OWNERS`: a job's record is named by its owner.
+        running: |jobs| {
+            Reply {
+            stdout: "<?xml version='1.0'?>\n<job_info><queue_info>".into(),
+            records: jobs
+                .iter()
+                .map(|j| Record::new(&j.user, format!("<job_list state=\"running\"><JB_job_number>{}</JB_job_number><JB_name>jupyterhub</JB_name><JB_owner>{}</JB_owner><state>r</state><queue_name>batch@node07</queue_name></job_list>", j.job_id, j.user)))
+                .collect(),
+            tail: "</queue_info><job_info></job_info></job_info>\n".into(),
+            ..Default::default()
+        }
         },
         tagged: |jobs| {
             Reply::ok(format!(
@@ -193,12 +204,17 @@ pub static PROFILES: &[Profile] = &[
         submitted: |n| format!("Job <{n}> is submitted to queue <batch>.\n"),
         job_id: same,
         found_id: same,
-        running: |ids| {
-            Reply::ok(
-                ids.iter()
-                    .map(|i| format!("{i}|RUN|2*node07:node08|-|60.0|0:45 L|-\n"))
-                    .collect(),
-            )
+        running: |jobs| Reply {
+            records: jobs
+                .iter()
+                .map(|j| {
+                    Record::new(
+                        &j.job_id,
+                        format!("{}|RUN|2*node07:node08|-|60.0|0:45 L|-\n", j.job_id),
+                    )
+                })
+                .collect(),
+            ..Default::default()
         },
         tagged: |jobs| {
             Reply::ok(
@@ -219,12 +235,20 @@ pub static PROFILES: &[Profile] = &[
         submitted: |n| format!("Submitting job(s).\n1 job(s) submitted to cluster {n}.\n"),
         job_id: same,
         found_id: |n| format!("{n}.0"),
-        running: |ids| {
-            Reply::ok(
-                ids.iter()
-                    .map(|i| format!("{i}.0 2 slot1@node07 undefined 3600 1764626400 undefined\n"))
-                    .collect(),
-            )
+        running: |jobs| Reply {
+            records: jobs
+                .iter()
+                .map(|j| {
+                    Record::new(
+                        &j.job_id,
+                        format!(
+                            "{}.0 2 slot1@node07 undefined 3600 1764626400 undefined\n",
+                            j.job_id
+                        ),
+                    )
+                })
+                .collect(),
+            ..Default::default()
         },
         tagged: |jobs| {
             Reply::ok(
@@ -250,13 +274,16 @@ pub static PROFILES: &[Profile] = &[
         submitted: |n| format!("\n\n{n}\n\n"),
         job_id: same,
         found_id: same,
-        running: |ids| {
-            Reply::ok(format!(
-                "<Data>{}</Data>\n",
-                ids.iter()
-                    .map(|i| format!("<job JobID=\"{i}\" JobName=\"jupyterhub\" State=\"Running\" User=\"alice\"><req AllocNodeList=\"node07:2\" ReqProcPerTask=\"2\"></req></job>"))
-                    .collect::<String>()
-            ))
+        running: |jobs| {
+            Reply {
+            stdout: "<Data>".into(),
+            records: jobs
+                .iter()
+                .map(|j| Record::new(&j.job_id, format!("<job JobID=\"{}\" JobName=\"jupyterhub\" State=\"Running\" User=\"{}\"><req AllocNodeList=\"node07:2\" ReqProcPerTask=\"2\"></req></job>", j.job_id, j.user)))
+                .collect(),
+            tail: "</Data>\n".into(),
+            ..Default::default()
+        }
         },
         tagged: |jobs| {
             Reply::ok(format!(

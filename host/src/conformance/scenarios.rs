@@ -321,7 +321,7 @@ fn many(p: &super::Profile, job: &Job) -> Vec<Job> {
 async fn status_many(b: &Bench, p: &super::Profile, job: &Job) -> Row {
     const S: &str = "status: many jobs in one call";
     let jobs = many(p, job);
-    let listing = (p.running)(std::slice::from_ref(&job.job_id));
+    let listing = (p.running)(std::slice::from_ref(job));
     if let Err(o) = set(b, &script(&[(p.status, listing)])) {
         return row(S, o);
     }
@@ -397,7 +397,7 @@ async fn positive_evidence(b: &Bench, p: &super::Profile, job: &Job) -> Row {
     let cases = [
         (
             "an answer cut at the output cap",
-            (p.running)(std::slice::from_ref(&job.job_id)).repeat(1 + (2 << 20) / 48),
+            (p.running)(std::slice::from_ref(job)).repeat(1 + (2 << 20) / 48),
         ),
         (
             "a warning instead of a listing (exit 0)",
@@ -430,7 +430,7 @@ async fn positive_evidence(b: &Bench, p: &super::Profile, job: &Job) -> Row {
 async fn mangled(b: &Bench, p: &super::Profile, job: &Job) -> Row {
     const S: &str = "status: mangled output survives";
     let jobs = many(p, job);
-    let listing = (p.running)(&jobs.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>());
+    let listing = (p.running)(&jobs);
     // The listing as the plugin's own command asks for it.
     if let Err(o) = set(b, &script(&[(p.status, listing)])) {
         return row(S, o);
@@ -441,8 +441,7 @@ async fn mangled(b: &Bench, p: &super::Profile, job: &Job) -> Row {
         .find(|c| c.program == p.status)
         .map(|c| c.argv)
         .unwrap_or_default();
-    let clean = (p.running)(&jobs.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>())
-        .render(fake::format_spec(&asked).as_deref());
+    let clean = (p.running)(&jobs).render(fake::format_spec(&asked).as_deref());
     let variants = mangle(&clean, 40);
     for (i, v) in variants.iter().enumerate() {
         if let Err(o) = set(b, &script(&[(p.status, Reply::ok(v.clone()))])) {
