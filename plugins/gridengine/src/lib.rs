@@ -23,7 +23,7 @@ pub static GRIDENGINE: Scheduler = Scheduler {
     runtime: formats::hms,
     cancel_gone: &["does not exist"],
     ids: JobIds::Exact,
-    status_per_call: 160,
+    status_per_call: 640,
     extra_programs: &[],
 };
 
@@ -56,9 +56,11 @@ wasmspawner_sdk::batch_plugin!(
 /// `qstat -xml -r -u alice,bob`: the jobs of the asked jobs' owners only (Grid
 /// Engine's job listing has no job-id filter, and plain `qstat` lists only
 /// the caller's own jobs), so a site's other queued jobs, however many, are
-/// never printed. Up to [`GRIDENGINE`]`.status_per_call` owners per call
-/// (160, as `-r` makes a job's record about 1 KiB; `status_ids_per_call`
-/// in the site config); an answer cut
+/// never printed. The owners of up to [`GRIDENGINE`]`.status_per_call`
+/// asked jobs per command (640, as `-r` makes a job's record about 1 KiB;
+/// `status_ids_per_call` in the site config), however many owners that is:
+/// 10 000 jobs take 16 commands whether they are 10 users' or 10 000's; an
+/// answer cut
 /// at the host's output cap is asked again for half the owners, and an
 /// owner whose own jobs overflow it gets `unknown` naming the cap. `-r`
 /// adds each job's requests: its hard `h_rt` is its time limit. No end is
@@ -97,14 +99,25 @@ fn owners<'a>(jobs: &'a [Job], group: &[usize]) -> Vec<&'a str> {
     set.into_iter().collect()
 }
 
-/// Job indices grouped so each group has at most `per` owners.
+/// Job indices grouped by owner, each group the jobs of whole owners and at
+/// most `per` jobs (an owner with more is a group of its own).
 pub fn owner_groups(jobs: &[Job], per: usize) -> Vec<Vec<usize>> {
     let mut by_owner: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
     for (i, j) in jobs.iter().enumerate() {
         by_owner.entry(j.user.as_str()).or_default().push(i);
     }
-    let owners: Vec<Vec<usize>> = by_owner.into_values().collect();
-    owners.chunks(per.max(1)).map(|c| c.concat()).collect()
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for owned in by_owner.into_values() {
+        if !current.is_empty() && current.len() + owned.len() > per.max(1) {
+            groups.push(std::mem::take(&mut current));
+        }
+        current.extend(owned);
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
 }
 
 pub fn parse(out: &Output) -> Result<Answer, String> {

@@ -365,3 +365,45 @@ wasmspawner_sdk::scheduler_test_suite! {
                 s
             }),
 }
+
+/// Groups are whole owners, at most `per` jobs: 10 000 jobs take the same
+/// 16 commands whether 10 000 users or 1 000 own them, well within the
+/// host's `limits.max_runs_per_call` (32).
+#[test]
+fn status_groups_by_jobs_not_owners() {
+    let mk = |owners: usize| -> Vec<wasmspawner_sdk::Job> {
+        (0..10_000)
+            .map(|i| wasmspawner_sdk::Job {
+                job_id: (1000 + i).to_string(),
+                user: format!("u{}", i % owners),
+                state: String::new(),
+            })
+            .collect()
+    };
+    for owners in [10_000, 1_000] {
+        let jobs = mk(owners);
+        let groups = owner_groups(&jobs, 640);
+        assert_eq!(groups.len(), 16, "{owners} owners");
+        let mut seen = std::collections::BTreeMap::new();
+        for (g, group) in groups.iter().enumerate() {
+            assert!(group.len() <= 640, "{owners} owners: a group of {}", group.len());
+            for &i in group {
+                // An owner's jobs never span two commands.
+                assert_eq!(*seen.entry(jobs[i].user.clone()).or_insert(g), g);
+            }
+        }
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 10_000);
+    }
+    // An owner with more jobs than `per` is asked alone, not split.
+    let mut jobs = mk(10_000);
+    for j in &mut jobs[..700] {
+        j.user = "many".into();
+    }
+    let groups = owner_groups(&jobs, 640);
+    let many: Vec<_> = groups
+        .iter()
+        .filter(|g| g.iter().any(|&i| jobs[i].user == "many"))
+        .collect();
+    assert_eq!(many.len(), 1);
+    assert!(many[0].iter().all(|&i| jobs[i].user == "many"));
+}
