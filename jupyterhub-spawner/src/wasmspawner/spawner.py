@@ -429,7 +429,12 @@ class WasmSpawner(Spawner):
         self.log.warning("spawn %s is still stopping", self.spawn_id)
 
     async def progress(self) -> AsyncIterator[dict]:
-        """Relays the host's event stream: queue reason, expected start, node."""
+        """Relays the host's event stream (stored events first): queue
+        reason, expected start, node, the job's end and time limit."""
+        # The spawn page may ask before start() has the host's spawn id.
+        deadline = time.monotonic() + self.request_timeout
+        while not self.spawn_id and self._spawn_pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         if not self.spawn_id:
             return
         queue: asyncio.Queue = asyncio.Queue()
