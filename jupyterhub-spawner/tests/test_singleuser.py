@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -394,3 +395,56 @@ def test_an_option_wins_over_the_jobs_environment(callback, tmp_path):
         env=env, capture_output=True, text=True, timeout=30, check=True,
     )
     assert "(600 s before)" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "[::1]")])
+@pytest.mark.parametrize("framing", ["chunked", "length", "close"])
+def test_the_wrappers_own_http_reads_every_framing_of_the_hosts_answer(family, host, framing):
+    """The wrapper posts over a plain socket (no urllib at start-up): a
+    chunked answer, one with Content-Length and one that ends at close."""
+    try:
+        srv = socket.socket(family)
+        srv.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    seen = {}
+    answer = b'{"end_time": 1800000000, "state": "running"}'
+
+    def serve():
+        c, _ = srv.accept()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += c.recv(4096)
+        head, _, body = data.partition(b"\r\n\r\n")
+        n = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")][0].split(b":")[1])
+        while len(body) < n:
+            body += c.recv(4096)
+        seen["head"], seen["body"] = head.decode(), body
+        if framing == "chunked":
+            c.sendall(b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      + b"%x\r\n" % 10 + answer[:10] + b"\r\n" + b"%x\r\n" % (len(answer) - 10) + answer[10:] + b"\r\n0\r\n\r\n")
+        elif framing == "length":
+            c.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: %d\r\n\r\n" % len(answer) + answer + b"garbage")
+        else:
+            c.sendall(b"HTTP/1.0 202 Accepted\r\n\r\n" + answer)
+        c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    status, body = singleuser.post_json(f"http://{host}:{port}/v1/spawns/s1/ready", "tok-9", b'{"port": 9001}')
+    t.join(5)
+    srv.close()
+    assert (status, json.loads(body)) == (202, json.loads(answer))
+    assert seen["head"].startswith("POST /v1/spawns/s1/ready HTTP/1.1\r\n")
+    assert "Authorization: Bearer tok-9" in seen["head"] and seen["body"] == b'{"port": 9001}'
+
+
+def test_an_unreachable_host_is_retried_then_given_up(monkeypatch):
+    monkeypatch.setattr(singleuser.time, "sleep", lambda s: None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(SystemExit, match="after 3 attempts"):
+        singleuser.report(f"http://127.0.0.1:{port}/v1/spawns/s1/ready", "t", 9001, None, retries=3)

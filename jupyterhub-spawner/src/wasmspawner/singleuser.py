@@ -60,13 +60,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import socket
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
 RETRIES = 8
 
@@ -77,6 +73,8 @@ def pick_port(port_range: str | None, avoid: frozenset[int] = frozenset()) -> in
         low, _, high = port_range.partition("-")
         lo, hi = int(low), int(high or low)
         candidates = [p for p in range(lo, hi + 1) if p not in avoid]
+        import random
+
         random.shuffle(candidates)
         for port in candidates:
             with socket.socket() as s:
@@ -104,6 +102,67 @@ class PortTaken(Exception):
 PORT_TAKEN_CODES = {"port_in_use", "port_taken", "port_conflict"}
 
 
+def post_json(url: str, token: str, body: bytes, timeout: float = 10) -> tuple[int, bytes]:
+    """POSTs ``body`` with the bearer token: (status, answer body). Plain
+    ``http://`` over a socket (urllib would cost the job's start a few
+    tens of milliseconds of imports); ``https://`` through urllib. Raises
+    OSError when the host cannot be reached."""
+    if not url.startswith("http://"):
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(
+            url, data=body, method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+    hostport, _, path = url[len("http://"):].partition("/")
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else 80
+    elif ":" in hostport:
+        host, _, p = hostport.rpartition(":")
+        port = int(p)
+    else:
+        host, port = hostport, 80
+    head = (
+        f"POST /{path} HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(head.encode() + body)
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    raw = b"".join(chunks)
+    header, sep, rest = raw.partition(b"\r\n\r\n")
+    lines = header.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if not sep or len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise OSError(f"not an HTTP answer: {raw[:80]!r}")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        out, data = [], rest
+        while data:
+            size_line, _, data = data.partition(b"\r\n")
+            size = int(size_line.split(b";")[0] or b"0", 16)
+            if size == 0:
+                break
+            out.append(data[:size])
+            data = data[size + 2:]
+        rest = b"".join(out)
+    elif headers.get("content-length", "").isdigit():
+        rest = rest[: int(headers["content-length"])]
+    return int(parts[1]), rest
+
+
 def report(url: str, token: str, port: int, host: str | None, retries: int = RETRIES) -> dict:
     """POSTs the port to the host, retrying transient failures with backoff;
     returns the host's answer (JSON object, possibly empty).
@@ -114,34 +173,28 @@ def report(url: str, token: str, port: int, host: str | None, retries: int = RET
     body = json.dumps({"port": port, **({"host": host} if host else {})}).encode()
     delay = 0.5
     for attempt in range(1, retries + 1):
-        req = urllib.request.Request(
-            url,
-            data=body,
-            method="POST",
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                if 200 <= resp.status < 300:
-                    raw = resp.read()
-                    try:
-                        answer = json.loads(raw) if raw else {}
-                    except ValueError:
-                        answer = {}
-                    return answer if isinstance(answer, dict) else {}
-        except urllib.error.HTTPError as e:
-            text = e.read()[:500]
-            if e.code == 409:
+            status, raw = post_json(url, token, body)
+        except (OSError, ValueError) as e:
+            print(f"wasmspawner-singleuser: report attempt {attempt} failed: {e}", file=sys.stderr)
+        else:
+            if 200 <= status < 300:
+                try:
+                    answer = json.loads(raw) if raw else {}
+                except ValueError:
+                    answer = {}
+                return answer if isinstance(answer, dict) else {}
+            text = raw[:500]
+            if status == 409:
                 try:
                     code = json.loads(text).get("error", "")
                 except (ValueError, AttributeError):
                     code = ""
                 if code in PORT_TAKEN_CODES:
                     raise PortTaken(code) from None
-            if 400 <= e.code < 500:
-                raise SystemExit(f"wasmspawner-singleuser: the host refused the port report ({e.code}): {text!r}")
-        except (urllib.error.URLError, OSError) as e:
-            print(f"wasmspawner-singleuser: report attempt {attempt} failed: {e}", file=sys.stderr)
+            if 400 <= status < 500:
+                raise SystemExit(f"wasmspawner-singleuser: the host refused the port report ({status}): {text!r}")
+            print(f"wasmspawner-singleuser: report attempt {attempt}: the host answered {status}; retrying", file=sys.stderr)
         time.sleep(delay)
         delay = min(delay * 2, 10)
     raise SystemExit(f"wasmspawner-singleuser: could not report the port to {url} after {retries} attempts")
@@ -428,6 +481,8 @@ def start_watcher(env: dict, end: float | None) -> None:
 
 def with_port(service_url: str, port: int) -> str:
     """``JUPYTERHUB_SERVICE_URL`` with its port replaced."""
+    import urllib.parse
+
     u = urllib.parse.urlsplit(service_url)
     host = u.hostname or "0.0.0.0"
     if ":" in host:
@@ -469,7 +524,20 @@ def split_options(args: list[str]) -> tuple[dict[str, str], list[str]]:
     return opts, args[i:]
 
 
+def process_started() -> float | None:
+    """When this process started (Unix seconds, to 10 ms), from /proc."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> None:
+    t_main = time.time()
     opts, args = split_options(list(sys.argv[1:] if argv is None else argv))
     args = args or ["jupyterhub-singleuser"]
     env = os.environ
@@ -481,6 +549,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("wasmspawner-singleuser: WASMSPAWNER_CALLBACK_URL and WASMSPAWNER_CALLBACK_TOKEN must be set (by the Wasmspawner host)")
     host = env.get("WASMSPAWNER_REPORT_HOST") or None
     port, answer = report_free_port(url, token, env.get("WASMSPAWNER_PORT_RANGE"), host)
+    t_reported = time.time()
+    started = process_started()
+    since = f", {(t_reported - started) * 1000:.0f} ms after the wrapper's start" if started else ""
+    log("I", f"port {port} reported to the host (answered in {(t_reported - t_main) * 1000:.0f} ms{since}); starting {args[0]}")
     if "JUPYTERHUB_SERVICE_URL" in env:
         env["JUPYTERHUB_SERVICE_URL"] = with_port(env["JUPYTERHUB_SERVICE_URL"], port)
     env["WASMSPAWNER_PORT"] = str(port)
