@@ -462,6 +462,12 @@ def start_watcher(env: dict, end: float | None) -> None:
     try:
         import signal
 
+        try:
+            # `top` and `ps -o comm` tell it from the server.
+            with open("/proc/self/comm", "w") as f:
+                f.write("ws-walltime")
+        except OSError:
+            pass
         signal.signal(signal.SIGTERM, lambda *_: (remove_quietly(path), os._exit(0)))
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         devnull = os.open(os.devnull, os.O_RDONLY)
