@@ -374,7 +374,9 @@ def test_a_one_minute_slurm_job_shows_its_limit_and_its_server_is_told_before_wa
     print(f"\none-minute Slurm job: walltime notice {time.time() - t0:.1f} s after the start request")
     notice = json.loads(notice_file.read_text())
     assert notice["end_time"] == spawn["end_time"] and notice["job_id"] == job, notice
-    assert 45 <= notice["seconds_left"] <= 52, notice
+    # 50 s, or a little less if the server started late in its minute (a
+    # lead longer than 90 % of what is left is cut).
+    assert 40 <= notice["seconds_left"] <= 52, notice
     assert str(notice_file) in text
     # The signal the site opted in to reached the server, which handles it
     # (jupyter-server logs its state) and keeps serving.
