@@ -169,9 +169,12 @@ run_as = ["/usr/sbin/runuser", "-u", "{{user}}", "--"]
 [instances.slurm.config]
 partition = {{ choices = ["debug"], default = "debug" }}
 memory = {{ default = 1, max = 2 }}
-runtime = {{ default = 30 }}
+# min 1: the walltime test's one-minute job.
+runtime = {{ default = 30, min = 1 }}
 [instances.slurm.grants]
-env = ["SLURM_CONF={conf}", "PATH={venv}/bin:/usr/local/bin:/usr/bin:/bin"]
+# The walltime notice 50 s before the end (the walltime test's one-minute
+# job: ~10 s after its start), through the job's environment (sbatch's).
+env = ["SLURM_CONF={conf}", "PATH={venv}/bin:/usr/local/bin:/usr/bin:/bin", "WASMSPAWNER_WALLTIME_NOTICE=50"]
 [[instances.slurm.grants.programs]]
 program = "sbatch"
 spawn_env = true
@@ -304,10 +307,17 @@ c.Spawner.cmd = ["{venv}/bin/jupyterhub-singleuser"]
 c.Spawner.ip = "127.0.0.1"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 90
+# The walltime test's server (named "walltime") opts in to a signal at the
+# walltime notice (jupyter-server logs its state on SIGUSR1), through the
+# wrapper's option; every other server has the default (no signal).
+def _walltime_signal(spawner):
+    if spawner.name == "walltime":
+        spawner.wrapper = ["{venv}/bin/wasmspawner-singleuser", "--walltime-signal=SIGUSR1"]
+c.Spawner.pre_spawn_hook = _walltime_signal
 c.JupyterHub.services = [{{"name": "e2e-admin", "api_token": "{self.token}"}}]
 c.JupyterHub.load_roles = [{{
     "name": "e2e-admin-role",
-    "scopes": ["admin:users", "admin:servers", "access:servers", "read:users", "servers", "users"],
+    "scopes": ["admin:users", "admin:servers", "admin:server_state", "access:servers", "read:users", "servers", "users"],
     "services": ["e2e-admin"],
 }}]
 """)

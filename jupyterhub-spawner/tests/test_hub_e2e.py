@@ -324,3 +324,69 @@ def test_a_queued_job_cancelled_outside_the_hub_fails_the_spawn_at_once_with_the
     msgs = _progress_messages_until(hub, "gone2", lambda m: m.startswith("Spawn failed"))
     assert msgs and msgs[-1].startswith("Spawn failed"), msgs
     assert s["reason"] and s["reason"][:40] in msgs[-1], (s["reason"], msgs)
+
+
+def test_a_one_minute_slurm_job_shows_its_limit_and_its_server_is_told_before_walltime(stack):
+    """`--time=1` through the form's runtime; the hub's config gives this
+    server a 50 s notice and opts in to SIGUSR1 (conftest.py)."""
+    import json
+    import re
+    from pathlib import Path
+
+    _slurm_or_skip()
+    host, hub = stack
+    import threading
+
+    t0 = time.time()
+    # The hub answers the start request once the server is up (or after
+    # 10 s): the spawn page's progress is read meanwhile, as a browser does.
+    posted = {}
+    poster = threading.Thread(target=lambda: posted.update(r=hub.api(
+        "POST", f"/users/{USER}/servers/walltime", json={"__instance": "slurm", "runtime": "1"})))
+    poster.start()
+    while time.time() - t0 < 10 and not hub.api("GET", f"/users/{USER}").json()["servers"].get("walltime"):
+        time.sleep(0.02)
+    # The spawn page's progress says the job's end and time limit once it runs.
+    msgs = _progress_messages_until(hub, "walltime", lambda m: "time limit" in m)
+    poster.join()
+    assert posted["r"].status_code in (201, 202), posted["r"].text
+    assert msgs and "time limit 0:01:00" in msgs[-1], msgs
+    assert re.search(r"ends \d\d:\d\d UTC", msgs[-1]), msgs
+    hub.wait_ready("walltime")
+    spawn = _wait_spawn(host, "walltime", lambda s: s["state"] == "ready")
+    job = spawn["job_id"]
+    assert _slurm("squeue", "--noheader", "--jobs", job, "--format=%l").strip() == "1:00"
+    assert spawn["time_limit_secs"] == 60 and spawn["end_time"], spawn
+    # The server's state in the hub (what an admin's API shows) has them too.
+    state = hub.api("GET", f"/users/{USER}").json()["servers"]["walltime"]["state"]
+    assert state["job_id"] == job and state["time_limit_secs"] == 60 and state["end_time"] == spawn["end_time"], state
+
+    # The notice: on the server's log and in the notice file, ~10 s after
+    # the start, 50 s before the end.
+    home = Path(f"~{USER}").expanduser()
+    log = home / f"jupyterhub_slurmspawner_{job}.log"
+    notice_file = home / ".local/share/wasmspawner/walltime-walltime.json"
+    deadline = time.time() + 45
+    while time.time() < deadline and "Walltime notice" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.3)
+    text = log.read_text()
+    assert "Walltime notice: This server's job ends at" in text, text[-3000:]
+    print(f"\none-minute Slurm job: walltime notice {time.time() - t0:.1f} s after the start request")
+    notice = json.loads(notice_file.read_text())
+    assert notice["end_time"] == spawn["end_time"] and notice["job_id"] == job, notice
+    # 50 s, or a little less if the server started late in its minute (a
+    # lead longer than 90 % of what is left is cut).
+    assert 40 <= notice["seconds_left"] <= 52, notice
+    assert str(notice_file) in text
+    # The signal the site opted in to reached the server, which handles it
+    # (jupyter-server logs its state) and keeps serving.
+    assert "sent SIGUSR1 to the server" in text, text[-3000:]
+    deadline = time.time() + 10
+    while time.time() < deadline and "active kernel" not in log.read_text():
+        time.sleep(0.3)
+    assert "active kernel" in log.read_text(), log.read_text()[-3000:]
+    assert _server_answers(hub, "walltime")
+    assert _slurm("squeue", "--noheader", "--jobs", job, "--format=%T").strip() == "RUNNING"
+
+    hub.api("DELETE", f"/users/{USER}/servers/walltime")
+    hub.wait_gone("walltime")

@@ -25,6 +25,10 @@ from . import form
 # Fields of the hub's spawn page that are not the plugin's options.
 HUB_FORM_FIELDS = {"_xsrf"}
 
+# Longest time between two reads of a starting spawn's record (the host's
+# event stream says each change at once; this is for a stream that broke).
+POLL_MAX = 1.0
+
 # Host states that mean "the job may still be alive".
 LIVE_STATES = {"validating", "submitting", "queued", "running", "ready", "stopping"}
 
@@ -269,31 +273,90 @@ class WasmSpawner(Spawner):
         except Exception as e:  # best effort; the hub saves state after start too
             self.log.warning("could not save the spawn id early: %s", e)
 
-    async def _wait_ready(self, spawn_id: str | None = None) -> str:
-        """Follows the spawn until it is ready (→ URL) or failed (→ error)."""
-        spawn_id = spawn_id or self.spawn_id
+    def _events_request(self, spawn_id: str, on_chunk) -> HTTPRequest:
+        return HTTPRequest(
+            self.host_url.rstrip("/") + f"/v1/spawns/{quote(spawn_id)}/events",
+            headers={"Authorization": f"Bearer {self._token()}", "Accept": "text/event-stream"},
+            streaming_callback=on_chunk,
+            request_timeout=0,
+        )
+
+    async def _stream_events(self, spawn_id: str, on_chunk) -> None:
+        """Reads the spawn's event stream until it ends. Its own HTTP client:
+        a stream holds its connection for minutes, and the shared client's
+        ten connections are for the short requests of every spawn."""
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            await client.fetch(self._events_request(spawn_id, on_chunk), raise_error=False)
+        finally:
+            client.close()
+
+    async def _follow_events(self, spawn_id: str, changed: asyncio.Event) -> None:
+        """Sets ``changed`` at each of the host's events for the spawn (the
+        stored ones first), so the record is read again at once."""
+
+        def on_chunk(chunk: bytes):
+            if b"data:" in chunk:
+                changed.set()
+
+        try:
+            await self._stream_events(spawn_id, on_chunk)
+        except Exception as e:  # the poll goes on without it
+            self.log.debug("event stream of %s: %s", spawn_id, e)
+
+    async def _follow(self, spawn_id: str, read, timeout: float | None = None):
+        """Calls ``read()`` (one look at the spawn's record) at each of the
+        host's events for the spawn (its event stream) and at least every
+        ``POLL_MAX`` seconds whatever the stream does, until it returns
+        something other than None, which is returned; None after
+        ``timeout`` seconds."""
+        changed = asyncio.Event()
+        follower = asyncio.ensure_future(self._follow_events(spawn_id, changed))
+        deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.1
-        while True:
+        try:
+            while True:
+                # Cleared before the read: an event during it reads again.
+                changed.clear()
+                result = await read()
+                if result is not None:
+                    return result
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=delay if left is None else min(delay, left))
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 1.5, POLL_MAX)
+        finally:
+            follower.cancel()
+
+    async def _wait_ready(self, spawn_id: str | None = None) -> str:
+        """Follows the spawn until it is ready (→ URL) or failed (→ error),
+        at the host's events (the port reported, ready, failed)."""
+        spawn_id = spawn_id or self.spawn_id
+
+        async def read():
             try:
                 _, s = await self._api("GET", f"/v1/spawns/{quote(spawn_id)}")
             except HostUnavailable as e:
                 self.log.warning("%s; retrying", e)
-                s = {"state": "unknown"}
+                return None
             except HostError as e:
                 if e.code == 404:
                     raise SpawnException(f"the Wasmspawner host no longer knows spawn {spawn_id}") from e
                 self.log.warning("%s; retrying", e)
-                s = {"state": "unknown"}
+                return None
             state = s.get("state")
             self._note_record(s)
             if state == "ready":
                 return self._url_of(s)
             if state in ("failed", "stopped"):
                 raise SpawnException(s.get("reason") or f"the job {state}")
-            # The host answers from its cached view: asking often is cheap,
-            # and the user waits for every step of backoff.
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+            return None
+
+        return await self._follow(spawn_id, read)
 
     @staticmethod
     def _url_of(s: dict) -> str:
@@ -421,15 +484,28 @@ class WasmSpawner(Spawner):
         if now or self._stop_without_waiting:
             self._stop_without_waiting = False
             return
-        for _ in range(int(self.request_timeout * 2)):
-            code, s = await self._api("GET", f"/v1/spawns/{quote(self.spawn_id)}", ok=(200, 404))
-            if code == 404 or s.get("state") in ("stopped", "failed"):
-                return
-            await asyncio.sleep(0.5)
-        self.log.warning("spawn %s is still stopping", self.spawn_id)
+        spawn_id = self.spawn_id
+
+        async def read():
+            try:
+                code, s = await self._api("GET", f"/v1/spawns/{quote(spawn_id)}", ok=(200, 404))
+            except (HostUnavailable, HostError) as e:
+                self.log.warning("stop of %s: %s; retrying", spawn_id, e)
+                return None
+            return True if code == 404 or s.get("state") in ("stopped", "failed") else None
+
+        # The host's `stopped` event ends the wait once the scheduler says
+        # the job is gone.
+        if await self._follow(spawn_id, read, timeout=self.request_timeout) is None:
+            self.log.warning("spawn %s is still stopping", spawn_id)
 
     async def progress(self) -> AsyncIterator[dict]:
-        """Relays the host's event stream: queue reason, expected start, node."""
+        """Relays the host's event stream (stored events first): queue
+        reason, expected start, node, the job's end and time limit."""
+        # The spawn page may ask before start() has the host's spawn id.
+        deadline = time.monotonic() + self.request_timeout
+        while not self.spawn_id and self._spawn_pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         if not self.spawn_id:
             return
         queue: asyncio.Queue = asyncio.Queue()
@@ -444,13 +520,7 @@ class WasmSpawner(Spawner):
                     if line.startswith(b"data:"):
                         queue.put_nowait(json.loads(line[5:].strip()))
 
-        req = HTTPRequest(
-            self.host_url.rstrip("/") + f"/v1/spawns/{quote(self.spawn_id)}/events",
-            headers={"Authorization": f"Bearer {self._token()}", "Accept": "text/event-stream"},
-            streaming_callback=on_chunk,
-            request_timeout=0,
-        )
-        fetch = asyncio.ensure_future(AsyncHTTPClient().fetch(req, raise_error=False))
+        fetch = asyncio.ensure_future(self._stream_events(self.spawn_id, on_chunk))
         try:
             while True:
                 get = asyncio.ensure_future(queue.get())
