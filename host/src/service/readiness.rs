@@ -1,7 +1,7 @@
 //! Ready means listening: a spawn whose job reported its port becomes
 //! `ready` only once a TCP connection to the server is accepted (through
 //! the tunnel's local end where there is one), checked every
-//! [`PROBE_EVERY`] for at most the instance's `lifecycle.start_timeout_secs`
+//! [`PROBE_FAST`] at first, then [`PROBE_EVERY`], for at most the instance's `lifecycle.start_timeout_secs`
 //! from the callback; then it fails with a reason that says where nothing
 //! listened. And no two live spawns are at one
 //! host:port ([`Service::claim_endpoint`]).
@@ -14,8 +14,15 @@ use tokio::io::AsyncReadExt;
 use super::Service;
 use crate::model::{Spawn, SpawnState};
 
-/// Time between two connection attempts.
+/// Time between two connection attempts...
 pub const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// ...except during the first [`FAST_FOR`] after the callback, when a
+/// server is usually still starting, and the hub waits for the moment it
+/// listens: a direct connection (not through a tunnel, where each attempt
+/// opens an SSH channel) is tried this often.
+pub const PROBE_FAST: Duration = Duration::from_millis(20);
+/// See [`PROBE_FAST`].
+pub const FAST_FOR: Duration = Duration::from_secs(15);
 /// Longest one attempt may take.
 const ATTEMPT: Duration = Duration::from_secs(1);
 /// Through a tunnel, ssh accepts the local connection whatever the far end
@@ -163,7 +170,8 @@ impl Service {
             });
         let weak = Arc::downgrade(&self);
         drop(self);
-        let deadline = tokio::time::Instant::now() + wait;
+        let start = tokio::time::Instant::now();
+        let deadline = start + wait;
         loop {
             let Some(svc) = weak.upgrade() else { return };
             let still = svc
@@ -202,7 +210,8 @@ impl Service {
                 return;
             }
             drop(svc);
-            tokio::time::sleep(PROBE_EVERY).await;
+            let fast = !p.tunneled && start.elapsed() < FAST_FOR;
+            tokio::time::sleep(if fast { PROBE_FAST } else { PROBE_EVERY }).await;
         }
     }
 
