@@ -386,7 +386,11 @@ fn status_groups_by_jobs_not_owners() {
         assert_eq!(groups.len(), 16, "{owners} owners");
         let mut seen = std::collections::BTreeMap::new();
         for (g, group) in groups.iter().enumerate() {
-            assert!(group.len() <= 640, "{owners} owners: a group of {}", group.len());
+            assert!(
+                group.len() <= 640,
+                "{owners} owners: a group of {}",
+                group.len()
+            );
             for &i in group {
                 // An owner's jobs never span two commands.
                 assert_eq!(*seen.entry(jobs[i].user.clone()).or_insert(g), g);
