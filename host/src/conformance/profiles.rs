@@ -113,13 +113,15 @@ pub static PROFILES: &[Profile] = &[
         job_id: |n| format!("{n}.pbs01"),
         found_id: |n| format!("{n}.pbs01"),
         running: |jobs| {
-            Reply {
-            records: jobs
-                .iter()
-                .map(|j| Record::new(&j.job_id, format!("Job Id: {}.example.org\n    Job_Owner = {}@login1\n    job_state = R\n    exec_host = node07/0*2\n\n", j.job_id, j.user)))
-                .collect(),
-            ..Default::default()
-        }
+            records(
+                "",
+                jobs,
+                false,
+                |j| {
+                    format!("Job Id: {}.example.org\n    Job_Owner = {}@login1\n    job_state = R\n    exec_host = node07/0*2\n\n", j.job_id, j.user)
+                },
+                "",
+            )
         },
         tagged: |jobs| {
             Reply::ok(format!(
@@ -142,15 +144,15 @@ pub static PROFILES: &[Profile] = &[
         job_id: |n| format!("{n}.torque01"),
         found_id: |n| format!("{n}.torque01"),
         running: |jobs| {
-            Reply {
-            stdout: "<Data>".into(),
-            records: jobs
-                .iter()
-                .map(|j| Record::new(&j.job_id, format!("<Job><Job_Id>{}</Job_Id><Job_Owner>{}@login1</Job_Owner><job_state>R</job_state><exec_host>node07/0-1</exec_host></Job>", j.job_id, j.user)))
-                .collect(),
-            tail: "</Data>\n".into(),
-            ..Default::default()
-        }
+            records(
+                "<Data>",
+                jobs,
+                false,
+                |j| {
+                    format!("<Job><Job_Id>{}</Job_Id><Job_Owner>{}@login1</Job_Owner><job_state>R</job_state><exec_host>node07/0-1</exec_host></Job>", j.job_id, j.user)
+                },
+                "</Data>\n",
+            )
         },
         tagged: |jobs| {
             Reply::ok(format!(
@@ -174,15 +176,15 @@ pub static PROFILES: &[Profile] = &[
         found_id: same,
         // `qstat -u OWNERS`: a job's record is named by its owner.
         running: |jobs| {
-            Reply {
-            stdout: "<?xml version='1.0'?>\n<job_info><queue_info>".into(),
-            records: jobs
-                .iter()
-                .map(|j| Record::new(&j.user, format!("<job_list state=\"running\"><JB_job_number>{}</JB_job_number><JB_name>jupyterhub</JB_name><JB_owner>{}</JB_owner><state>r</state><queue_name>batch@node07</queue_name></job_list>", j.job_id, j.user)))
-                .collect(),
-            tail: "</queue_info><job_info></job_info></job_info>\n".into(),
-            ..Default::default()
-        }
+            records(
+                "<?xml version='1.0'?>\n<job_info><queue_info>",
+                jobs,
+                true,
+                |j| {
+                    format!("<job_list state=\"running\"><JB_job_number>{}</JB_job_number><JB_name>jupyterhub</JB_name><JB_owner>{}</JB_owner><state>r</state><queue_name>batch@node07</queue_name></job_list>", j.job_id, j.user)
+                },
+                "</queue_info><job_info></job_info></job_info>\n",
+            )
         },
         tagged: |jobs| {
             Reply::ok(format!(
@@ -204,17 +206,14 @@ pub static PROFILES: &[Profile] = &[
         submitted: |n| format!("Job <{n}> is submitted to queue <batch>.\n"),
         job_id: same,
         found_id: same,
-        running: |jobs| Reply {
-            records: jobs
-                .iter()
-                .map(|j| {
-                    Record::new(
-                        &j.job_id,
-                        format!("{}|RUN|2*node07:node08|-|60.0|0:45 L|-\n", j.job_id),
-                    )
-                })
-                .collect(),
-            ..Default::default()
+        running: |jobs| {
+            records(
+                "",
+                jobs,
+                false,
+                |j| format!("{}|RUN|2*node07:node08|-|60.0|0:45 L|-\n", j.job_id),
+                "",
+            )
         },
         tagged: |jobs| {
             Reply::ok(
@@ -235,20 +234,19 @@ pub static PROFILES: &[Profile] = &[
         submitted: |n| format!("Submitting job(s).\n1 job(s) submitted to cluster {n}.\n"),
         job_id: same,
         found_id: |n| format!("{n}.0"),
-        running: |jobs| Reply {
-            records: jobs
-                .iter()
-                .map(|j| {
-                    Record::new(
-                        &j.job_id,
-                        format!(
-                            "{}.0 2 slot1@node07 undefined 3600 1764626400 undefined\n",
-                            j.job_id
-                        ),
+        running: |jobs| {
+            records(
+                "",
+                jobs,
+                false,
+                |j| {
+                    format!(
+                        "{}.0 2 slot1@node07 undefined 3600 1764626400 undefined\n",
+                        j.job_id
                     )
-                })
-                .collect(),
-            ..Default::default()
+                },
+                "",
+            )
         },
         tagged: |jobs| {
             Reply::ok(
@@ -275,15 +273,15 @@ pub static PROFILES: &[Profile] = &[
         job_id: same,
         found_id: same,
         running: |jobs| {
-            Reply {
-            stdout: "<Data>".into(),
-            records: jobs
-                .iter()
-                .map(|j| Record::new(&j.job_id, format!("<job JobID=\"{}\" JobName=\"jupyterhub\" State=\"Running\" User=\"{}\"><req AllocNodeList=\"node07:2\" ReqProcPerTask=\"2\"></req></job>", j.job_id, j.user)))
-                .collect(),
-            tail: "</Data>\n".into(),
-            ..Default::default()
-        }
+            records(
+                "<Data>",
+                jobs,
+                false,
+                |j| {
+                    format!("<job JobID=\"{}\" JobName=\"jupyterhub\" State=\"Running\" User=\"{}\"><req AllocNodeList=\"node07:2\" ReqProcPerTask=\"2\"></req></job>", j.job_id, j.user)
+                },
+                "</Data>\n",
+            )
         },
         tagged: |jobs| {
             Reply::ok(format!(
@@ -296,6 +294,26 @@ pub static PROFILES: &[Profile] = &[
         gone: |id| gone(format!("ERROR:  invalid job specified ({id})\n"), 1),
     },
 ];
+
+/// A listing: `head`, one record a job — named by its job id, or by its
+/// owner (`by_owner`) where the scheduler asks by owner — then `tail`.
+fn records(
+    head: &str,
+    jobs: &[Job],
+    by_owner: bool,
+    text: impl Fn(&Job) -> String,
+    tail: &str,
+) -> Reply {
+    Reply {
+        stdout: head.into(),
+        records: jobs
+            .iter()
+            .map(|j| Record::new(if by_owner { &j.user } else { &j.job_id }, text(j)))
+            .collect(),
+        tail: tail.into(),
+        ..Default::default()
+    }
+}
 
 /// One `squeue` row by field letter (`%i`, `%T`, …); the rest empty.
 fn slurm_row(fields: &[(char, &str)]) -> std::collections::BTreeMap<char, String> {
