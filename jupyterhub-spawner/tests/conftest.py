@@ -43,6 +43,19 @@ HELD_TEMPLATE = """#!/bin/bash
 """
 
 
+def _slurm_programs(instance: str) -> str:
+    """The Slurm programs granted to `instance`: submit as the user (with
+    the job's environment), status as the host, cancel."""
+    return "\n".join(
+        f"[[instances.{instance}.grants.programs]]\n{grant}"
+        for grant in (
+            'program = "sbatch"\nspawn_env = true\nphases = ["submit"]',
+            'program = "squeue"\nphases = ["status"]\nrun_as = "host"',
+            'program = "scancel"\nphases = ["cancel"]',
+        )
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -175,17 +188,7 @@ runtime = {{ default = 30, min = 1 }}
 # The walltime notice 50 s before the end (the walltime test's one-minute
 # job: ~10 s after its start), through the job's environment (sbatch's).
 env = ["SLURM_CONF={conf}", "PATH={venv}/bin:/usr/local/bin:/usr/bin:/bin", "WASMSPAWNER_WALLTIME_NOTICE=50"]
-[[instances.slurm.grants.programs]]
-program = "sbatch"
-spawn_env = true
-phases = ["submit"]
-[[instances.slurm.grants.programs]]
-program = "squeue"
-phases = ["status"]
-run_as = "host"
-[[instances.slurm.grants.programs]]
-program = "scancel"
-phases = ["cancel"]
+{_slurm_programs("slurm")}
 [instances.slurm.lifecycle]
 poll_interval_secs = 1
 fast_poll_secs = 0.5
@@ -203,17 +206,7 @@ runtime = {{ default = 30 }}
 template = {json.dumps(HELD_TEMPLATE)}
 [instances.slurmheld.grants]
 env = ["SLURM_CONF={conf}", "PATH={venv}/bin:/usr/local/bin:/usr/bin:/bin"]
-[[instances.slurmheld.grants.programs]]
-program = "sbatch"
-spawn_env = true
-phases = ["submit"]
-[[instances.slurmheld.grants.programs]]
-program = "squeue"
-phases = ["status"]
-run_as = "host"
-[[instances.slurmheld.grants.programs]]
-program = "scancel"
-phases = ["cancel"]
+{_slurm_programs("slurmheld")}
 [instances.slurmheld.lifecycle]
 poll_interval_secs = 1
 fast_poll_secs = 0.5
@@ -243,17 +236,7 @@ max = 480
 default = 60
 [instances.site.grants]
 env = ["SLURM_CONF={conf}", "PATH={venv}/bin:/usr/local/bin:/usr/bin:/bin"]
-[[instances.site.grants.programs]]
-program = "sbatch"
-spawn_env = true
-phases = ["submit"]
-[[instances.site.grants.programs]]
-program = "squeue"
-phases = ["status"]
-run_as = "host"
-[[instances.site.grants.programs]]
-program = "scancel"
-phases = ["cancel"]
+{_slurm_programs("site")}
 [instances.site.lifecycle]
 poll_interval_secs = 1
 fast_poll_secs = 0.5
